@@ -1,0 +1,20 @@
+"""bceloss: the binary cross-entropy family, exact and the same on every array library.
+
+The core follows PyTorch (`binary_cross_entropy`, `binary_cross_entropy_with_logits`,
+`BCELoss`, `BCEWithLogitsLoss`); `bceloss.compat` holds the MindSpore and Paddle flavours.
+`value_and_grad` gives any of them with its closed-form gradient.
+"""
+
+from bceloss._functional import binary_cross_entropy, binary_cross_entropy_with_logits
+from bceloss._grad import value_and_grad
+from bceloss._modules import BCELoss, BCEWithLogitsLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "value_and_grad",
+]

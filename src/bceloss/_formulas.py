@@ -1,0 +1,75 @@
+"""The elementwise math of the BCE family, written once against an array API namespace.
+
+x: input (logits or probabilities), y: target, w: weight, p: pos_weight (None means 1).
+Each function returns (loss, d loss / d x, d loss / d y), computing only what is asked
+for and sharing the intermediates. This is the reference the fast paths are tested against.
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+
+LOG_FLOOR = -100.0  # PyTorch, Paddle and MindSpore clamp log(x) and log(1 - x) here
+GRAD_EPS = 1e-12  # ... and the denominator x (1 - x) of the gradient here
+
+
+def _zero(xp, like):
+    return xp.zeros((), dtype=like.dtype, device=array_api_compat.device(like))
+
+
+def _mul_limit(xp, a, b):
+    """a * b, reading 0 * inf as 0: the loss's limit as a logit goes to +-inf."""
+    prod = a * b
+    return xp.where((a == 0) & xp.isinf(b), _zero(xp, prod), prod)
+
+
+def _weighted(xp, w, v):
+    if v is None or w is None:
+        return v
+    return _mul_limit(xp, w, v)
+
+
+def logits(xp, x, y, w=None, p=None, *, loss=True, grad_input=False, grad_target=False):
+    """BCE with logits: l = w ((1 - y) x + lw softplus(-x)), lw = 1 + (p - 1) y."""
+    e = xp.exp(-xp.abs(x))
+    log1p_e = xp.log1p(e)
+    relu_pos = xp.clip(x, min=0)
+    relu_neg = xp.clip(-x, min=0)
+    q = 1 - y
+    py = y if p is None else p * y
+    l = gx = gy = None
+    if loss:
+        # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) turns (1 - y) x + lw softplus(-x) into
+        #   (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)),  lw = (1 - y) + p y,
+        # a sum of terms >= 0 for y in [0, 1] and p >= 0: nothing cancels.
+        body = log1p_e if p is None else (q + py) * log1p_e
+        l = _mul_limit(xp, q, relu_pos) + _mul_limit(xp, py, relu_neg) + body
+    if grad_input:
+        # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x), since
+        # 1 - sigmoid(x) = sigmoid(-x): no 1 - sigmoid(x) computed for large x.
+        r = 1 / (1 + e)
+        er = e * r
+        nonneg = x >= 0
+        sig_pos = xp.where(nonneg, r, er)
+        sig_neg = xp.where(nonneg, er, r)
+        gx = q * sig_pos - py * sig_neg
+    if grad_target:
+        # (p - 1) softplus(-x) - x = p softplus(-x) - softplus(x), since
+        # softplus(-x) + x = softplus(x); with p = 1 it is exactly -x.
+        gy = -x if p is None else _mul_limit(xp, p, relu_neg + log1p_e) - (relu_pos + log1p_e)
+    return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
+
+
+def probabilities(xp, x, y, w=None, *, loss=True, grad_input=False, grad_target=False):
+    """BCE on probabilities: l = -w (y max(log x, -100) + (1 - y) max(log(1 - x), -100))."""
+    log_x = xp.clip(xp.log(x), min=LOG_FLOOR)
+    log_q = xp.clip(xp.log1p(-x), min=LOG_FLOOR)
+    l = gx = gy = None
+    if loss:
+        # Both logs are <= 0, so for y in [0, 1] the two terms add without cancelling.
+        l = -(y * log_x + (1 - y) * log_q)
+    if grad_input:
+        gx = (x - y) / xp.clip(x * (1 - x), min=GRAD_EPS)
+    if grad_target:
+        gy = log_q - log_x
+    return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
