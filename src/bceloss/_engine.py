@@ -10,7 +10,7 @@ from typing import Any
 
 import array_api_compat
 
-from bceloss import _dtypes, _formulas
+from bceloss import _dtypes, _formulas, _summation
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,10 @@ def _reduce(call: LossCall, l):
     if call.reduction == "none":
         return _as_array(xp, xp.astype(l, call.dtype, copy=False))
     acc = _accumulator(xp, l)
-    total = xp.sum(l, dtype=acc)
+    if array_api_compat.is_numpy_namespace(xp):
+        total = xp.asarray(_summation.total(l), dtype=acc)
+    else:
+        total = xp.sum(l, dtype=acc)
     if call.reduction == "mean":
         n = math.prod(call.shape)
         total = (
