@@ -60,13 +60,14 @@ def probs_terms(x, y, w=1.0):
     x, y, w = float(x), float(y), float(w)
     if math.isnan(x):
         return math.nan, math.nan, math.nan
-    X, Y, W = _mpf(x), _mpf(y), _mpf(w)
-    log_x = max(mp.log(X), -100) if x > 0 else mp.mpf(-100)
-    log_q = max(mp.log(1 - X), -100) if x < 1 else mp.mpf(-100)
-    loss = -W * (Y * log_x + (1 - Y) * log_q)
-    dx = W * (X - Y) / max(X * (1 - X), mp.mpf(1e-12))
-    dy = W * (log_q - log_x)
-    return float(loss), float(dx), float(dy)
+    with mp.workdps(GUARD_DIGITS + 330):  # 1 - x is exact for every float64 x in [0, 1]
+        X, Y, W = _mpf(x), _mpf(y), _mpf(w)
+        log_x = max(mp.log(X), -100) if x > 0 else mp.mpf(-100)
+        log_q = max(mp.log(1 - X), -100) if x < 1 else mp.mpf(-100)
+        loss = -W * (Y * log_x + (1 - Y) * log_q)
+        dx = W * (X - Y) / max(X * (1 - X), mp.mpf(1e-12))
+        dy = W * (log_q - log_x)
+        return float(loss), float(dx), float(dy)
 
 
 def elementwise(fn, *arrays):
@@ -88,11 +89,10 @@ def exact_sum(values) -> float:
 def ulp(value, dtype) -> np.ndarray:
     """The spacing of `dtype` at |value| (its smallest subnormal at 0)."""
     v = np.abs(np.asarray(value, dtype=np.float64))
-    if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16):
-        info = ml_dtypes.finfo(ml_dtypes.bfloat16)
+    info = ml_dtypes.finfo(dtype)
+    with np.errstate(divide="ignore"):
         e = np.floor(np.log2(np.maximum(v, float(info.smallest_normal))))
-        return np.exp2(e - (info.nmant))
-    return np.spacing(v.astype(dtype)).astype(np.float64)
+    return np.exp2(e - info.nmant)
 
 
 def ulp_error(got, exact, dtype) -> np.ndarray:

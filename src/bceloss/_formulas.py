@@ -54,9 +54,13 @@ def logits(xp, x, y, w=None, p=None, *, loss=True, grad_input=False, grad_target
         sig_neg = xp.where(nonneg, er, r)
         gx = q * sig_pos - py * sig_neg
     if grad_target:
-        # (p - 1) softplus(-x) - x = p softplus(-x) - softplus(x), since
-        # softplus(-x) + x = softplus(x); with p = 1 it is exactly -x.
-        gy = -x if p is None else _mul_limit(xp, p, relu_neg + log1p_e) - (relu_pos + log1p_e)
+        # (p - 1) softplus(-x) - x, with softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) and
+        # x = max(x, 0) - max(-x, 0), is (p - 1) log1p(exp(-|x|)) + p max(-x, 0) - max(x, 0):
+        # no term grows with |x| only to cancel another. With p = 1 it is exactly -x.
+        if p is None:
+            gy = -x
+        else:
+            gy = (p - 1) * log1p_e + _mul_limit(xp, p, relu_neg) - relu_pos
     return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
 
 
