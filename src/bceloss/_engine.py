@@ -97,7 +97,6 @@ def _reduce_gradient(call: LossCall, g, like, dtype):
     xp = call.xp
     if call.reduction == "mean":
         g = g / max(math.prod(call.shape), 1)
-    g = xp.broadcast_to(g, call.shape)
     extra = len(call.shape) - like.ndim
     if extra:
         g = xp.sum(g, axis=tuple(range(extra)))
@@ -112,6 +111,13 @@ def loss(call: LossCall):
     with _quiet(call.xp):
         l, _, _ = _elementwise(call)
         return _reduce(call, l)
+
+
+def elementwise_loss(call: LossCall):
+    """The elementwise loss of a validated call in the computation dtype, before any rounding
+    to the result's dtype: what `_reduce` adds up. Streams add it up block by block."""
+    with _quiet(call.xp):
+        return _elementwise(call)[0]
 
 
 def loss_and_grad(call: LossCall, wrt: tuple[int, ...]):
