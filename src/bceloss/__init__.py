@@ -5,6 +5,7 @@ The core follows PyTorch (`binary_cross_entropy`, `binary_cross_entropy_with_log
 `value_and_grad` gives any of them with its closed-form gradient.
 """
 
+from bceloss import compat
 from bceloss._functional import binary_cross_entropy, binary_cross_entropy_with_logits
 from bceloss._grad import value_and_grad
 from bceloss._modules import BCELoss, BCEWithLogitsLoss
@@ -16,5 +17,6 @@ __all__ = [
     "BCEWithLogitsLoss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "compat",
     "value_and_grad",
 ]
