@@ -1,0 +1,326 @@
+"""A loss over files: chunk by chunk in this process, or partition by partition on Dask.
+
+Every chunk of rows goes through a loss function of the library (its checks, its formula).
+Its elementwise loss is cut into the library's summation blocks (`_summation`): chunks start
+on a multiple of BLOCK elements (of BLOCK rows for per-label sums), so the blocks are those
+the library forms on the whole array, and since block sums combine with `math.fsum` in any
+order, the result is the library's on the whole arrays, to the last bit, whatever the chunk
+size and however many workers compute the blocks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bceloss import _engine, _summation
+from bceloss._io import InputError, Source
+
+FLAVORS = {
+    "torch": "bceloss",
+    "mindspore": "bceloss.compat.mindspore",
+    "paddle": "bceloss.compat.paddle",
+}
+DEFAULT_CHUNK_ROWS = 1 << 16
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a name of `_dtypes.FLOAT_NAMES` (bfloat16 from ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One evaluation: the sources, the options, and the rows each chunk holds.
+
+    weight and pos_weight are a Source streamed with the predictions (one value per row or
+    per element), a small array applied to every row (one value, or one per label), or None.
+    """
+
+    predictions: Source
+    labels: Source
+    weight: Source | np.ndarray | None
+    pos_weight: Source | np.ndarray | None
+    probs: bool
+    reduction: str
+    flavor: str
+    per_label: bool
+    dtype: str | None
+    chunk_rows: int
+
+    @property
+    def rows(self) -> int:
+        """The number of rows of every streamed source."""
+        return self.predictions.rows
+
+    @property
+    def width(self) -> int:
+        """The number of labels (columns) per row."""
+        return len(self.predictions.names)
+
+
+def _operand(src: Source | None, what: str, rows: int, width: int):
+    if src is None:
+        return None
+    if src.rows == rows:
+        if len(src.names) not in (1, width):
+            msg = (
+                f"{what} {src.label} has {len(src.names)} columns; expected 1 "
+                f"(one per row) or {width} (one per label)"
+            )
+            raise InputError(msg)
+        return src
+    if src.rows * len(src.names) in (1, width) and 1 in (src.rows, len(src.names)):
+        whole = np.concatenate(list(src.chunks(0, src.rows, max(src.rows, 1))))
+        return whole.reshape(-1)
+    msg = (
+        f"{what} {src.label} has {src.rows} rows; predictions have {rows} "
+        f"(give one value per row, or one value per label)"
+    )
+    raise InputError(msg)
+
+
+def plan(
+    predictions: Source,
+    labels: Source,
+    weight: Source | None = None,
+    pos_weight: Source | None = None,
+    *,
+    probs: bool = False,
+    reduction: str = "mean",
+    flavor: str = "torch",
+    per_label: bool = False,
+    dtype: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Job:
+    """Check that the sources fit together and fix the chunk size.
+
+    The chunk size is rounded up so that a chunk holds a multiple of BLOCK elements (of BLOCK
+    rows with per_label): chunks then start where the library's summation blocks do.
+    """
+    rows, width = predictions.rows, len(predictions.names)
+    if labels.rows != rows:
+        msg = f"labels {labels.label} have {labels.rows} rows; predictions have {rows}"
+        raise InputError(msg)
+    if len(labels.names) != width:
+        msg = f"labels {labels.label} have {len(labels.names)} columns; predictions have {width}"
+        raise InputError(msg)
+    step = _summation.BLOCK
+    if not per_label:
+        step //= math.gcd(step, width)
+    return Job(
+        predictions=predictions,
+        labels=labels,
+        weight=_operand(weight, "weight", rows, width),
+        pos_weight=_operand(pos_weight, "pos_weight", rows, width),
+        probs=probs,
+        reduction=reduction,
+        flavor=flavor,
+        per_label=per_label,
+        dtype=dtype,
+        chunk_rows=max(1, math.ceil(chunk_rows / step)) * step,
+    )
+
+
+@dataclass(frozen=True)
+class Partial:
+    """The block sums of some rows: of the whole loss, and of each label's column.
+
+    Attributes:
+      sums: float64 block sums of the elementwise loss.
+      label_sums: (labels, blocks) float64 block sums of each column, or None.
+      elements: the number of elements added.
+      dtype: the result's dtype (None before any chunk).
+    """
+
+    sums: np.ndarray
+    label_sums: np.ndarray | None
+    elements: int
+    dtype: np.dtype | None
+
+
+def merge(parts: list[Partial]) -> Partial:
+    """The block sums of several disjoint row ranges together."""
+    labels = [p.label_sums for p in parts if p.label_sums is not None]
+    return Partial(
+        sums=np.concatenate([p.sums for p in parts]),
+        label_sums=np.concatenate(labels, axis=1) if labels else None,
+        elements=sum(p.elements for p in parts),
+        dtype=next((p.dtype for p in parts if p.dtype is not None), None),
+    )
+
+
+def _loss_function(job: Job):
+    try:
+        module = importlib.import_module(FLAVORS[job.flavor])
+    except ImportError:
+        msg = f"the {job.flavor} flavour ({FLAVORS[job.flavor]}) is not available"
+        raise InputError(msg) from None
+    name = "binary_cross_entropy" if job.probs else "binary_cross_entropy_with_logits"
+    return getattr(module, name).__bceloss_bind__
+
+
+def _cast(a: np.ndarray, job: Job) -> np.ndarray:
+    if job.dtype is None:
+        return a
+    with np.errstate(over="ignore"):  # a value beyond the dtype's range becomes inf, silently
+        return a.astype(numpy_dtype(job.dtype), copy=False)
+
+
+def _chunks(job: Job, start: int, stop: int):
+    """(predictions, labels, weight, pos_weight) for each chunk of rows [start, stop).
+
+    Arrays as the library takes them: (rows, labels), or 1-D with a single label; a per-row
+    weight is a (rows, 1) column; a constant (one per label) is 1-D and broadcasts.
+    """
+    sources = (job.predictions, job.labels, job.weight, job.pos_weight)
+    streams = [s.chunks(start, stop, job.chunk_rows) for s in sources if isinstance(s, Source)]
+    for chunk in zip(*streams, strict=True):
+        chunk = iter(chunk)
+        out = []
+        for s in sources:
+            if isinstance(s, Source):
+                a = _cast(next(chunk), job)
+                out.append(a.reshape(-1) if job.width == 1 else a)
+            else:
+                out.append(None if s is None else _cast(s, job))
+        yield out
+
+
+def evaluate_rows(
+    job: Job, start: int, stop: int, on_rows: Callable[[int], None] | None = None
+) -> Partial:
+    """The block sums of rows [start, stop); start must be a multiple of job.chunk_rows."""
+    bind = _loss_function(job)
+    sums, label_sums, elements, dtype = [], [], 0, None
+    at = start
+    for x, y, w, pw in _chunks(job, start, stop):
+        try:
+            if job.probs:
+                call = bind(x, y, w, job.reduction)
+            else:
+                call = bind(x, y, w, job.reduction, pos_weight=pw)
+        except (TypeError, ValueError) as e:
+            where = f" (rows {at} to {at + len(x) - 1})" if len(x) else ""
+            hint = "; --dtype converts what the files hold" if isinstance(e, TypeError) else ""
+            msg = f"{e}{where}{hint}"
+            raise InputError(msg) from None
+        loss = _engine.elementwise_loss(call)
+        sums.append(_summation.block_sums(loss))
+        if job.per_label:
+            columns = loss.reshape(len(x), -1)
+            label_sums.append(np.stack([_summation.block_sums(c) for c in columns.T]))
+        elements += loss.size
+        dtype = call.dtype
+        at += len(x)
+        if on_rows is not None:
+            on_rows(len(x))
+    return Partial(
+        sums=np.concatenate(sums),
+        label_sums=np.concatenate(label_sums, axis=1) if job.per_label else None,
+        elements=elements,
+        dtype=dtype,
+    )
+
+
+@dataclass(frozen=True)
+class Result:
+    """The loss (a 0-d array of the result's dtype), its element count, the per-label losses."""
+
+    loss: np.ndarray
+    elements: int
+    per_label: list[np.ndarray] | None
+    names: tuple[str, ...]
+
+
+def _reduce(sums, count: int, reduction: str, dtype) -> np.ndarray:
+    # As `_engine._reduce` does on NumPy: the exact combination of the block sums, divided
+    # by the element count for 'mean' (NaN when empty), rounded once to the result's dtype.
+    total = _summation.combine(sums)
+    if reduction == "mean":
+        total = total / count if count else math.nan
+    with np.errstate(over="ignore"):  # a float16 sum may round to inf, as in the library
+        return np.asarray(total, np.float64).astype(dtype)
+
+
+def finish(job: Job, part: Partial) -> Result:
+    """The losses from the block sums of every row."""
+    per_label = None
+    if part.label_sums is not None:
+        per_label = [_reduce(s, job.rows, job.reduction, part.dtype) for s in part.label_sums]
+    return Result(
+        loss=_reduce(part.sums, part.elements, job.reduction, part.dtype),
+        elements=part.elements,
+        per_label=per_label,
+        names=job.predictions.names,
+    )
+
+
+def evaluate(job: Job, on_rows: Callable[[int], None] | None = None) -> Result:
+    """The losses, computed chunk by chunk in this process."""
+    return finish(job, evaluate_rows(job, 0, job.rows, on_rows))
+
+
+def partitions(job: Job, parts: int) -> list[tuple[int, int]]:
+    """Up to `parts` row ranges covering every row, each starting on a chunk boundary."""
+    chunks = max(1, math.ceil(job.rows / job.chunk_rows))
+    size = math.ceil(chunks / max(1, min(parts, chunks))) * job.chunk_rows
+    return [(a, min(a + size, job.rows)) for a in range(0, max(job.rows, 1), size)]
+
+
+def _reach(address: str) -> None:
+    """Check the address and open (and close) a TCP connection before `Client` tries: a
+    Client that fails to start prints tracebacks when it is collected."""
+    import socket
+
+    from distributed.comm.addressing import get_address_host_port, parse_address
+
+    try:
+        scheme, _ = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return
+        host, port = get_address_host_port(address)
+        socket.create_connection((host, port), timeout=10).close()
+    except (OSError, ValueError) as e:
+        msg = f"cannot reach the Dask scheduler at {address}: {e}"
+        raise InputError(msg) from None
+
+
+def evaluate_on_cluster(
+    job: Job, address: str, on_rows: Callable[[int], None] | None = None
+) -> Result:
+    """The losses, computed by the workers of the dask.distributed scheduler at `address`.
+
+    Each worker reads its partition of rows from the files (which it must see at the same
+    paths) and returns block sums; this process combines them.
+    """
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        msg = "--scheduler needs dask.distributed (pip install 'bceloss[dask]')"
+        raise InputError(msg) from None
+    _reach(address)
+    try:
+        client = Client(address, timeout="10s", set_as_default=False)
+    except Exception as e:  # noqa: BLE001 (whatever answered there, one line says so)
+        msg = f"cannot use the Dask scheduler at {address}: {type(e).__name__}: {e}"
+        raise InputError(msg) from None
+    with client:
+        threads = sum(client.nthreads().values()) or 1
+        ranges = partitions(job, 4 * threads)
+        futures = [client.submit(evaluate_rows, job, a, b, pure=False) for a, b in ranges]
+        rows = dict(zip(futures, (b - a for a, b in ranges), strict=True))
+        parts = []
+        for future in as_completed(futures, loop=client.loop):
+            parts.append(future.result())
+            if on_rows is not None:
+                on_rows(rows[future])
+    return finish(job, merge(parts))
