@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any
 
 import array_api_compat
 
-from bceloss import _dtypes, _formulas, _summation
+from bceloss import _autograd, _dtypes, _formulas, _summation
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,13 @@ class LossCall:
 
 
 def _quiet(xp):
-    """NumPy warns on exp overflow and log(0); the formulas expect and handle both."""
-    if array_api_compat.is_numpy_namespace(xp):
+    """NumPy warns on exp overflow and log(0); the formulas expect and handle both.
+
+    array-api-strict computes with NumPy in this thread too. Dask computes later, in its
+    workers: `_by_block` runs the formulas there, block by block, each block quietly.
+    """
+    on_numpy = array_api_compat.is_numpy_namespace(xp)
+    if on_numpy or array_api_compat.is_array_api_strict_namespace(xp):
         import numpy as np
 
         return np.errstate(all="ignore")
@@ -52,6 +58,8 @@ def _accumulator(xp, like):
 
 def _elementwise(call: LossCall, *, loss=True, grad_input=False, grad_target=False):
     xp = call.xp
+    if array_api_compat.is_dask_namespace(xp):
+        return _by_block(call, loss=loss, grad_input=grad_input, grad_target=grad_target)
     ct = _dtypes.compute_dtype(xp, call.dtype)
 
     def cast(a):
@@ -70,6 +78,47 @@ def _elementwise(call: LossCall, *, loss=True, grad_input=False, grad_target=Fal
     return tuple(None if v is None else xp.where(ignored, zero, v) for v in parts)
 
 
+def _by_block(call: LossCall, **wanted):
+    """Dask: `_elementwise` of each block (NumPy or CuPy), one task per block, lazily."""
+    import dask.array as da
+
+    names = [n for n in ("input", "target", "weight", "pos_weight") if getattr(call, n) is not None]
+    arrays = da.broadcast_arrays(*(getattr(call, n) for n in names))
+    count = sum(map(bool, wanted.values()))
+
+    def block(*blocks):
+        inner = dataclasses.replace(
+            call,
+            xp=array_api_compat.array_namespace(*blocks),
+            **dict(zip(names, blocks, strict=True)),
+        )
+        with _quiet(inner.xp):
+            return inner.xp.stack([v for v in _elementwise(inner, **wanted) if v is not None])
+
+    stacked = da.map_blocks(
+        block,
+        *arrays,
+        new_axis=0,
+        chunks=((count,), *arrays[0].chunks),
+        dtype=_dtypes.compute_dtype(call.xp, call.dtype),
+    )
+    rows = iter(range(count))  # the wanted parts, in order, are the rows of `stacked`
+    return tuple(stacked[next(rows)] if want else None for want in wanted.values())
+
+
+def _round(xp, a, dtype):
+    """`a` in the result's `dtype`; on Dask each block quietly (float16 overflows to inf)."""
+    if array_api_compat.is_dask_namespace(xp):
+        return a.map_blocks(functools.partial(_round_block, dtype=dtype), dtype=dtype)
+    return xp.astype(a, dtype, copy=False)
+
+
+def _round_block(block, dtype):
+    xp = array_api_compat.array_namespace(block)
+    with _quiet(xp):
+        return xp.astype(block, dtype, copy=False)
+
+
 def _as_array(xp, value):
     # NumPy returns scalars from 0-d operations; the contract is a 0-d array.
     return xp.asarray(value) if array_api_compat.is_numpy_namespace(xp) else value
@@ -78,7 +127,7 @@ def _as_array(xp, value):
 def _reduce(call: LossCall, l):
     xp = call.xp
     if call.reduction == "none":
-        return _as_array(xp, xp.astype(l, call.dtype, copy=False))
+        return _as_array(xp, _round(xp, l, call.dtype))
     acc = _accumulator(xp, l)
     if array_api_compat.is_numpy_namespace(xp):
         total = xp.asarray(_summation.total(l), dtype=acc)
@@ -89,7 +138,7 @@ def _reduce(call: LossCall, l):
         total = (
             total / n if n else xp.full((), math.nan, dtype=acc, device=array_api_compat.device(l))
         )
-    return _as_array(xp, xp.astype(total, call.dtype))
+    return _as_array(xp, _round(xp, total, call.dtype))
 
 
 def _reduce_gradient(call: LossCall, g, like, dtype):
@@ -103,11 +152,18 @@ def _reduce_gradient(call: LossCall, g, like, dtype):
     squeezed = tuple(i for i, (n, m) in enumerate(zip(g.shape, like.shape, strict=True)) if n != m)
     if squeezed:
         g = xp.sum(g, axis=squeezed, keepdims=True)
-    return _as_array(xp, xp.astype(g, dtype, copy=False))
+    return _as_array(xp, _round(xp, g, dtype))
 
 
 def loss(call: LossCall):
-    """The loss of a validated call."""
+    """The loss of a validated call, differentiable where PyTorch or JAX is recording."""
+    if _autograd.records(call):
+        return _autograd.loss(call)
+    return evaluate(call)
+
+
+def evaluate(call: LossCall):
+    """The loss of a validated call, computed directly."""
     with _quiet(call.xp):
         l, _, _ = _elementwise(call)
         return _reduce(call, l)

@@ -31,10 +31,15 @@ def _weighted(xp, w, v):
 
 def logits(xp, x, y, w=None, p=None, *, loss=True, grad_input=False, grad_target=False):
     """BCE with logits: l = w ((1 - y) x + lw softplus(-x)), lw = 1 + (p - 1) y."""
-    e = xp.exp(-xp.abs(x))
+    # |x|, max(x, 0) and max(-x, 0) all split at the one test x >= 0, so that autograd, which
+    # differentiates the gradients below for second order, takes every kink from the same
+    # side: the pieces then join into the smooth function (abs and clip disagree at 0).
+    nonneg = x >= 0
+    zero = _zero(xp, x)
+    relu_pos = xp.where(nonneg, x, zero)
+    relu_neg = xp.where(nonneg, zero, -x)
+    e = xp.exp(-(relu_pos + relu_neg))  # exp(-|x|)
     log1p_e = xp.log1p(e)
-    relu_pos = xp.clip(x, min=0)
-    relu_neg = xp.clip(-x, min=0)
     q = 1 - y
     py = y if p is None else p * y
     l = gx = gy = None
@@ -49,7 +54,6 @@ def logits(xp, x, y, w=None, p=None, *, loss=True, grad_input=False, grad_target
         # 1 - sigmoid(x) = sigmoid(-x): no 1 - sigmoid(x) computed for large x.
         r = 1 / (1 + e)
         er = e * r
-        nonneg = x >= 0
         sig_pos = xp.where(nonneg, r, er)
         sig_neg = xp.where(nonneg, er, r)
         gx = q * sig_pos - py * sig_neg
@@ -62,6 +66,19 @@ def logits(xp, x, y, w=None, p=None, *, loss=True, grad_input=False, grad_target
         else:
             gy = (p - 1) * log1p_e + _mul_limit(xp, p, relu_neg) - relu_pos
     return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
+
+
+def logits_grad_pos_weight(xp, x, y, w=None):
+    """d l / d p of BCE with logits: w y softplus(-x), the loss being linear in p.
+
+    softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), both terms >= 0; y = 0 gives 0 even at
+    x = -inf. (d l / d w is the loss without w: `logits(xp, x, y, None, p)`.)
+    """
+    nonneg = x >= 0
+    zero = _zero(xp, x)
+    relu_neg = xp.where(nonneg, zero, -x)
+    softplus_neg = relu_neg + xp.log1p(xp.exp(-(xp.where(nonneg, x, zero) + relu_neg)))
+    return _weighted(xp, w, _mul_limit(xp, y, softplus_neg))
 
 
 def probabilities(xp, x, y, w=None, *, loss=True, grad_input=False, grad_target=False):

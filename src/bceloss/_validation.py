@@ -7,6 +7,7 @@ Messages name the argument, what was expected and what arrived.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -62,7 +63,9 @@ def namespace(arrays: dict):
             raise TypeError(msg)
     kinds = {}
     for name, a in present.items():
-        kinds.setdefault(array_api_compat.array_namespace(a).__name__, name)
+        # 'array_api_compat.torch' -> 'torch', 'jax.numpy' -> 'jax', 'array_api_strict'
+        library = array_api_compat.array_namespace(a).__name__.removeprefix("array_api_compat.")
+        kinds.setdefault(library.split(".")[0], name)
     if len(kinds) > 1:
         (ka, na), (kb, nb) = list(kinds.items())[:2]
         msg = f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
@@ -152,16 +155,29 @@ def is_concrete(x) -> bool:
     return not array_api_compat.is_dask_array(x)
 
 
-def _probabilities(xp, x, name: str) -> None:
+def _probabilities(xp, x, name: str):
+    """`x`, checked to hold probabilities where its values are concrete (see `is_concrete`).
+
+    A Dask array comes back with the check embedded in its graph: it runs chunk by chunk
+    as the loss is computed, and the error names the range found in the offending chunk.
+    """
+    if array_api_compat.is_dask_array(x):
+        return x.map_blocks(functools.partial(_checked_block, name=name), dtype=x.dtype)
     if not is_concrete(x) or math.prod(_shape(x)) == 0:
-        return
+        return x
     # NaN compares False both ways: it passes and propagates to the loss.
     outside = (x < 0) | (x > 1)
     if bool(xp.any(outside)):
-        low = float(xp.min(xp.where(outside, x, xp.ones_like(x))))
-        high = float(xp.max(xp.where(outside, x, xp.zeros_like(x))))
+        # the range of the offending values only: the others are filled with +-inf
+        low = float(xp.min(xp.where(outside, x, xp.full_like(x, math.inf))))
+        high = float(xp.max(xp.where(outside, x, xp.full_like(x, -math.inf))))
         msg = f"{name} must hold probabilities in [0, 1]; got values from {low:g} to {high:g}"
         raise ValueError(msg)
+    return x
+
+
+def _checked_block(block, name: str):
+    return _probabilities(array_api_compat.array_namespace(block), block, name)
 
 
 def validate(
@@ -193,7 +209,7 @@ def validate(
         _numeric(xp, pos_weight, "pos_weight")
         _broadcast_to_input(pos_weight, "pos_weight", shape, may_expand=False)
     if not logits:
-        _probabilities(xp, input, iname)
+        input = _probabilities(xp, input, iname)
     return LossCall(
         xp=xp,
         logits=logits,

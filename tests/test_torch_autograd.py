@@ -1,0 +1,189 @@
+"""PyTorch autograd through the losses: backward() gives SPEC §2's gradients for input,
+target, weight and pos_weight (at infinite logits too), gradcheck and gradgradcheck pass,
+half types work, and nothing but the [0, 1] check reads a value back to the host."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import portable
+import pytest
+
+import bceloss
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+
+BCE = bceloss.binary_cross_entropy
+BCEL = bceloss.binary_cross_entropy_with_logits
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+          "float64": torch.float64}  # fmt: skip
+
+
+def _leaf(a, dtype):
+    return torch.asarray(np.asarray(a, np.float64)).to(DTYPES[dtype]).requires_grad_()
+
+
+def _np(t):
+    return t.detach().double().numpy()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_logits_backward_against_oracle(dtype):
+    # x holds +-inf and +-1e4, where autograd through the formula's `where`s gives NaN
+    (x, y, w, p), (loss, dx, dy, dw, dp) = portable.logits_case()
+    X, Y, W, P = (_leaf(a, dtype) for a in (x, y, w, p))
+    out = BCEL(X, Y, W, "sum", P)
+    assert out.grad_fn is not None
+    out.backward()
+    portable.assert_values(_np(out), sum(loss.ravel().tolist()), dtype, reduced=True)
+    for t in (X, Y, W, P):
+        assert t.grad.dtype == t.dtype
+        assert t.grad.shape == t.shape
+    lx, ly = portable.logits_largest_terms(x, y, w, p)
+    portable.assert_gradient(_np(X.grad), dx, lx, dtype)
+    portable.assert_gradient(_np(Y.grad), dy, ly, dtype)
+    # d/dw and d/dp sum over the broadcast axes; their terms are >= 0, so compare relatively
+    rtol = 2e-2 if dtype in portable.HALF else 1e-5 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(_np(W.grad), dw.sum(axis=1, keepdims=True), rtol=rtol)
+    np.testing.assert_allclose(_np(P.grad), dp.sum(axis=0), rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_probabilities_backward_against_oracle(dtype):
+    (x, y, w), (_, dx, dy, dw) = portable.probabilities_case()
+    X, Y, W = (_leaf(a, dtype) for a in (x, y, w))
+    BCE(X, Y, W, "none").backward(torch.ones(x.shape, dtype=DTYPES[dtype]))
+    den = np.maximum(x * (1 - x), 1e-12)
+    with np.errstate(divide="ignore"):
+        logs = np.maximum(
+            np.abs(np.maximum(np.log(x), -100)), np.abs(np.maximum(np.log1p(-x), -100))
+        )
+    portable.assert_gradient(_np(X.grad), dx, w * np.maximum(x, y) / den, dtype)
+    portable.assert_gradient(_np(Y.grad), dy, w * logs, dtype)
+    portable.assert_values(_np(W.grad), dw, dtype)
+
+
+def _float64_case(seed, probabilities=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 4, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    if not probabilities:
+        x = (x - 0.5) * 12
+    y = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    w = torch.rand(4, generator=g, dtype=torch.float64) + 0.5
+    p = torch.rand(3, 1, generator=g, dtype=torch.float64) * 3
+    return [t.requires_grad_() for t in (x, y, w, p)]
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_gradcheck_and_gradgradcheck_logits(reduction):
+    x, y, w, p = _float64_case(0)
+
+    def f(x, y, w, p):
+        return BCEL(x, y, w, reduction, p)
+
+    assert torch.autograd.gradcheck(f, (x, y, w, p))
+    assert torch.autograd.gradgradcheck(f, (x, y, w, p))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_gradcheck_and_gradgradcheck_probabilities(reduction):
+    x, y, w, _ = _float64_case(1, probabilities=True)
+
+    def f(x, y, w):
+        return BCE(x, y, w, reduction)
+
+    assert torch.autograd.gradcheck(f, (x, y, w))
+    assert torch.autograd.gradgradcheck(f, (x, y, w))
+
+
+def test_second_derivative_is_exact_at_0_and_finite_at_1e4():
+    # d2 l / dx2 = w lw sigmoid(x) sigmoid(-x); at x = 0 exactly: w lw / 4, where |x| and
+    # max(x, 0) have their kink (autograd through abs/clip would give 0 here).
+    x = torch.tensor([0.0, -1e4, 1e4, 3.0], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0.25, 0.5, 0.5, 1.0], dtype=torch.float64)
+    p = torch.tensor([2.0, 2.0, 2.0, 0.5], dtype=torch.float64)
+    (g,) = torch.autograd.grad(BCEL(x, y, reduction="sum", pos_weight=p), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    lw = 1 + (p - 1) * y
+    s = torch.sigmoid(x.detach())
+    np.testing.assert_allclose(h.numpy(), (lw * s * (1 - s)).numpy(), rtol=1e-14, atol=0)
+    assert h[0] == lw[0] / 4
+
+
+def test_matches_torch_own_losses():
+    # an independent implementation, where its formula is accurate (moderate logits)
+    x, y, w, p = _float64_case(2)
+    for ours, theirs, args in (
+        (BCEL, torch.nn.functional.binary_cross_entropy_with_logits, {"pos_weight": p.detach()}),
+        (BCE, torch.nn.functional.binary_cross_entropy, {}),
+    ):
+        xx = torch.sigmoid(x.detach()).requires_grad_() if ours is BCE else x
+        # PyTorch does not differentiate its losses with respect to weight or pos_weight
+        ga = torch.autograd.grad(ours(xx, y, w.detach(), **args), (xx, y))
+        gb = torch.autograd.grad(theirs(xx, y, w.detach(), **args), (xx, y))
+        for a, b in zip(ga, gb, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_value_and_grad_agrees_with_autograd():
+    x, y, w, p = _float64_case(3)
+    for fn, args in ((BCEL, (x, y, w, "mean", p)), (BCE, (torch.sigmoid(x.detach()), y, w))):
+        value, grads = bceloss.value_and_grad(fn, argnums=(0, 1))(*args)
+        a = args[0].detach().requires_grad_()
+        b = y.detach().requires_grad_()
+        loss = fn(a, b, *args[2:])
+        auto = torch.autograd.grad(loss, (a, b))
+        assert value.item() == loss.item()
+        for ours, theirs in zip(grads, auto, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_loss_classes_and_flavours_backpropagate():
+    # float32: MindSpore has no float64
+    x, y, w, p = (t.detach().float().requires_grad_() for t in _float64_case(4))
+    losses = [
+        bceloss.BCEWithLogitsLoss(w, "mean", p),
+        bceloss.compat.mindspore.BCEWithLogitsLoss("mean", w, p),
+        bceloss.compat.paddle.BCEWithLogitsLoss(w, "mean", p),
+    ]
+    grads = [torch.autograd.grad(f(x, y), (x, y, w, p)) for f in losses]
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_paddle_ignored_labels_get_zero_gradient():
+    x = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1.0, -100.0, 0.0], dtype=torch.float64)
+    bceloss.compat.paddle.binary_cross_entropy_with_logits(x, y, reduction="sum").backward()
+    assert x.grad[1] == 0
+    assert x.grad[0] == pytest.approx(-1 / (1 + math.e))
+
+
+def test_no_autograd_node_unless_recording():
+    x = torch.tensor([0.5, -1.0], requires_grad=True)
+    y = torch.tensor([1.0, 0.0])
+    assert BCEL(x.detach(), y).grad_fn is None
+    with torch.no_grad():
+        assert BCEL(x, y).grad_fn is None
+    assert type(BCEL(x, y).grad_fn).__name__ == "BCELossFunctionBackward"
+
+
+def test_nothing_but_the_probability_check_reads_values():
+    # 'meta' tensors have no data: any read of a value (a host synchronisation on an
+    # accelerator) raises. The logits loss, its backward and value_and_grad never read one.
+    x = torch.empty(64, 8, device="meta", requires_grad=True)
+    y = torch.empty(64, 8, device="meta")
+    w = torch.empty(8, device="meta", requires_grad=True)
+    for reduction in ("none", "mean", "sum"):
+        out = BCEL(x, y, w, reduction, w)
+        assert out.device.type == "meta"
+    out.backward()
+    assert x.grad.device.type == "meta"
+    assert w.grad.shape == w.shape
+    _, g = bceloss.value_and_grad(BCEL)(x.detach(), y)
+    assert g.device.type == "meta"
+    # ... and probabilities are checked to lie in [0, 1]: that one reads values
+    with pytest.raises(RuntimeError, match="meta"):
+        BCE(x, y)
