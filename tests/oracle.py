@@ -103,3 +103,59 @@ def ulp_error(got, exact, dtype) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         err = np.abs(got - exact) / ulp(exact, dtype)
     return np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
+
+
+def focal_terms(x, y, alpha=0.25, gamma=2.0, w=1.0):
+    """(loss, d/dx, d/dy, |terms of d/dx|, |terms of d/dy|) of torchvision's sigmoid focal
+    loss w a_t (1 - p_t)^gamma ce, from its textbook definition: p = sigmoid(x),
+    ce = -(y log p + (1 - y) log(1 - p)), p_t = p y + (1 - p)(1 - y),
+    a_t = alpha y + (1 - alpha)(1 - y) (1 when alpha < 0). Finite x only. The last two
+    are the sums of the absolute values of the derivatives' terms (what an error is
+    measured against)."""
+    x, y, w, alpha, gamma = float(x), float(y), float(w), float(alpha), float(gamma)
+    with mp.workdps(_digits(x)):  # 1 - p keeps its digits up to |x| / ln 10 more
+        X, Y, W, A, G = _mpf(x), _mpf(y), _mpf(w), _mpf(alpha), _mpf(gamma)
+        p = _sigmoid(X)
+        ce = -(Y * mp.log(p) + (1 - Y) * mp.log(1 - p))
+        m = 1 - (p * Y + (1 - p) * (1 - Y))
+        at, dat = (A * Y + (1 - A) * (1 - Y), 2 * A - 1) if alpha >= 0 else (1, 0)
+        mg = m**G
+        # d/dg of m^gamma: gamma m^(gamma - 1) dm, with dm/dx = (1 - 2y) p (1 - p),
+        # dm/dy = 1 - 2p; dce/dx = p - y, dce/dy = -x
+        mg1 = G * m ** (G - 1) if gamma else mp.mpf(0)
+        dx = at * (mg1 * (1 - 2 * Y) * p * (1 - p) * ce + mg * (p - Y))
+        dy = dat * mg * ce + at * (mg1 * (1 - 2 * p) * ce - mg * X)
+        # the terms, with 1 - 2y, p - y and 1 - 2p split as SPEC §3 measures BCE's d/dx
+        tx = [mg1 * (1 + 2 * Y) * p * (1 - p) * ce, mg * p, mg * Y]
+        ty = [dat * mg * ce, at * mg1 * (1 + 2 * p) * ce, at * mg * X]
+        return (
+            float(W * at * mg * ce),
+            float(W * dx),
+            float(W * dy),
+            float(abs(W * at) * sum(abs(t) for t in tx)),
+            float(abs(W) * sum(abs(t) for t in ty)),
+        )
+
+
+def smoothed_terms(x, y, s, w=1.0, p=1.0, *, logits=True):
+    """(loss, d/dx, d/dy) of BCE (logits: SPEC §2 with pos_weight p; else on probabilities,
+    logs clamped at -100) at the smoothed target y (1 - s) + s / 2, taken exactly; d/dy
+    includes the chain rule's factor 1 - s."""
+    x, y, s, w, p = float(x), float(y), float(s), float(w), float(p)
+    digits = _digits(x) if logits else GUARD_DIGITS + 330
+    with mp.workdps(digits):
+        X, Y, S, W, P = _mpf(x), _mpf(y), _mpf(s), _mpf(w), _mpf(p)
+        Ys = Y * (1 - S) + S / 2
+        if logits:
+            lw = 1 + (P - 1) * Ys
+            sp_neg = mp.log(1 + mp.exp(-X))
+            loss = W * ((1 - Ys) * X + lw * sp_neg)
+            dx = W * (lw * _sigmoid(X) - P * Ys)
+            dys = W * ((P - 1) * sp_neg - X)
+        else:
+            log_x = max(mp.log(X), -100) if x > 0 else mp.mpf(-100)
+            log_q = max(mp.log(1 - X), -100) if x < 1 else mp.mpf(-100)
+            loss = -W * (Ys * log_x + (1 - Ys) * log_q)
+            dx = W * (X - Ys) / max(X * (1 - X), mp.mpf(1e-12))
+            dys = W * (log_q - log_x)
+        return float(loss), float(dx), float((1 - S) * dys)

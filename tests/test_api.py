@@ -15,6 +15,7 @@ def test_all_is_pinned():
         "binary_cross_entropy",
         "binary_cross_entropy_with_logits",
         "compat",
+        "sigmoid_focal_loss",
         "value_and_grad",
     ]
     for name in bceloss.__all__:

@@ -50,6 +50,7 @@ def test_public_surface():
         "BCEWithLogitsLoss",
         "binary_cross_entropy",
         "binary_cross_entropy_with_logits",
+        "sigmoid_focal_loss",
     ]
     assert bceloss.compat.paddle is pd
 

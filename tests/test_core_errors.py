@@ -53,7 +53,7 @@ def test_reduction_not_a_str_is_a_type_error(fn, reduction, shown):
 @pytest.mark.parametrize("fn", FUNCTIONS)
 @pytest.mark.parametrize("reduction", ["MEAN", "avg", "", "batchmean"])
 def test_unknown_reduction_is_a_value_error(fn, reduction):
-    msg = f"reduction must be one of ('none', 'mean', 'sum'); got {reduction!r}"
+    msg = f"reduction must be one of ('none', 'mean', 'sum', 'weighted_mean'); got {reduction!r}"
     with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
         fn(X, Y, reduction=reduction)
 

@@ -2,11 +2,16 @@
 
 The core follows PyTorch (`binary_cross_entropy`, `binary_cross_entropy_with_logits`,
 `BCELoss`, `BCEWithLogitsLoss`); `bceloss.compat` holds the MindSpore and Paddle flavours.
-`value_and_grad` gives any of them with its closed-form gradient.
+`sigmoid_focal_loss` is torchvision's, computed without cancellation. `value_and_grad` gives
+any of them with its closed-form gradient.
 """
 
 from bceloss import compat
-from bceloss._functional import binary_cross_entropy, binary_cross_entropy_with_logits
+from bceloss._functional import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    sigmoid_focal_loss,
+)
 from bceloss._grad import value_and_grad
 from bceloss._modules import BCELoss, BCEWithLogitsLoss
 
@@ -18,5 +23,6 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "compat",
+    "sigmoid_focal_loss",
     "value_and_grad",
 ]

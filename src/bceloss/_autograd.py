@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import array_api_compat
 
-from bceloss import _dtypes, _engine, _formulas
+from bceloss import _engine
 
 _ARRAYS = ("input", "target", "weight", "pos_weight")
 
@@ -72,19 +73,30 @@ def gradients(call, needs):
     if needs[2]:
         # l = w f(x, y, p): d l / d w is the loss without the weight
         gw, _, _ = _engine._elementwise(dataclasses.replace(call, weight=None))
+        if call.reduction == "weighted_mean":
+            # d/dw_i (sum w l / sum w) = (l_i - mean) / sum w; _reduce* divide by sum w
+            mean = _engine.reduced(call, _engine._elementwise(call)[0])
+            gw = gw - xp.astype(mean, gw.dtype)
+            if call.where is not None:
+                gw = xp.where(xp.broadcast_to(call.where, call.shape), gw, xp.zeros_like(gw))
     if needs[3]:
-        ct = _dtypes.compute_dtype(xp, call.dtype)
-        x, y = (xp.astype(a, ct, copy=False) for a in (call.input, call.target))
-        w = None if call.weight is None else xp.astype(call.weight, ct, copy=False)
-        gp = _formulas.logits_grad_pos_weight(xp, x, y, w)
-        if call.ignore_label is not None:
-            gp = xp.where(y == call.ignore_label, xp.zeros_like(gp), gp)
+        gp = _engine.pos_weight_gradient(call)
     return tuple(None if g is None else xp.broadcast_to(g, call.shape) for g in (gx, gy, gw, gp))
+
+
+def _fused_torch(name, call, *args):
+    """bceloss._kernels' `name` for a PyTorch CPU call above the kernel's threshold, or None."""
+    if call.extended or math.prod(call.shape) < _engine.KERNEL_MIN_SIZE:
+        return None
+    from bceloss import _kernels
+
+    return getattr(_kernels, name)(call, *args)
 
 
 def torch_forward(call):
     """The forward of the PyTorch Function: the loss of `call` (run with grad mode off)."""
-    return _engine.evaluate(call)
+    fused = _fused_torch("torch_loss", call)  # CPU tensors: the NumPy kernel, zero-copy
+    return _engine.evaluate(call) if fused is None else fused
 
 
 def torch_backward(call, grad, needs):
@@ -98,6 +110,9 @@ def torch_backward(call, grad, needs):
     Returns:
       Four tensors (None where not needed), each of its array's shape and dtype.
     """
+    fused = _fused_torch("torch_gradients", call, grad, needs)
+    if fused is not None:
+        return fused
     with _engine._quiet(call.xp):
         parts = gradients(call, needs)
     return tuple(
@@ -120,7 +135,7 @@ def _torch_function():
         @staticmethod
         def setup_context(ctx, inputs, output):
             call, *arrays = inputs
-            ctx.call = call  # holds no tensors: they are saved below, version-checked
+            ctx.call = call  # no tensors but the `where` mask: they are saved below
             ctx.save_for_backward(*arrays)
 
         @staticmethod

@@ -28,6 +28,21 @@ class LossCall:
     dtype: Any  # the result's dtype
     shape: tuple[int, ...]  # the elementwise loss's shape (a Paddle weight may widen it)
     ignore_label: float | None = None
+    where: Any = None  # a bool array broadcastable to the input: the elements kept
+    label_smoothing: float = 0.0  # the target becomes y (1 - s) + s / 2
+    gamma: float | None = None  # not None: the sigmoid focal loss, with this exponent
+    alpha: float | None = None  # the focal loss's weight of the positives (None: off)
+
+    @property
+    def extended(self) -> bool:
+        """True when the call uses an option beyond the frameworks' BCE (a mask, label
+        smoothing, the focal loss, 'weighted_mean'): the fused kernels do not run those."""
+        return (
+            self.where is not None
+            or self.label_smoothing != 0
+            or self.gamma is not None
+            or self.reduction == "weighted_mean"
+        )
 
 
 def _quiet(xp):
@@ -56,33 +71,66 @@ def _accumulator(xp, like):
     return xp.float64
 
 
-def _elementwise(call: LossCall, *, loss=True, grad_input=False, grad_target=False):
+def _prepared(call: LossCall):
+    """input, target, weight, pos_weight in the computation dtype, and where the elementwise
+    results are to be zeroed (an ignored label, an element masked out by `where`) or None.
+
+    Masked-out elements are first replaced by harmless values (x = y = 1/2, weights 1):
+    the first `where` of the "double where". NaN or inf there would otherwise reach autograd,
+    which multiplies it by the zero gradient of the second `where` (`_zeroed`): NaN.
+    """
     xp = call.xp
-    if array_api_compat.is_dask_namespace(xp):
-        return _by_block(call, loss=loss, grad_input=grad_input, grad_target=grad_target)
     ct = _dtypes.compute_dtype(xp, call.dtype)
 
     def cast(a):
         return None if a is None else xp.astype(a, ct, copy=False)
 
-    x, y, w = cast(call.input), cast(call.target), cast(call.weight)
-    wanted = {"loss": loss, "grad_input": grad_input, "grad_target": grad_target}
-    if call.logits:
-        parts = _formulas.logits(xp, x, y, w, cast(call.pos_weight), **wanted)
-    else:
-        parts = _formulas.probabilities(xp, x, y, w, **wanted)
-    if call.ignore_label is None:
+    x, y, w, p = (cast(a) for a in (call.input, call.target, call.weight, call.pos_weight))
+    drop = None if call.ignore_label is None else y == call.ignore_label
+    if call.where is not None:
+        keep = xp.broadcast_to(call.where, tuple(x.shape))  # a block's, on Dask
+        drop = xp.logical_not(keep) if drop is None else xp.logical_or(drop, xp.logical_not(keep))
+        one = xp.ones((), dtype=ct, device=array_api_compat.device(x))
+        x, y = xp.where(keep, x, one / 2), xp.where(keep, y, one / 2)
+        w, p = (None if a is None else xp.where(keep, a, one) for a in (w, p))
+    return x, y, w, p, drop
+
+
+def _zeroed(xp, drop, parts):
+    if drop is None:
         return parts
-    ignored = y == call.ignore_label
-    zero = xp.zeros((), dtype=ct, device=array_api_compat.device(x))
-    return tuple(None if v is None else xp.where(ignored, zero, v) for v in parts)
+    return tuple(None if v is None else xp.where(drop, xp.zeros_like(v), v) for v in parts)
+
+
+def _elementwise(call: LossCall, *, loss=True, grad_input=False, grad_target=False):
+    xp = call.xp
+    if array_api_compat.is_dask_namespace(xp):
+        return _by_block(call, loss=loss, grad_input=grad_input, grad_target=grad_target)
+    x, y, w, p, drop = _prepared(call)
+    wanted = {"loss": loss, "grad_input": grad_input, "grad_target": grad_target}
+    if call.gamma is not None:
+        parts = _formulas.focal(xp, x, y, w, call.alpha, call.gamma, **wanted)
+    elif call.logits:
+        parts = _formulas.logits(xp, x, y, w, p, smoothing=call.label_smoothing, **wanted)
+    else:
+        parts = _formulas.probabilities(xp, x, y, w, smoothing=call.label_smoothing, **wanted)
+    return _zeroed(xp, drop, parts)
+
+
+def pos_weight_gradient(call: LossCall):
+    """The elementwise d l / d pos_weight (logits form), zeroed where the loss is."""
+    with _quiet(call.xp):
+        x, y, w, _, drop = _prepared(call)
+        y, _ = _formulas.smoothed(call.xp, y, call.label_smoothing)
+        return _zeroed(call.xp, drop, (_formulas.logits_grad_pos_weight(call.xp, x, y, w),))[0]
 
 
 def _by_block(call: LossCall, **wanted):
     """Dask: `_elementwise` of each block (NumPy or CuPy), one task per block, lazily."""
     import dask.array as da
 
-    names = [n for n in ("input", "target", "weight", "pos_weight") if getattr(call, n) is not None]
+    names = ("input", "target", "weight", "pos_weight", "where")
+    names = [n for n in names if getattr(call, n) is not None]
     arrays = da.broadcast_arrays(*(getattr(call, n) for n in names))
     count = sum(map(bool, wanted.values()))
 
@@ -93,7 +141,7 @@ def _by_block(call: LossCall, **wanted):
             **dict(zip(names, blocks, strict=True)),
         )
         with _quiet(inner.xp):
-            return inner.xp.stack([v for v in _elementwise(inner, **wanted) if v is not None])
+            return inner.xp.stack([v for v in _block_elementwise(inner, **wanted) if v is not None])
 
     stacked = da.map_blocks(
         block,
@@ -104,6 +152,18 @@ def _by_block(call: LossCall, **wanted):
     )
     rows = iter(range(count))  # the wanted parts, in order, are the rows of `stacked`
     return tuple(stacked[next(rows)] if want else None for want in wanted.values())
+
+
+def _block_elementwise(call: LossCall, **wanted):
+    """`_elementwise` of one block; on NumPy the fused kernel's (at every size), so that Dask
+    gets the numbers NumPy gets for the whole array."""
+    block = dataclasses.replace(call, shape=tuple(call.input.shape))
+    plan = _kernel_plan(block, min_size=1)
+    if plan is None:
+        return _elementwise(call, **wanted)
+    from bceloss import _kernels
+
+    return _kernels.elementwise(block, plan, **wanted)
 
 
 def _round(xp, a, dtype):
@@ -128,24 +188,56 @@ def _reduce(call: LossCall, l):
     xp = call.xp
     if call.reduction == "none":
         return _as_array(xp, _round(xp, l, call.dtype))
+    return _as_array(xp, _round(xp, reduced(call, l), call.dtype))
+
+
+def reduced(call: LossCall, l):
+    """The reduced elementwise loss `l` in the accumulation dtype, before any rounding."""
+    xp = call.xp
     acc = _accumulator(xp, l)
     if array_api_compat.is_numpy_namespace(xp):
-        total = xp.asarray(_summation.total(l), dtype=acc)
+        # only the kept elements, in order: the same blocks, so the same sum, as l[where]
+        kept = l if call.where is None else l[xp.broadcast_to(call.where, call.shape)]
+        total = xp.asarray(_summation.total(kept), dtype=acc)
     else:
         total = xp.sum(l, dtype=acc)
-    if call.reduction == "mean":
-        n = math.prod(call.shape)
-        total = (
-            total / n if n else xp.full((), math.nan, dtype=acc, device=array_api_compat.device(l))
-        )
-    return _as_array(xp, _round(xp, total, call.dtype))
+    if call.reduction == "sum":
+        return total
+    n = _denominator(call, acc)
+    if isinstance(n, int) and n == 0:
+        return xp.full((), math.nan, dtype=acc, device=array_api_compat.device(l))
+    return total / n  # 'weighted_mean' with weights adding up to 0: 0 / 0 = NaN
+
+
+def _denominator(call: LossCall, acc):
+    """What 'mean' divides the sum by, the number of elements kept, or 'weighted_mean', the
+    sum of their weights broadcast to the loss's shape (the number kept when weight is None).
+
+    A Python number on NumPy and where nothing is masked; else a 0-d array (lazy on Dask).
+    """
+    xp = call.xp
+    weighted = call.reduction == "weighted_mean" and call.weight is not None
+    if call.where is None and not weighted:
+        return math.prod(call.shape)
+    keep = None if call.where is None else xp.broadcast_to(call.where, call.shape)
+    on_numpy = array_api_compat.is_numpy_namespace(xp)
+    if not weighted:
+        return int(xp.count_nonzero(keep)) if on_numpy else xp.sum(xp.astype(keep, acc))
+    w = xp.broadcast_to(xp.astype(call.weight, acc), call.shape)
+    if on_numpy:
+        return _summation.total(w if keep is None else w[keep])
+    return xp.sum(w if keep is None else xp.where(keep, w, xp.zeros_like(w)))
 
 
 def _reduce_gradient(call: LossCall, g, like, dtype):
     """The gradient of the reduced loss, summed back to the shape of `like`, in `dtype`."""
     xp = call.xp
-    if call.reduction == "mean":
-        g = g / max(math.prod(call.shape), 1)
+    if call.reduction == "weighted_mean":
+        g = g / _denominator(call, _accumulator(xp, g))
+    elif call.reduction == "mean":
+        n = _denominator(call, _accumulator(xp, g))
+        # nothing kept: every gradient is 0
+        g = g / (max(n, 1) if isinstance(n, int) else xp.where(n > 0, n, xp.ones_like(n)))
     extra = len(call.shape) - like.ndim
     if extra:
         g = xp.sum(g, axis=tuple(range(extra)))
@@ -162,8 +254,32 @@ def loss(call: LossCall):
     return evaluate(call)
 
 
-def evaluate(call: LossCall):
-    """The loss of a validated call, computed directly."""
+KERNEL_MIN_SIZE = 4096  # elements; measured in benchmarks/bench_bce.py (README, ## Speed)
+
+
+def _kernel_plan(call: LossCall, min_size: int = KERNEL_MIN_SIZE):
+    """The fused NumPy kernel's plan for `call` (see _kernels.plan), or None. Below
+    KERNEL_MIN_SIZE elements it is no faster than the formula (its fixed cost is ~30 us):
+    the formula runs, and numba is not imported."""
+    if (
+        call.extended
+        or not array_api_compat.is_numpy_namespace(call.xp)
+        or math.prod(call.shape) < min_size
+    ):
+        return None
+    from bceloss import _kernels
+
+    return _kernels.plan(call)
+
+
+def evaluate(call: LossCall, *, fast: bool = True):
+    """The loss of a validated call, computed directly (`fast`: by the fused NumPy kernel
+    where it applies)."""
+    plan = _kernel_plan(call) if fast else None
+    if plan is not None:
+        from bceloss import _kernels
+
+        return _kernels.loss(call, plan)
     with _quiet(call.xp):
         l, _, _ = _elementwise(call)
         return _reduce(call, l)
@@ -171,13 +287,29 @@ def evaluate(call: LossCall):
 
 def elementwise_loss(call: LossCall):
     """The elementwise loss of a validated call in the computation dtype, before any rounding
-    to the result's dtype: what `_reduce` adds up. Streams add it up block by block."""
+    to the result's dtype: what `_reduce` adds up. Streams add it up block by block.
+
+    On NumPy it is the fused kernel's at every size (its block sums are NumPy's), so a stream
+    adds up to the last bit what the library returns for the whole array."""
+    plan = _kernel_plan(call, min_size=1)
+    if plan is not None:
+        from bceloss import _kernels
+
+        return _kernels.elementwise(call, plan)[0]
     with _quiet(call.xp):
         return _elementwise(call)[0]
 
 
-def loss_and_grad(call: LossCall, wrt: tuple[int, ...]):
-    """The loss and its gradients with respect to the positions in `wrt` (0 input, 1 target)."""
+def loss_and_grad(call: LossCall, wrt: tuple[int, ...], *, out=None, fast: bool = True):
+    """The loss and its gradients with respect to the positions in `wrt` (0 input, 1 target).
+
+    The fused NumPy kernel (`fast`) writes the input's gradient into `out` when given (a
+    checked, C-contiguous NumPy array); otherwise the caller copies it there."""
+    plan = _kernel_plan(call) if fast else None
+    if plan is not None:
+        from bceloss import _kernels
+
+        return _kernels.loss_and_grad(call, plan, wrt, out=out)
     xp = call.xp
     with _quiet(xp):
         l, gx, gy = _elementwise(call, grad_input=0 in wrt, grad_target=1 in wrt)

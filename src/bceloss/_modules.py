@@ -12,8 +12,12 @@ class _Loss:
         return _engine.loss(self.__bceloss_bind__(input, target))
 
     def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self._options().items() if v is not None)
-        return f"{type(self).__name__}({options})"
+        shown = (  # the options set: not None, and label_smoothing not 0
+            f"{k}={v!r}"
+            for k, v in self._options().items()
+            if v is not None and (k, v) != ("label_smoothing", 0.0)
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 class BCELoss(_Loss):
@@ -24,23 +28,36 @@ class BCELoss(_Loss):
         l = -w * (y * max(log(x), -100) + (1 - y) * max(log(1 - x), -100))
 
     then 'none' keeps l, 'sum' adds it up and 'mean' divides that sum by the number of
-    elements (not by the sum of the weights, as in PyTorch). The logs are clamped at -100
-    as in PyTorch, so the loss stays finite at x = 0 and x = 1. The gradient is
+    elements (not by the sum of the weights, as in PyTorch); 'weighted_mean' divides it by
+    the sum of the weights. The logs are clamped at -100 as in PyTorch, so the loss stays
+    finite at x = 0 and x = 1. The gradient is
 
         d l / d x = w * (x - y) / max(x * (1 - x), 1e-12)
         d l / d y = w * (max(log(1 - x), -100) - max(log(x), -100))
 
+    Options (keyword-only, here and in the functional form):
+
+    - label_smoothing=s: y becomes y (1 - s) + s / 2 (Keras); d l / d y gains a factor 1 - s.
+    - where=m: a bool array broadcastable to the input; only the elements where m is True
+      count. 'mean' divides by their number, so f(x, y, where=m) == f(x[m], y[m]);
+      'none' gives 0 elsewhere, and NaN or inf there reaches neither loss nor gradient.
+    - reduction='weighted_mean': sum(w l) / sum(w) over the kept elements, w the weight
+      broadcast to the loss's shape ('mean' when weight is None). Weights adding up to 0
+      give NaN, as an empty 'mean' does. value_and_grad does not differentiate w; PyTorch
+      and JAX autograd do, through the denominator too.
+
     Shape:
       input: any shape, floating dtype (float16, bfloat16, float32, float64).
       target: input's shape; floating, or integer/bool (cast to input's dtype).
-      weight: broadcastable to input's shape.
+      weight, where: broadcastable to input's shape.
       result: input's shape for 'none', else 0-d; input's dtype (float16 and bfloat16
       are computed in float32 and rounded once).
 
     Raises:
       TypeError: an argument that is not an array, a non-floating input, a reduction
-        that is not a str.
-      ValueError: an unknown reduction, mismatched shapes, input outside [0, 1].
+        that is not a str, a label_smoothing that is not a number, a non-bool where.
+      ValueError: an unknown reduction, mismatched shapes, input outside [0, 1] (where
+        kept), label_smoothing outside [0, 1].
 
     Examples:
       >>> import numpy as np, bceloss
@@ -51,18 +68,24 @@ class BCELoss(_Loss):
       0.38240483
     """
 
-    def __init__(self, weight=None, reduction="mean"):
+    def __init__(self, weight=None, reduction="mean", *, label_smoothing=0.0, where=None):
         _validation.reduction(reduction)
+        _validation.smoothing(label_smoothing)
         self.weight = weight
         self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.where = where
 
     def _options(self):
-        return {"weight": self.weight, "reduction": self.reduction}
+        return {
+            "weight": self.weight,
+            "reduction": self.reduction,
+            "label_smoothing": self.label_smoothing,
+            "where": self.where,
+        }
 
     def __bceloss_bind__(self, input, target):
-        return _functional.binary_cross_entropy.__bceloss_bind__(
-            input, target, weight=self.weight, reduction=self.reduction
-        )
+        return _functional.binary_cross_entropy.__bceloss_bind__(input, target, **self._options())
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -80,17 +103,20 @@ class BCEWithLogitsLoss(_Loss):
         d l / d x = w * (lw * sigmoid(x) - p * y)
         d l / d y = w * ((p - 1) * softplus(-x) - x)
 
+    The options label_smoothing, where and reduction='weighted_mean' are those of
+    `BCELoss`; with label_smoothing, 1 - y is computed as (1 - y)(1 - s) + s / 2.
+
     Shape:
       input: any shape, floating dtype (float16, bfloat16, float32, float64).
       target: input's shape; floating (promoted with input), or integer/bool (cast).
-      weight, pos_weight: broadcastable to input's shape (a (C,) pos_weight weighs the
-        positives of each of C labels in the last dimension).
+      weight, pos_weight, where: broadcastable to input's shape (a (C,) pos_weight weighs
+        the positives of each of C labels in the last dimension).
       result: input's shape for 'none', else 0-d.
 
     Raises:
       TypeError: an argument that is not an array, a non-floating input, a reduction
-        that is not a str.
-      ValueError: an unknown reduction, mismatched shapes.
+        that is not a str, a label_smoothing that is not a number, a non-bool where.
+      ValueError: an unknown reduction, mismatched shapes, label_smoothing outside [0, 1].
 
     Examples:
       >>> import numpy as np, bceloss
@@ -101,16 +127,27 @@ class BCEWithLogitsLoss(_Loss):
       1.6534557
     """
 
-    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+    def __init__(
+        self, weight=None, reduction="mean", pos_weight=None, *, label_smoothing=0.0, where=None
+    ):
         _validation.reduction(reduction)
+        _validation.smoothing(label_smoothing)
         self.weight = weight
         self.reduction = reduction
         self.pos_weight = pos_weight
+        self.label_smoothing = label_smoothing
+        self.where = where
 
     def _options(self):
-        return {"weight": self.weight, "reduction": self.reduction, "pos_weight": self.pos_weight}
+        return {
+            "weight": self.weight,
+            "reduction": self.reduction,
+            "pos_weight": self.pos_weight,
+            "label_smoothing": self.label_smoothing,
+            "where": self.where,
+        }
 
     def __bceloss_bind__(self, input, target):
         return _functional.binary_cross_entropy_with_logits.__bceloss_bind__(
-            input, target, weight=self.weight, reduction=self.reduction, pos_weight=self.pos_weight
+            input, target, **self._options()
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 import array_api_compat
@@ -30,6 +31,7 @@ class Rules:
       reduction_any_case: accept 'MEAN' as 'mean'.
       weight_may_expand: weight may broadcast to a shape larger than the input's.
       ignore_label: a target value whose elements give loss 0 and gradient 0 (logits form).
+      reductions: the reduction names accepted.
     """
 
     dtypes: tuple[str, ...] = _dtypes.FLOAT_NAMES
@@ -38,9 +40,10 @@ class Rules:
     reduction_any_case: bool = False
     weight_may_expand: bool = False
     ignore_label: float | None = None
+    reductions: tuple[str, ...] = REDUCTIONS
 
 
-CORE = Rules()
+CORE = Rules(reductions=(*REDUCTIONS, "weighted_mean"))
 
 
 def _type_name(obj) -> str:
@@ -76,13 +79,68 @@ def namespace(arrays: dict):
 def reduction(value, rules: Rules = CORE) -> str:
     """The canonical reduction name; TypeError for a non-str, ValueError for an unknown one."""
     if not isinstance(value, str):
-        msg = f"reduction must be a str, one of {REDUCTIONS}; got {_type_name(value)}"
+        msg = f"reduction must be a str, one of {rules.reductions}; got {_type_name(value)}"
         raise TypeError(msg)
     name = value.lower() if rules.reduction_any_case else value
-    if name not in REDUCTIONS:
-        msg = f"reduction must be one of {REDUCTIONS}; got {value!r}"
+    if name not in rules.reductions:
+        msg = f"reduction must be one of {rules.reductions}; got {value!r}"
         raise ValueError(msg)
     return name
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        msg = f"{name} must be a real number; got {_type_name(value)}"
+        raise TypeError(msg)
+    return float(value)
+
+
+def smoothing(value) -> float:
+    """The label smoothing s as a float; TypeError for a non-number, ValueError outside [0, 1]."""
+    s = _real(value, "label_smoothing")
+    if not 0 <= s <= 1:
+        msg = f"label_smoothing must be in [0, 1]; got {value!r}"
+        raise ValueError(msg)
+    return s
+
+
+def focal_options(
+    alpha, gamma, *, negative_alpha_is_off: bool = True
+) -> tuple[float | None, float]:
+    """The focal loss's (alpha, gamma): alpha None when off (torchvision: alpha < 0).
+
+    TypeError for a non-number; ValueError for a non-finite alpha or a gamma that is not a
+    finite number >= 0.
+    """
+    a, g = _real(alpha, "alpha"), _real(gamma, "gamma")
+    if not math.isfinite(a):
+        msg = f"alpha must be a finite number; got {alpha!r}"
+        raise ValueError(msg)
+    if not (math.isfinite(g) and g >= 0):
+        msg = f"gamma must be a finite number >= 0; got {gamma!r}"
+        raise ValueError(msg)
+    return (None if a < 0 and negative_alpha_is_off else a), g
+
+
+def normalizer(xp, a, shape) -> None:
+    """Paddle's focal loss `normalizer`: float32 or float64, at most one dimension, and
+    broadcastable to the logit's shape."""
+    dtype = _dtypes.dtype_name(a.dtype)
+    if dtype not in ("float32", "float64"):
+        msg = f"normalizer must have one of the dtypes float32, float64; got {dtype}"
+        raise TypeError(msg)
+    if a.ndim > 1:
+        msg = f"normalizer must have zero or one dimension; got shape {_shape(a)}"
+        raise ValueError(msg)
+    _broadcast_to_input(a, "normalizer", shape, may_expand=False)
+
+
+def _mask(where, shape) -> None:
+    dtype = _dtypes.dtype_name(where.dtype)
+    if dtype != "bool":
+        msg = f"where must have a bool dtype; got {dtype}"
+        raise TypeError(msg)
+    _broadcast_to_input(where, "where", shape, may_expand=False)
 
 
 def _floating_input(xp, x, name: str, rules: Rules) -> None:
@@ -190,10 +248,18 @@ def validate(
     reduction_name,
     rules: Rules = CORE,
     names: tuple[str, str] = ("input", "target"),
+    where=None,
+    label_smoothing=0.0,
+    focal: tuple[float | None, float] | None = None,
 ) -> LossCall:
-    """Check one call of a loss function and return what the engine runs."""
+    """Check one call of a loss function and return what the engine runs.
+
+    `focal` is the (alpha, gamma) of the sigmoid focal loss (from `focal_options`), None for
+    BCE.
+    """
     iname, tname = names
-    xp = namespace({iname: input, tname: target, "weight": weight, "pos_weight": pos_weight})
+    arrays = {iname: input, tname: target, "weight": weight, "pos_weight": pos_weight}
+    xp = namespace({**arrays, "where": where})
     red = reduction(reduction_name, rules)
     _floating_input(xp, input, iname, rules)
     dtype = _target_dtype(xp, input, target, names, rules)
@@ -208,8 +274,17 @@ def validate(
     if pos_weight is not None:
         _numeric(xp, pos_weight, "pos_weight")
         _broadcast_to_input(pos_weight, "pos_weight", shape, may_expand=False)
-    if not logits:
+    if where is not None:
+        _mask(where, shape)
+    label_smoothing = smoothing(label_smoothing)
+    if not logits and where is None:
         input = _probabilities(xp, input, iname)
+    elif not logits:
+        # masked-out elements may hold anything (padding): only the kept ones are checked
+        kept = xp.where(xp.broadcast_to(where, shape), input, xp.ones_like(input) / 2)
+        kept = _probabilities(xp, kept, iname)
+        input = kept if array_api_compat.is_dask_array(kept) else input  # Dask: checked lazily
+    alpha, gamma = (None, None) if focal is None else focal
     return LossCall(
         xp=xp,
         logits=logits,
@@ -221,4 +296,47 @@ def validate(
         dtype=dtype,
         shape=out_shape,
         ignore_label=rules.ignore_label if logits else None,
+        where=where,
+        label_smoothing=label_smoothing,
+        gamma=gamma,
+        alpha=alpha,
     )
+
+
+def gradient_out(out, call: LossCall, wrt: tuple[int, ...]) -> None:
+    """Check `out=` of value_and_grad: where d loss / d input is written."""
+    if 0 not in wrt:
+        msg = f"out receives d loss / d input: argnums must include 0; got {wrt!r}"
+        raise ValueError(msg)
+    xp = call.xp
+    mutable = array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_torch_namespace(xp)
+    if (
+        not mutable
+        or not array_api_compat.is_array_api_obj(out)
+        or array_api_compat.array_namespace(out) is not xp
+    ):
+        msg = (
+            "out must be a NumPy array or PyTorch tensor of the kind of input "
+            f"({xp.__name__}); got {_type_name(out)}"
+        )
+        raise TypeError(msg)
+    shape = _shape(call.input)
+    if _shape(out) != shape:
+        msg = f"out must have the shape of input {shape}; got shape {_shape(out)}"
+        raise ValueError(msg)
+    if _dtypes.dtype_name(out.dtype) != _dtypes.dtype_name(call.input.dtype):
+        msg = (
+            f"out must have the dtype of input ({_dtypes.dtype_name(call.input.dtype)}); "
+            f"got {_dtypes.dtype_name(out.dtype)}"
+        )
+        raise TypeError(msg)
+    if array_api_compat.is_numpy_namespace(xp):
+        import numpy as np
+
+        if not out.flags.writeable:
+            msg = "out must be writeable; got a read-only array"
+            raise ValueError(msg)
+        arrays = (call.input, call.target, call.weight, call.pos_weight)
+        if any(a is not None and np.may_share_memory(out, a) for a in arrays):
+            msg = "out must not share memory with input, target, weight or pos_weight"
+            raise ValueError(msg)

@@ -10,11 +10,16 @@ Paddle's rules, as measured on PaddlePaddle 3.3.1:
 - In the logits form an element whose label is -100 gives loss 0 and gradient 0, and
   'mean' still divides by the number of all elements.
 - `name` is accepted and ignored (Paddle uses it to name graph nodes).
+- `sigmoid_focal_loss` applies alpha always (no "alpha < 0 turns it off" as in torchvision),
+  sums by default, and divides the loss by `normalizer` (float32 or float64, at most one
+  dimension) before reducing; the label -100 is ignored as in the BCE with logits.
 
 The numbers are the core's; see `bceloss.BCEWithLogitsLoss` and `bceloss.BCELoss`.
 """
 
 from __future__ import annotations
+
+import array_api_compat
 
 from bceloss import _engine, _modules, _validation
 from bceloss._engine import loss_function
@@ -24,6 +29,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "sigmoid_focal_loss",
 ]
 
 IGNORE_LABEL = -100.0
@@ -107,6 +113,58 @@ def binary_cross_entropy(input, label, weight=None, reduction="mean", name=None)
         reduction_name=reduction,
         rules=RULES,
         names=("input", "label"),
+    )
+
+
+@loss_function
+def sigmoid_focal_loss(
+    logit, label, normalizer=None, alpha=0.25, gamma=2.0, reduction="sum", name=None
+):
+    """The sigmoid focal loss, as `paddle.nn.functional.sigmoid_focal_loss`.
+
+    l = a_t (1 - p_t)^gamma ce / normalizer, a_t = alpha y + (1 - alpha)(1 - y), computed as
+    `bceloss.sigmoid_focal_loss` (without cancellation) with the loss multiplied by
+    1 / normalizer (within an ulp of Paddle's division). alpha is always applied.
+
+    Args:
+      logit: a float32 or float64 array of any shape.
+      label: an array of logit's shape and dtype, in [0, 1]; -100 marks an element to ignore.
+      normalizer: None, or a float32 or float64 array of zero or one dimension that
+        broadcasts to logit's shape (usually the number of positives, shape (1,)).
+      alpha: the weight of the positives, a finite number.
+      gamma: the focusing exponent, a finite number >= 0.
+      reduction: 'none', 'mean' or 'sum'.
+      name: ignored.
+
+    Returns:
+      The loss: logit's shape for 'none', else a 0-d array; logit's dtype.
+
+    Examples:
+      >>> import numpy as np
+      >>> from bceloss.compat import paddle
+      >>> logit = np.array([[0.97, 0.91, 0.03], [0.55, 0.43, 0.71]], np.float32)
+      >>> label = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+      >>> print(paddle.sigmoid_focal_loss(logit, label, normalizer=np.array([2.0], np.float32)))
+      0.65782464
+    """
+    focal = _validation.focal_options(alpha, gamma, negative_alpha_is_off=False)
+    weight = None
+    if normalizer is not None:
+        xp = _validation.namespace({"logit": logit, "normalizer": normalizer})
+        _validation.normalizer(xp, normalizer, tuple(logit.shape))
+        weight = 1 / normalizer
+        if array_api_compat.is_numpy_namespace(xp):
+            weight = xp.asarray(weight)  # a 0-d array, not a NumPy scalar
+    return _validation.validate(
+        logits=True,
+        input=logit,
+        target=label,
+        weight=weight,
+        pos_weight=None,
+        reduction_name=reduction,
+        rules=RULES,
+        names=("logit", "label"),
+        focal=focal,
     )
 
 

@@ -1,0 +1,589 @@
+"""Fused single-pass kernels for the BCE family on NumPy arrays, on every core (numba).
+
+One pass over memory computes the elementwise loss and, for `value_and_grad`, both
+gradients, with weight and pos_weight read in place (the usual layouts are never
+materialised) and float16/bfloat16 widened to float32 on the fly. The math is `_formulas`' term for term, with
+`_fastmath`'s vectorisable exp and log; the tests hold it to `_formulas` and the oracle.
+
+Work is cut into the blocks of `_summation.BLOCK` elements: each block's loss is summed in
+float64 in NumPy's pairwise order and the block sums are combined by `_summation.combine`,
+so a total does not depend on the number of threads, and equals `_summation.total` of the
+elementwise loss to the last bit. The kernels compile on first use (never at import) and are cached
+on disk by numba: next to this file, or in the user's cache directory when that is read-only
+(`NUMBA_CACHE_DIR` overrides both).
+
+`plan(call)` says whether a validated call runs here: every NumPy call of the BCE family of
+floating or integral arrays, except the extensions (masks, label smoothing, the focal loss) and
+a Paddle weight that widens the loss. Weight and pos_weight of the input's shape, of a trailing
+part of it, or scalar are read in place; any other broadcast is materialised once, and strided
+inputs are copied. `loss` and `loss_and_grad` (from `_engine`, above its size threshold) and
+`elementwise` (at every size, for streams and Dask blocks, so that they add up to the
+library's bits) then run it; `torch_loss` and `torch_gradients` serve PyTorch CPU tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import namedtuple
+from dataclasses import dataclass
+
+import array_api_compat
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.core.extending import overload
+
+from bceloss import _dtypes, _formulas, _summation
+from bceloss._fastmath import (
+    FLAGS,
+    bfloat16_to_float32,
+    constants,
+    exp_neg,
+    float32_to_bfloat16,
+    float_to_half,
+    half_to_float32,
+    log,
+    log1p_neg,
+    log1p_unit,
+)
+
+BLOCK = _summation.BLOCK
+# A weight that repeats with a short period is tiled to at least this many elements, so the
+# inner loop runs over long stretches.
+MIN_PERIOD = 1024
+# float16 and bfloat16 travel as their bits: the kernels tell them apart by the integer type.
+_BITS = {"float16": np.uint16, "bfloat16": np.int16}
+
+Limits = namedtuple("Limits", "log_floor grad_eps")
+_LIMITS = {
+    t: Limits(f(_formulas.LOG_FLOOR), f(_formulas.GRAD_EPS))
+    for t, f in ((types.float32, np.float32), (types.float64, np.float64))
+}
+
+
+def limits(like):
+    """The clamps of the probabilities form, typed like `like`."""
+
+
+@overload(limits)
+def _limits(like):
+    c = _LIMITS.get(like)
+    return None if c is None else (lambda like: c)
+
+
+def decode(value, like):
+    """An element as stored (float, integer, bool, or float16/bfloat16 bits) in like's type."""
+
+
+@overload(decode)
+def _decode(value, like):
+    conv = {types.float32: np.float32, types.float64: np.float64}.get(like)
+    if conv is None:
+        return None
+    if value == types.uint16:
+        return lambda value, like: conv(half_to_float32(value))
+    if value == types.int16:
+        return lambda value, like: conv(bfloat16_to_float32(value))
+    if isinstance(value, (types.Float, types.Integer, types.Boolean)):
+        return lambda value, like: conv(value)
+    return None
+
+
+def encode(value, dst):
+    """A computed value as stored in the array `dst` (float, or float16/bfloat16 bits)."""
+
+
+@overload(encode)
+def _encode(value, dst):
+    if dst.dtype == types.uint16:
+        return lambda value, dst: float_to_half(value)
+    if dst.dtype == types.int16:
+        return lambda value, dst: float32_to_bfloat16(np.float32(value))
+    conv = {types.float32: np.float32, types.float64: np.float64}.get(dst.dtype)
+    return None if conv is None else (lambda value, dst: conv(value))
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _times(a, b, c):
+    # a b for b >= 0 (not NaN), reading 0 * inf as 0: the loss's limit as a logit goes to +-inf
+    return c.zero if a == c.zero else a * b
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _weighted(w, v, c):
+    # w v, reading 0 * inf as 0 and keeping NaN, as _formulas._mul_limit
+    return c.zero if (w == c.zero and not np.isnan(v)) else w * v
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
+def logits_terms(x, y, w, p, has_p, ignore):
+    """(loss, d/dx, d/dy) of BCE with logits at one element, as `_formulas.logits`.
+
+    NaN in x travels through exp_neg into every result; an infinite x gives exp(-|x|) = 0.
+    """
+    c = constants(x)
+    e = exp_neg(abs(x))
+    log1p_e = log1p_unit(e)  # log1p(exp(-|x|))
+    relu_pos = x if x > c.zero else c.zero  # noqa: FURB136 (a select: vectorises)
+    relu_neg = -x if x < c.zero else c.zero
+    q = c.one - y
+    py = p * y  # p is 1 without a pos_weight: p y = y exactly
+    # (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y:
+    # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) makes every term >= 0 for y in [0, 1].
+    lw = q + py if has_p else c.one
+    loss = _times(q, relu_pos, c) + _times(py, relu_neg, c) + lw * log1p_e
+    # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x) (1 - sigmoid(x) = sigmoid(-x))
+    r = c.one / (c.one + e)
+    er = e * r
+    nonneg = x >= c.zero
+    gx = q * (r if nonneg else er) - py * (er if nonneg else r)
+    # (p - 1) softplus(-x) - x = (p - 1) log1p(exp(-|x|)) + p max(-x, 0) - max(x, 0);
+    # with p = 1 it is exactly -x.
+    gy = (p - c.one) * log1p_e + _times(p, relu_neg, c) - relu_pos
+    loss, gx, gy = _weighted(w, loss, c), w * gx, _weighted(w, gy, c)
+    if y == ignore:
+        loss = gx = gy = c.zero
+    return loss, gx, gy
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
+def probabilities_terms(x, y, w):
+    """(loss, d/dx, d/dy) of BCE on probabilities at one element, as `_formulas.probabilities`.
+
+    NaN in x travels through the logs (the clamps let it pass) into every result.
+    """
+    c = constants(x)
+    lim = limits(x)
+    log_x = log(x)
+    # clamps as selects that let NaN pass (max() would not)
+    log_x = lim.log_floor if log_x < lim.log_floor else log_x  # noqa: FURB136
+    log_q = log1p_neg(x)
+    log_q = lim.log_floor if log_q < lim.log_floor else log_q  # noqa: FURB136
+    # both logs are <= 0: for y in [0, 1] the two terms add without cancelling
+    loss = -(y * log_x + (c.one - y) * log_q)
+    den = x * (c.one - x)
+    gx = (x - y) / (lim.grad_eps if den < lim.grad_eps else den)  # noqa: FURB136
+    gy = log_q - log_x
+    return _weighted(w, loss, c), w * gx, _weighted(w, gy, c)
+
+
+def period(a):
+    """How many elements a periodic weight covers before it repeats (BLOCK for None)."""
+
+
+@overload(period)
+def _period(a):
+    if a is None or isinstance(a, types.NoneType):
+        return lambda a: BLOCK
+    return lambda a: a.size
+
+
+def window(a, start, count):
+    """a[start : start + count] (None stays None)."""
+
+
+@overload(window)
+def _window(a, start, count):
+    if a is None or isinstance(a, types.NoneType):
+        return lambda a, start, count: None
+    return lambda a, start, count: a[start : start + count]
+
+
+def weight_at(a, k, like):
+    """Element k of a weight window in like's type; 1 for None, a constant the compiler
+    folds away (w * l becomes l): the kernels without weights run faster."""
+
+
+@overload(weight_at, inline="always")
+def _weight_at(a, k, like):
+    if a is None or isinstance(a, types.NoneType):
+        return lambda a, k, like: constants(like).one
+    return lambda a, k, like: decode(a[k], like)
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
+def _decoded4(xs, ys, ws, ps, k, like):
+    return decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like), weight_at(ps, k, like)
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, has_p, ignore):
+    # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into the buffers at k0;
+    # grad: 0 the loss, 1 and d/dx, 2 and d/dy. Slices indexed from 0 by the loop counter
+    # (no negative-index check) and one loop per case (no branch inside): LLVM vectorises.
+    like = lbuf[0]
+    xs, ys, ws, ps = x[i0 : i0 + m], y[i0 : i0 + m], window(w, jw, m), window(p, jp, m)
+    ls, gs, hs = lbuf[k0 : k0 + m], gbuf[k0 : k0 + m], hbuf[k0 : k0 + m]
+    if logits:
+        if grad == 2:
+            for k in range(m):
+                xi, yi, wi, pi = _decoded4(xs, ys, ws, ps, k, like)
+                ls[k], gs[k], hs[k] = logits_terms(xi, yi, wi, pi, has_p, ignore)
+        elif grad == 1:
+            for k in range(m):
+                xi, yi, wi, pi = _decoded4(xs, ys, ws, ps, k, like)
+                ls[k], gs[k], _ = logits_terms(xi, yi, wi, pi, has_p, ignore)
+        else:
+            for k in range(m):
+                xi, yi, wi, pi = _decoded4(xs, ys, ws, ps, k, like)
+                ls[k] = logits_terms(xi, yi, wi, pi, has_p, ignore)[0]
+    elif grad == 2:
+        for k in range(m):
+            xi, yi, wi, _ = _decoded4(xs, ys, ws, ws, k, like)
+            ls[k], gs[k], hs[k] = probabilities_terms(xi, yi, wi)
+    elif grad == 1:
+        for k in range(m):
+            xi, yi, wi, _ = _decoded4(xs, ys, ws, ws, k, like)
+            ls[k], gs[k], _ = probabilities_terms(xi, yi, wi)
+    else:
+        for k in range(m):
+            xi, yi, wi, _ = _decoded4(xs, ys, ws, ws, k, like)
+            ls[k] = probabilities_terms(xi, yi, wi)[0]
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _pairwise_leaf(buf, start, n):
+    # n <= 128 elements: sequential below 8, else 8 accumulators and the rest sequential
+    if n < 8:
+        res = 0.0
+        for i in range(start, start + n):
+            res += np.float64(buf[i])
+        return res
+    r0, r1, r2, r3 = (
+        0.0 + buf[start],
+        0.0 + buf[start + 1],
+        0.0 + buf[start + 2],
+        0.0 + buf[start + 3],
+    )
+    r4, r5, r6, r7 = (
+        0.0 + buf[start + 4],
+        0.0 + buf[start + 5],
+        0.0 + buf[start + 6],
+        0.0 + buf[start + 7],
+    )
+    i = start + 8
+    stop = start + n - n % 8
+    while i < stop:
+        r0, r1, r2, r3 = r0 + buf[i], r1 + buf[i + 1], r2 + buf[i + 2], r3 + buf[i + 3]
+        r4, r5, r6, r7 = r4 + buf[i + 4], r5 + buf[i + 5], r6 + buf[i + 6], r7 + buf[i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for j in range(stop, start + n):
+        res += np.float64(buf[j])
+    return res
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _pairwise(buf, count):
+    """The float64 sum of buf[:count] in NumPy's order (pairwise_sum of
+    numpy/_core/src/umath/loops_utils.h.src): up to 128 elements `_pairwise_leaf`, else the
+    sum of the two halves, the first a multiple of 8. np.sum(block, dtype=float64) gives the
+    same bits, so the kernel's block sums are `_summation.block_sums` of its elementwise loss.
+    (The recursion is unrolled onto a stack: numba cannot cache a recursive function.)"""
+    if count == BLOCK:  # 64 leaves of 128 under a perfect binary tree: no stack needed
+        sums = np.empty(BLOCK // 128)
+        for i in range(sums.size):
+            sums[i] = _pairwise_leaf(buf, i * 128, 128)
+        width = sums.size
+        while width > 1:
+            width //= 2
+            for i in range(width):
+                sums[i] = sums[2 * i] + sums[2 * i + 1]
+        return sums[0]
+    starts = np.empty(32, np.int64)
+    sizes = np.empty(32, np.int64)
+    states = np.empty(32, np.int64)  # 0: new, 1: left half summed, 2: both summed
+    values = np.empty(32)
+    starts[0], sizes[0], states[0] = 0, count, 0
+    top, held = 1, 0
+    while top:
+        start, n, state = starts[top - 1], sizes[top - 1], states[top - 1]
+        half = n // 2 - (n // 2) % 8
+        if n <= 128:
+            values[held] = _pairwise_leaf(buf, start, n)
+            held += 1
+            top -= 1
+        elif state < 2:
+            states[top - 1] = state + 1
+            starts[top] = start if state == 0 else start + half
+            sizes[top] = half if state == 0 else n - half
+            states[top] = 0
+            top += 1
+        else:
+            values[held - 2] = values[held - 2] + values[held - 1]
+            held -= 1
+            top -= 1
+    return values[0]
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _store(dst, start, src, count, divisor):
+    d = dst[start : start + count]
+    for k in range(count):
+        d[k] = encode(src[k] / divisor, dst)
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
+def _kernel(logits, x, y, w, p, has_p, ignore, divisor, out, gx, gy, sums, proto, chunks):
+    n = x.size
+    nblocks = (n + BLOCK - 1) // BLOCK
+    grad = 2 if gy.size else (1 if gx.size else 0)
+    for chunk in prange(chunks):
+        lbuf = np.empty(BLOCK, proto.dtype)
+        gbuf = np.empty(BLOCK if grad else 1, proto.dtype)
+        hbuf = np.empty(BLOCK if grad == 2 else 1, proto.dtype)
+        one = constants(lbuf[0]).one
+        for b in range(chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks):
+            start = b * BLOCK
+            stop = min(start + BLOCK, n)
+            i = start
+            while i < stop:
+                # a stretch along which the (periodic) weight and pos_weight are contiguous
+                jw, jp = i % period(w), i % period(p)
+                m = min(stop - i, period(w) - jw, period(p) - jp)
+                _segment(
+                    logits, grad, x, y, w, p, i, jw, jp, m, i - start, lbuf, gbuf, hbuf, has_p,
+                    ignore,
+                )  # fmt: skip
+                i += m
+            count = stop - start
+            if sums.size:
+                sums[b] = _pairwise(lbuf, count)
+            if out.size:
+                _store(out, start, lbuf, count, one)
+            if gx.size:
+                _store(gx, start, gbuf, count, divisor)
+            if gy.size:
+                _store(gy, start, hbuf, count, divisor)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a call runs in the kernel: flat arrays as stored, periodic weights."""
+
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray | None
+    p: np.ndarray | None
+    has_p: bool
+    ct: type  # the compute dtype
+    n: int
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """a, flat, read-only (one kernel type whatever the caller's flags), halves as bits."""
+    bits = _BITS.get(_dtypes.dtype_name(a.dtype))
+    flat = a.reshape(-1) if bits is None else a.reshape(-1).view(bits)
+    flat = flat.view()
+    flat.flags.writeable = False
+    return flat
+
+
+def _storable(a: np.ndarray) -> bool:
+    name = _dtypes.dtype_name(a.dtype)
+    if name in _BITS:
+        return True
+    return a.dtype.kind in "fb" or (a.dtype.kind in "iu" and a.dtype.itemsize != 2)
+
+
+_UNSUPPORTED = object()
+
+
+def _periodic(a, shape, n, ct):
+    """weight or pos_weight as a flat array whose element i % size weighs element i of the
+    flat input (None when absent), or _UNSUPPORTED for a dtype the kernel does not read."""
+    if a is None:
+        return None  # the kernel is specialised without it
+    if not isinstance(a, np.ndarray) or not _storable(a):
+        return _UNSUPPORTED
+    dims = tuple(a.shape)
+    while dims and dims[0] == 1:
+        dims = dims[1:]
+    if dims != tuple(shape[len(shape) - len(dims) :]):
+        # broadcast along an inner axis, e.g. a (rows, 1) weight: materialised (a temporary
+        # the size of the input), so that every layout gets the kernel's numbers
+        return _bits(np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=ct), shape)))
+    size = math.prod(dims)
+    if size == n:
+        return _bits(np.ascontiguousarray(a))
+    flat = np.ascontiguousarray(np.asarray(a, dtype=ct).reshape(-1))
+    if size < MIN_PERIOD:
+        flat = np.tile(flat, -(-MIN_PERIOD // size))
+    return _bits(flat)
+
+
+def plan(call) -> Plan | None:
+    """The kernel's plan for a validated call, or None when the array-API formula runs."""
+    x, y = call.input, call.target
+    n = math.prod(call.shape)
+    if (
+        getattr(call, "extended", False)  # masks, smoothing, focal: the formula runs those
+        or not array_api_compat.is_numpy_namespace(call.xp)
+        or n == 0
+        or tuple(x.shape) != call.shape  # a Paddle weight widening the loss
+        or not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray))
+        or not (_storable(x) and _storable(y))
+    ):
+        return None
+    # a strided input is copied (the one temporary the size of the input it costs)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    ct = np.dtype(_dtypes.compute_dtype(np, call.dtype)).type
+    w = _periodic(call.weight, call.shape, n, ct)
+    p = _periodic(call.pos_weight if call.logits else None, call.shape, n, ct)
+    if w is _UNSUPPORTED or p is _UNSUPPORTED:
+        return None
+    has_p = call.logits and call.pos_weight is not None
+    return Plan(_bits(x), _bits(y), w, p, has_p, ct, n)
+
+
+def _storage(dtype):
+    """The array the kernel writes for a result of `dtype` (halves as bits)."""
+    return np.dtype(_BITS.get(_dtypes.dtype_name(dtype), dtype))
+
+
+def _empty(dtype) -> np.ndarray:
+    """A zero-size array standing for an output that is not wanted (the kernel's type)."""
+    key = _dtypes.dtype_name(dtype)
+    if key not in _EMPTY:
+        _EMPTY[key] = np.empty(0, _storage(dtype))
+    return _EMPTY[key]
+
+
+_EMPTY: dict = {}
+
+
+def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, divisor=1.0, ct_out=False):
+    def flat(a, dtype):
+        return _empty(dtype) if a is None else _bits_out(a)
+
+    ignore = math.nan if call.ignore_label is None else call.ignore_label
+    chunks = max(1, min(numba.get_num_threads(), -(-pl.n // BLOCK)))
+    _kernel(
+        call.logits,
+        pl.x,
+        pl.y,
+        pl.w,
+        pl.p,
+        pl.has_p,
+        pl.ct(ignore),
+        pl.ct(divisor),
+        flat(out, pl.ct if ct_out else call.dtype),
+        flat(gx, pl.ct if ct_out else call.input.dtype),
+        flat(gy, pl.ct if ct_out else _target_grad_dtype(call)),
+        _empty(np.float64) if sums is None else sums,
+        _empty(pl.ct),
+        chunks,
+    )
+
+
+def _bits_out(a: np.ndarray) -> np.ndarray:
+    bits = _BITS.get(_dtypes.dtype_name(a.dtype))
+    return a.reshape(-1) if bits is None else a.reshape(-1).view(bits)
+
+
+def _target_grad_dtype(call):
+    t = call.target.dtype
+    return t if _dtypes.is_floating(np, t) else call.dtype
+
+
+def _total(call, sums) -> np.ndarray:
+    total = _summation.combine(sums)
+    if call.reduction == "mean":
+        total = total / math.prod(call.shape)
+    with np.errstate(over="ignore"):  # a float16 sum may overflow to inf, as on the formula path
+        return np.asarray(np.float64(total)).astype(call.dtype)
+
+
+def loss(call, pl: Plan):
+    """The loss of a call that `plan` accepted."""
+    if call.reduction == "none":
+        out = np.empty(call.shape, call.dtype)
+        _run(call, pl, out=out)
+        return out
+    sums = np.empty(-(-pl.n // BLOCK))
+    _run(call, pl, sums=sums)
+    return _total(call, sums)
+
+
+def elementwise(call, pl: Plan, *, loss=True, grad_input=False, grad_target=False):
+    """(loss, d/dx, d/dy) elementwise, in the computation dtype and the loss's shape (None
+    where not asked for): what `_engine._elementwise` returns, computed by the kernel."""
+
+    def array(wanted):
+        return np.empty(call.shape, pl.ct) if wanted else None
+
+    parts = array(loss), array(grad_input), array(grad_target)
+    _run(call, pl, out=parts[0], gx=parts[1], gy=parts[2], ct_out=True)
+    return parts
+
+
+def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
+    """The reduced loss and its gradients for the positions in `wrt` (0 input, 1 target),
+    times `seed` (the gradient of the output, in a backward pass); the input's gradient goes
+    into `out` when given (C-contiguous, checked by the caller)."""
+    gx = gy = None
+    if 0 in wrt:
+        gx = np.empty(call.shape, call.input.dtype) if out is None else out
+    if 1 in wrt:
+        gy = np.empty(call.shape, _target_grad_dtype(call))
+    sums = np.empty(-(-pl.n // BLOCK))
+    # d/dx of 'mean' is the elementwise gradient / n, n in the computation dtype (as
+    # _engine._reduce_gradient divides); a backward pass's seed joins the divisor
+    divisor = (float(pl.ct(pl.n)) if call.reduction == "mean" else 1.0) / seed
+    _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=divisor)
+    grads = {0: gx, 1: gy}
+    return _total(call, sums), tuple(grads[i] for i in wrt)
+
+
+# --- PyTorch CPU tensors, zero-copy, for the autograd.Function of bceloss._autograd ------
+
+
+def _numpy_twin(call):
+    """The call on NumPy views of its PyTorch CPU tensors and its plan, or None."""
+    if call.input.device.type != "cpu" or _dtypes.dtype_name(call.dtype) not in (
+        "float32",
+        "float64",
+    ):
+        return None
+    arrays = {}
+    for name in ("input", "target", "weight", "pos_weight"):
+        a = getattr(call, name)
+        if a is not None and _dtypes.dtype_name(a.dtype) == "bfloat16":
+            return None  # NumPy has no bfloat16 view of a tensor
+        arrays[name] = None if a is None else a.detach().numpy()
+    twin = dataclasses.replace(
+        call,
+        xp=array_api_compat.array_namespace(arrays["input"]),
+        dtype=np.dtype(_dtypes.dtype_name(call.dtype)),
+        **arrays,
+    )
+    pl = plan(twin)
+    return None if pl is None else (twin, pl)
+
+
+def torch_loss(call):
+    """The loss of a PyTorch CPU call through the kernel, or None where it does not run."""
+    twin = _numpy_twin(call)
+    if twin is None:
+        return None
+    import torch
+
+    return torch.from_numpy(loss(*twin))
+
+
+def torch_gradients(call, grad, needs):
+    """`grad` times d loss / d (input, target, weight, pos_weight) of a PyTorch CPU call with a
+    scalar loss, through the kernel; None where it does not run (a weight or pos_weight
+    gradient, or a second-order graph being built: the array-API formula does those)."""
+    import torch
+
+    if torch.is_grad_enabled() or needs[2] or needs[3] or grad.ndim != 0:
+        return None
+    wrt = tuple(i for i in (0, 1) if needs[i])
+    twin = _numpy_twin(call) if wrt else None
+    if twin is None:
+        return None
+    _, grads = loss_and_grad(*twin, wrt, seed=float(grad))
+    out = dict(zip(wrt, (torch.from_numpy(g) for g in grads), strict=True))
+    return out.get(0), out.get(1), None, None

@@ -1,0 +1,326 @@
+"""The sigmoid focal loss: against the mpmath oracle in every dtype (values and gradients),
+against torchvision's formula where that formula is finite, equal to BCE with gamma = 0 and
+alpha off, its limits, PyTorch and JAX autograd, every backend, and Paddle's flavour."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import ml_dtypes
+import numpy as np
+import oracle
+import portable
+import pytest
+import samples
+
+import bceloss
+from bceloss.compat import paddle as pd
+
+FOCAL = bceloss.sigmoid_focal_loss
+BCEL = bceloss.binary_cross_entropy_with_logits
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+CASES = [(0.25, 2.0), (-1.0, 0.5), (0.75, 1.0), (-1.0, 3.5), (0.25, 0.0)]
+
+
+def _tol(dtype, gamma):
+    # m = 1 - p_t carries a few ulp of rounding, raised to the power gamma: the focal loss is
+    # held to max(8, 4 + 2 gamma) ulp (the half types: 1 ulp, being rounded once from float32)
+    return 1.0 if dtype in portable.HALF else max(portable.MAX_ULP, 4 + 2 * gamma)
+
+
+@functools.cache
+def _case(alpha, gamma, n=160, seed=0):
+    """x (|x| up to 1e4, exact in every dtype), y, and the oracle's terms, float64."""
+    rng = np.random.default_rng(seed)
+    x = portable._portable(samples.logits(rng, (n,)))
+    y = portable._portable(samples.targets(rng, (n,)))
+    terms = np.array([oracle.focal_terms(a, b, alpha, gamma) for a, b in zip(x, y, strict=True)])
+    return x, y, terms.T
+
+
+def _log_m(x, y):
+    """log(1 - p_t) in float64, from log-sigmoids: where m underflows it is below the
+    smallest normal number of a dtype."""
+    with np.errstate(divide="ignore"):
+        return np.logaddexp(np.log(y) - np.logaddexp(0, x), np.log1p(-y) - np.logaddexp(0, -x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("alpha", "gamma"), CASES)
+def test_values_and_gradients_against_oracle(dtype, alpha, gamma):
+    x, y, (loss, dx, dy, sx, sy) = _case(alpha, gamma)
+    dt = portable.np_dtype(dtype)
+    X, Y = x.astype(dt), y.astype(dt)
+    got = FOCAL(X, Y, alpha, gamma)
+    assert got.dtype == dt
+    assert got.shape == x.shape
+    tol = _tol(dtype, gamma)
+    err = oracle.ulp_error(got, loss, dt)
+    assert err.max() <= tol, (err.max(), x[err.argmax()], y[err.argmax()])
+    value, (gx, gy) = bceloss.value_and_grad(FOCAL, argnums=(0, 1))(X, Y, alpha, gamma, "sum")
+    portable.assert_values(value, oracle.exact_sum(loss), dtype, reduced=True)
+    assert gx.dtype == gy.dtype == dt
+    _within(gx, dx, sx, dt, tol)
+    # where m is below the smallest normal number of the computation dtype, m^gamma comes from
+    # log m: relative error about gamma |x| eps (documented), checked on its own below
+    ct = np.float32 if dtype in portable.HALF else dt
+    tiny = _log_m(x, y) < np.log(float(ml_dtypes.finfo(ct).smallest_normal))
+    _within(gy[~tiny], dy[~tiny], sy[~tiny], dt, tol)
+    eps = float(ml_dtypes.finfo(dt).eps)
+    bound = 4 * (gamma + 1) * (np.abs(x[tiny]) + 1) * (eps * sy[tiny] + oracle.ulp(0.0, dt))
+    assert (np.abs(gy[tiny].astype(np.float64) - dy[tiny]) <= bound).all()
+
+
+def _within(got, exact, scale, dt, ulps):
+    got = np.asarray(got, dtype=np.float64)
+    top = float(ml_dtypes.finfo(dt).max)
+    over = np.abs(exact) > top  # float16: beyond its range, inf
+    assert (got[over] == np.sign(exact[over]) * np.inf).all()
+    # below the smallest normal number a factor (m^gamma) may underflow: a few dozen of
+    # the smallest subnormal number off, absolutely
+    tol = ulps * oracle.ulp(scale, dt) + 64 * oracle.ulp(0.0, dt)
+    bad = ~(np.abs(got - exact) <= tol) & ~over
+    assert not bad.any(), (got[bad][:4], exact[bad][:4])
+
+
+def _torchvision(x, y, alpha, gamma):
+    """torchvision.ops.sigmoid_focal_loss's definition, in float64 NumPy."""
+    p = 1 / (1 + np.exp(-x))
+    ce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))  # BCE with logits
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+    return loss
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), CASES)
+def test_matches_torchvision_where_its_formula_is_finite(alpha, gamma):
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-8, 8, 500)  # 1 - p_t >= 3e-4: torchvision's form keeps 12 digits
+    y = samples.targets(rng, (500,))
+    np.testing.assert_allclose(FOCAL(x, y, alpha, gamma), _torchvision(x, y, alpha, gamma),
+                               rtol=1e-11, atol=0)  # fmt: skip
+    for red, fn in (("mean", np.mean), ("sum", np.sum)):
+        got = FOCAL(x, y, alpha, gamma, red)
+        assert got == pytest.approx(fn(_torchvision(x, y, alpha, gamma)), rel=1e-11)
+
+
+def test_where_torchvisions_formula_loses_every_digit():
+    x = np.array([20.0, -30.0], np.float32)
+    y = np.array([1.0, 0.0], np.float32)
+    with np.errstate(over="ignore"):
+        naive = _torchvision(x, y, 0.25, 2.0).astype(np.float32)
+    assert (naive == 0).all()  # 1 - p_t rounds to 0 in float32
+    exact = [oracle.focal_terms(a, b, 0.25, 2.0)[0] for a, b in zip(x, y, strict=True)]
+    assert oracle.ulp_error(FOCAL(x, y), exact, np.float32).max() <= 8
+    assert (FOCAL(x, y) > 0).all()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_gamma_0_and_alpha_off_is_bce_in_value_and_gradient(reduction):
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        x = np.append(samples.logits(rng, (200,)), [np.inf, -np.inf]).astype(dtype)
+        y = np.append(samples.targets(rng, (200,)), [0.3, 0.6]).astype(dtype)
+        np.testing.assert_array_equal(FOCAL(x, y, -1, 0, reduction), BCEL(x, y, None, reduction))
+        if reduction != "none":
+            got = bceloss.value_and_grad(FOCAL, argnums=(0, 1))(x, y, -1.0, 0.0, reduction)
+            want = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, None, reduction)
+            for a, b in zip(got[1], want[1], strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_infinite_logits_give_limits():
+    # x -> +inf: m -> 1 - y, ce ~ (1 - y) x, l ~ a_t (1 - y)^(gamma + 1) x, and
+    # dl/dx -> a_t (1 - y)^(gamma + 1); x -> -inf likewise with y for 1 - y, negated
+    x = np.array([np.inf, np.inf, -np.inf, -np.inf, np.inf])
+    y = np.array([0.3, 1.0, 0.3, 0.0, 0.0])
+    alpha, gamma = 0.25, 2.0
+    at = alpha * y + (1 - alpha) * (1 - y)
+    loss = FOCAL(x, y, alpha, gamma)
+    np.testing.assert_array_equal(loss, [np.inf, 0, np.inf, 0, np.inf])
+    _, (gx, gy) = bceloss.value_and_grad(FOCAL, argnums=(0, 1))(x, y, alpha, gamma, "sum")
+    side = np.where(x > 0, 1 - y, y)
+    np.testing.assert_allclose(gx, np.sign(x) * at * side ** (gamma + 1), rtol=1e-15)
+    # d/dy of the coefficient of |x|: (2 alpha - 1) side^3 -+ 3 a_t side^2, times |x|
+    coef = (2 * alpha - 1) * side**3 + np.where(x > 0, -1, 1) * 3 * at * side**2
+    np.testing.assert_array_equal(gy, np.where(coef == 0, 0.0, np.where(coef > 0, np.inf, -np.inf)))
+    assert not np.isnan(gx).any()
+
+
+def test_finite_differences_of_the_reduced_loss():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-6, 6, 40)
+    y = samples.targets(rng, (40,))
+    for alpha, gamma in CASES:
+        _, (gx, gy) = bceloss.value_and_grad(FOCAL, argnums=(0, 1))(x, y, alpha, gamma, "sum")
+        h = 1e-6
+        fx = (FOCAL(x + h, y, alpha, gamma) - FOCAL(x - h, y, alpha, gamma)) / (2 * h)
+        np.testing.assert_allclose(gx, fx, rtol=1e-6, atol=1e-9)
+        inner = (y > h) & (y < 1 - h)
+        fy = (FOCAL(x, y + h, alpha, gamma) - FOCAL(x, y - h, alpha, gamma)) / (2 * h)
+        np.testing.assert_allclose(gy[inner], fy[inner], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "msg"),
+    [
+        ({"alpha": "0.25"}, TypeError, "alpha must be a real number; got str"),
+        ({"gamma": None}, TypeError, "gamma must be a real number; got NoneType"),
+        ({"gamma": True}, TypeError, "gamma must be a real number; got bool"),
+        ({"gamma": -1.0}, ValueError, "gamma must be a finite number >= 0; got -1.0"),
+        ({"alpha": float("nan")}, ValueError, "alpha must be a finite number; got nan"),
+        ({"reduction": "avg"}, ValueError, "reduction must be one of"),
+    ],
+)
+def test_errors(kwargs, exc, msg):
+    with pytest.raises(exc, match=f"^{msg}"):
+        FOCAL(np.zeros(3), np.ones(3), **kwargs)
+
+
+def test_signature_is_torchvisions_plus_where():
+    sig = str(inspect.signature(FOCAL))
+    assert sig == "(input, target, alpha=0.25, gamma=2.0, reduction='none', *, where=None)"
+
+
+def test_on_every_library(typed):
+    b, dtype = typed
+    alpha, gamma = 0.25, 2.0
+    x, y, (loss, dx, _, sx, _) = _case(alpha, gamma)
+    keep = np.abs(x) < 1e3  # float16 holds these
+    keep &= np.abs(loss) >= float(np.finfo(np.float64).smallest_normal)  # XLA flushes those to 0
+    X, Y = b.asarray(x[keep], dtype), b.asarray(y[keep], dtype)
+    got = b.to_numpy(FOCAL(X, Y, alpha, gamma))
+    tol = _tol(dtype, gamma) + (1 if dtype in portable.HALF else 0)
+    dt = portable.np_dtype(dtype)
+    assert oracle.ulp_error(got, loss[keep], dt).max() <= tol
+    value, gx = bceloss.value_and_grad(FOCAL)(X, Y, alpha, gamma, "sum")
+    portable.assert_values(b.to_numpy(value), oracle.exact_sum(loss[keep]), dtype, reduced=True)
+    _within(b.to_numpy(gx), dx[keep], sx[keep], dt, tol)
+
+
+def test_torch_autograd_first_and_second_order():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    rng = np.random.default_rng(6)
+    x = torch.asarray(rng.uniform(-4, 4, 12), dtype=torch.float64).requires_grad_()
+    y = torch.asarray(rng.uniform(0.05, 0.95, 12), dtype=torch.float64).requires_grad_()
+    for alpha, gamma in [(0.25, 2.0), (-1.0, 1.5), (0.5, 3.0)]:
+
+        def f(a, b, alpha=alpha, gamma=gamma):
+            return FOCAL(a, b, alpha, gamma, "sum")
+
+        assert torch.autograd.gradcheck(f, (x, y))
+        assert torch.autograd.gradgradcheck(f, (x, y))
+        f(x, y).backward()
+        _, (gx, gy) = bceloss.value_and_grad(FOCAL, argnums=(0, 1))(
+            x.detach().numpy(), y.detach().numpy(), alpha, gamma, "sum"
+        )
+        np.testing.assert_allclose(x.grad.numpy(), gx, rtol=1e-14)
+        np.testing.assert_allclose(y.grad.numpy(), gy, rtol=1e-14)
+        x.grad = y.grad = None
+
+
+def test_jax_grad_and_second_derivative():
+    jax = pytest.importorskip("jax", reason="JAX is not installed")
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(7)
+        x = jax.numpy.asarray(rng.uniform(-4, 4, 10))
+        y = jax.numpy.asarray(rng.uniform(0, 1, 10))
+
+        def f(a):
+            return FOCAL(a, y, 0.25, 2.0, "sum")
+
+        g = jax.jit(jax.grad(f))(x)
+        _, want = bceloss.value_and_grad(FOCAL)(np.asarray(x), np.asarray(y), 0.25, 2.0, "sum")
+        np.testing.assert_allclose(np.asarray(g), want, rtol=1e-14)
+        # the second derivative against central differences of the closed-form gradient
+        h = 1e-5
+        hess = np.asarray(jax.hessian(f)(x))
+        e = np.eye(10) * h
+        fd = [(np.asarray(jax.grad(f)(x + e[i])) - np.asarray(jax.grad(f)(x - e[i]))) / (2 * h)
+              for i in range(10)]  # fmt: skip
+        np.testing.assert_allclose(hess, np.array(fd), rtol=1e-6, atol=1e-9)
+
+
+# --- Paddle's flavour
+
+
+def _paddle_formula(x, y, normalizer, alpha, gamma):
+    """paddle.nn.functional.sigmoid_focal_loss's definition ('none'), float64 NumPy."""
+    p = 1 / (1 + np.exp(-x))
+    ce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = (alpha * y + (1 - alpha) * (1 - y)) * ce * (1 - p_t) ** gamma
+    return loss if normalizer is None else loss / normalizer
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("normalizer", [None, np.array([3.0]), np.array(2.5)])
+@pytest.mark.parametrize("alpha", [0.25, -0.5])  # Paddle applies a negative alpha too
+def test_paddle_matches_its_formula(reduction, normalizer, alpha):
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-8, 8, (6, 5))
+    y = samples.targets(rng, (6, 5))
+    want = _paddle_formula(x, y, normalizer, alpha, 2.0)
+    want = {"none": want, "mean": np.mean(want), "sum": np.sum(want)}[reduction]
+    got = pd.sigmoid_focal_loss(x, y, normalizer, alpha, 2.0, reduction)
+    np.testing.assert_allclose(got, want, rtol=1e-11)
+
+
+def test_paddle_defaults_documented_example_and_signature():
+    sig = "(logit, label, normalizer=None, alpha=0.25, gamma=2.0, reduction='sum', name=None)"
+    assert str(inspect.signature(pd.sigmoid_focal_loss)) == sig
+    logit = np.array([[0.97, 0.91, 0.03], [0.55, 0.43, 0.71]], np.float32)
+    label = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    fg_num = np.array([2.0], np.float32)
+    got = pd.sigmoid_focal_loss(logit, label, normalizer=fg_num)
+    assert got.dtype == np.float32
+    assert got.shape == ()
+    assert float(got) == pytest.approx(0.65782464, rel=1e-6)  # Paddle's printed value
+    x, y = logit.astype(np.float64), label.astype(np.float64)
+    exact = sum(oracle.focal_terms(a, b)[0] for a, b in zip(x.ravel(), y.ravel(), strict=True))
+    assert oracle.ulp_error(got, exact / 2, np.float32) <= 9
+
+
+def test_paddle_ignored_label_and_gradient():
+    x = np.array([1.0, -2.0, 3.0])
+    y = np.array([1.0, -100.0, 0.0])
+    loss = pd.sigmoid_focal_loss(x, y, reduction="none")
+    assert loss[1] == 0
+    _, gx = bceloss.value_and_grad(pd.sigmoid_focal_loss)(x, y)
+    assert gx[1] == 0
+    _, want = bceloss.value_and_grad(FOCAL)(x[[0, 2]], y[[0, 2]], 0.25, 2.0, "sum")
+    np.testing.assert_array_equal(gx[[0, 2]], want)
+
+
+@pytest.mark.parametrize(
+    ("args", "exc", "msg"),
+    [
+        ((np.zeros(3, np.float16), np.zeros(3, np.float16)), TypeError, "logit must have one of"),
+        ((np.zeros(3), np.zeros(3, np.float32)), ValueError, "label must have the dtype of logit"),
+        ((np.zeros(3), np.zeros(3), np.ones((1, 1))), ValueError,
+         r"normalizer must have zero or one dimension; got shape \(1, 1\)"),
+        ((np.zeros(3), np.zeros(3), np.ones(1, np.int64)), TypeError,
+         "normalizer must have one of the dtypes float32, float64; got int64"),
+        ((np.zeros(3), np.zeros(3), 2.0), TypeError, "normalizer must be an array"),
+        ((np.zeros(3), np.zeros(3), np.ones(2)), ValueError, "normalizer must broadcast"),
+        ((np.zeros(3), np.zeros(3), None, 0.25, 2.0, "MEAN_"), ValueError, "reduction must be"),
+    ],
+)  # fmt: skip
+def test_paddle_errors(args, exc, msg):
+    with pytest.raises(exc, match=f"^{msg}"):
+        pd.sigmoid_focal_loss(*args)
+
+
+def test_paddle_normalizer_is_differentiable_on_torch():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    n = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+    out = pd.sigmoid_focal_loss(x, y, n)
+    out.backward()
+    # d/dn (L / n) = -L / n^2, with L the unnormalized sum
+    total = float(pd.sigmoid_focal_loss(x, y))
+    assert float(n.grad) == pytest.approx(-total / 4, rel=1e-14)

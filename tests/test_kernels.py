@@ -1,0 +1,504 @@
+"""The fused NumPy kernels against the mpmath oracle and the array-API formula.
+
+Kernels compile on first use and are cached on disk by numba; the cases are chosen to need
+few specialisations (one per dtype pair), so a warm run takes seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numba
+import numpy as np
+import oracle
+import pytest
+import samples
+from numba import njit
+
+import bceloss
+from bceloss import _engine, _fastmath, _kernels, _summation, _validation
+
+BF16 = ml_dtypes.bfloat16
+BCE = bceloss.binary_cross_entropy
+BCEL = bceloss.binary_cross_entropy_with_logits
+MAX_ULP = 8  # SPEC §3
+SHAPE = (64, 80)  # 5120 elements: above the kernel's threshold, cheap for the oracle
+
+
+def _call(logits, x, y, w=None, p=None, reduction="none"):
+    return _validation.validate(
+        logits=logits, input=x, target=y, weight=w, pos_weight=p, reduction_name=reduction
+    )
+
+
+def _runs_in_kernel(logits, x, y, w=None, p=None):
+    return _kernels.plan(_call(logits, x, y, w, p)) is not None
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a).astype(np.float64)
+
+
+# The kernel runs on all of SHAPE; the (slow, many-digit) oracle checks the special values
+# at the start and a random tenth of the rest.
+PICK = np.concatenate([np.arange(8), np.random.default_rng(99).choice(np.arange(8, 5120), 512)])
+
+
+def _oracle_at(terms, *arrays):
+    """(loss, d/dx, d/dy) of the oracle at the PICK elements of the broadcast arrays."""
+    cols = [np.broadcast_to(np.asarray(a, np.float64), SHAPE).reshape(-1)[PICK] for a in arrays]
+    return oracle.elementwise(terms, *cols)
+
+
+# --- the vectorisable exp and log ------------------------------------------------------
+
+
+@njit(error_model="numpy")
+def _apply(which, a, out):
+    for i in range(a.size):
+        v = a[i]
+        if which == 0:
+            out[i] = _fastmath.exp_neg(v)
+        elif which == 1:
+            out[i] = _fastmath.log1p_unit(v)
+        elif which == 2:
+            out[i] = _fastmath.log(v)
+        else:
+            out[i] = _fastmath.log1p_neg(v)
+
+
+def _ulps(got, exact, dtype):
+    """|got - exact| in ulp of dtype at exact (np.longdouble reference)."""
+    exact_r = exact.astype(dtype)
+    same = got == exact_r
+    spacing = np.spacing(np.abs(exact_r)).astype(np.longdouble)
+    err = np.abs(got.astype(np.longdouble) - exact) / spacing
+    return np.where(same, 0, err).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fastmath_within_2_ulp(dtype):
+    rng = np.random.default_rng(0)
+    n = 200_000
+    tiny = 1e-44 if dtype == np.float32 else 1e-320
+    arg_max = 110.0 if dtype == np.float32 else 750.0
+    cases = {
+        0: np.concatenate([rng.uniform(0, 2, n), rng.uniform(0, arg_max, n)]),
+        1: np.concatenate([rng.uniform(0, 1, n), 10.0 ** rng.uniform(-40, 0, n)]),
+        2: np.concatenate([rng.uniform(0, 2, n), 10.0 ** rng.uniform(-300, 0, n)]),
+        3: np.concatenate([rng.uniform(0, 1, n), 1 - 10.0 ** rng.uniform(-15, 0, n)]),
+    }
+    exact_fns = {
+        0: lambda v: np.exp(-v),
+        1: np.log1p,
+        2: np.log,
+        3: lambda v: np.log1p(-v),
+    }
+    for which, a in cases.items():
+        a = np.maximum(a, tiny).astype(dtype)
+        if which == 3:
+            a = a[a < 1]
+        out = np.empty_like(a)
+        _apply(which, a, out)
+        exact = exact_fns[which](a.astype(np.longdouble))
+        finite = np.isfinite(exact)
+        err = _ulps(out[finite], exact[finite], dtype)
+        assert err.max() <= 2, (which, err.max(), a[finite][np.argmax(err)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fastmath_special_values(dtype):
+    a = np.array([0.0, np.inf, np.nan, 1e4], dtype)
+    out = np.empty_like(a)
+    _apply(0, a, out)
+    np.testing.assert_array_equal(out, [1.0, 0.0, np.nan, 0.0])
+    v = np.array([0.0, 1.0, np.inf, np.nan, np.finfo(dtype).smallest_subnormal], dtype)
+    _apply(2, v, out := np.empty_like(v))
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(out, np.log(v.astype(np.float64)), rtol=4e-7)
+    _apply(3, np.array([1.0, 0.0], dtype), out := np.empty(2, dtype))
+    np.testing.assert_array_equal(out, [-np.inf, 0.0])
+
+
+# --- the kernels against the oracle ------------------------------------------------------
+
+
+def _logits_sample(seed, dtype, w_shape=(80,), p_shape=(80,)):
+    rng = np.random.default_rng(seed)
+    x = samples.logits(rng, SHAPE)
+    x.flat[:6] = [np.inf, -np.inf, np.inf, -np.inf, np.nan, 0.0]
+    y = samples.targets(rng, SHAPE)
+    y.flat[:4] = [0.3, 0.3, 1.0, 0.0]  # infinite logits: limits inf, inf, 0, 0
+    w = None if w_shape is None else rng.uniform(0, 3, w_shape)
+    p = None if p_shape is None else samples.positive_weights(rng, p_shape)
+    return [None if a is None else a.astype(dtype) for a in (x, y, w, p)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("w_shape", "p_shape"), [((80,), (80,)), (SHAPE, None), (None, (1, 80))])
+def test_logits_elementwise_against_oracle(dtype, w_shape, p_shape):
+    x, y, w, p = _logits_sample(1, dtype, w_shape, p_shape)
+    assert _runs_in_kernel(True, x, y, w, p)
+    got = BCEL(x, y, w, "none", p)
+    assert got.dtype == dtype
+    assert got.shape == SHAPE
+    ones = np.ones(1)
+    args = [_f64(x), _f64(y), ones if w is None else _f64(w), ones if p is None else _f64(p)]
+    exact, _, _ = _oracle_at(oracle.logits_terms, *args)
+    err = oracle.ulp_error(got.reshape(-1)[PICK], exact, dtype)
+    assert err.max() <= MAX_ULP, (err.max(), x.flat[PICK[np.argmax(err)]])
+    assert np.isnan(got.flat[4])
+    assert np.isinf(got.flat[0])
+    assert np.isinf(got.flat[1])
+    assert got.flat[2] == 0
+    assert got.flat[3] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_probabilities_elementwise_against_oracle(dtype):
+    rng = np.random.default_rng(2)
+    x = samples.probabilities(rng, SHAPE).astype(dtype)
+    x.flat[:3] = [np.nan, 1e-40 if dtype == np.float32 else 1e-310, 1e-44]
+    y = samples.targets(rng, SHAPE).astype(dtype)
+    w = rng.uniform(0, 3, (80,)).astype(dtype)
+    assert _runs_in_kernel(False, x, y, w)
+    got = BCE(x, y, w, "none")
+    exact, _, _ = _oracle_at(oracle.probs_terms, x, y, w)
+    err = oracle.ulp_error(got.reshape(-1)[PICK], exact, dtype)
+    assert err.max() <= MAX_ULP, (err.max(), x.flat[PICK[np.argmax(err)]])
+    assert np.isnan(got.flat[0])
+
+
+def _within_8_ulp_of_largest_term(got, exact, largest, dtype):
+    tol = MAX_ULP * oracle.ulp(largest, dtype)
+    bad = ~(np.abs(got - exact) <= tol) & ~(got == exact)
+    assert not bad.any(), (got[bad][:5], exact[bad][:5])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logits_gradients_against_oracle(dtype):
+    x, y, w, p = _logits_sample(3, dtype)
+    assert _runs_in_kernel(True, x, y, w, p)
+    value, (gx, gy) = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, w, "sum", p)
+    assert gx.dtype == gy.dtype == dtype
+    _loss, dx, dy = _oracle_at(oracle.logits_terms, x, y, w, p)
+    X, Y, W, P = (
+        np.broadcast_to(a.astype(np.float64), SHAPE).reshape(-1)[PICK] for a in (x, y, w, p)
+    )
+    gx, gy = gx.reshape(-1)[PICK], gy.reshape(-1)[PICK]
+    finite = np.isfinite(X)
+    with np.errstate(all="ignore"):
+        sig = 1 / (1 + np.exp(-X))
+        lw = 1 + (P - 1) * Y
+        dx_terms = W * np.maximum(lw * sig, P * Y)
+        dy_terms = W * np.maximum(np.abs(P - 1) * np.logaddexp(0, -X), np.abs(X))
+    _within_8_ulp_of_largest_term(gx[finite], dx[finite], dx_terms[finite], dtype)
+    _within_8_ulp_of_largest_term(gy[finite], dy[finite], dy_terms[finite], dtype)
+    # infinite logits: the limits of SPEC §2 (the oracle's), NaN for NaN
+    inf = ~finite & ~np.isnan(X)
+    np.testing.assert_array_equal(gx[inf], dx[inf].astype(dtype))
+    np.testing.assert_array_equal(gy[inf], dy[inf].astype(dtype))
+    assert np.isnan(gx[4])
+    assert np.isnan(gy[4])
+    assert np.isnan(value)  # the NaN logit
+    rows = x[1:3], y[1:3]  # two rows without the special values
+    exact = oracle.exact_sum(oracle.elementwise(oracle.logits_terms, *rows, w, p)[0])
+    assert oracle.ulp_error(BCEL(*rows, w, "sum", p), exact, dtype) <= MAX_ULP + 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_probability_gradients_against_oracle(dtype):
+    rng = np.random.default_rng(5)
+    x = samples.probabilities(rng, SHAPE).astype(dtype)
+    y = samples.targets(rng, SHAPE).astype(dtype)
+    w = rng.uniform(0, 3, SHAPE).astype(dtype)
+    _, (gx, gy) = bceloss.value_and_grad(BCE, argnums=(0, 1))(x, y, w, "sum")
+    _, dx, dy = _oracle_at(oracle.probs_terms, x, y, w)
+    X, Y, W = (a.astype(np.float64).reshape(-1)[PICK] for a in (x, y, w))
+    gx, gy = gx.reshape(-1)[PICK], gy.reshape(-1)[PICK]
+    den = np.maximum(X * (1 - X), 1e-12)
+    _within_8_ulp_of_largest_term(gx, dx, W * np.maximum(X, Y) / den, dtype)
+    with np.errstate(divide="ignore"):
+        logs = np.maximum(np.log(X), -100)
+        logq = np.maximum(np.log1p(-X), -100)
+    _within_8_ulp_of_largest_term(gy, dy, W * np.maximum(np.abs(logs), np.abs(logq)), dtype)
+
+
+# --- the kernels against the array-API formula -------------------------------------------
+
+LAYOUTS = {
+    "no weights": (None, None),
+    "scalar": ((1,), (1, 1)),
+    "same shape": (SHAPE, SHAPE),
+    "trailing vector": ((80,), (80,)),
+}
+TOL = {np.float32: 2e-6, np.float64: 4e-15}
+
+
+def _both(fn, *args, **kwargs):
+    """fn's result through the kernel and through the array-API formula (fast=False)."""
+    call = fn.__bceloss_bind__(*args, **kwargs)
+    assert _engine._kernel_plan(call) is not None
+    return _engine.evaluate(call), _engine.evaluate(call, fast=False)
+
+
+def _assert_close(got, want, dtype, scale=None):
+    """got within a few ulp of want (of `scale`, the largest term, where terms cancel)."""
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf where both overflowed
+        if dtype in (np.float16, BF16):
+            # both round float32 values a few float32 ulp apart: at most 1 ulp apart
+            if scale is None:
+                err = oracle.ulp_error(g, w, dtype)
+            else:
+                err = np.abs(g - w) / oracle.ulp(scale, dtype)
+            bad = ~(err <= 1.01) & ~(g == w)
+        else:
+            scale = np.abs(w) if scale is None else np.maximum(np.abs(w), np.abs(scale))
+            bad = ~(np.abs(g - w) <= TOL[dtype] * scale) & ~(g == w)
+    assert not bad.any(), (g[bad][:5], w[bad][:5])
+
+
+def _logits_grad_scales(x, y, w, p):
+    """The largest terms of d/dx = w (lw sigmoid(x) - p y), d/dy = w ((p - 1) softplus(-x) - x)."""
+    one = np.float64(1)
+    X, Y, W, P = (one if a is None else a.astype(np.float64) for a in (x, y, w, p))
+    lw = 1 + (P - 1) * Y
+    with np.errstate(over="ignore"):
+        sig = 1 / (1 + np.exp(-X))
+    softplus = np.logaddexp(0, -X)
+    return W * np.maximum(lw * sig, P * Y), W * np.maximum(np.abs(P - 1) * softplus, np.abs(X))
+
+
+# every layout in float32 and float64; the half types (converted on the fly) in two of them,
+# to keep the number of compiled specialisations small
+CASES = [(d, layout) for d in (np.float32, np.float64) for layout in LAYOUTS] + [
+    (d, layout) for d in (np.float16, BF16) for layout in ("no weights", "trailing vector")
+]
+
+
+@pytest.mark.parametrize(("dtype", "layout"), CASES)
+def test_logits_kernel_matches_formula(dtype, layout):
+    w_shape, p_shape = LAYOUTS[layout]
+    x, y, w, p = _logits_sample(7, dtype, w_shape, p_shape)
+    x.flat[:6] = 1.5  # compared without the special values (the oracle covers them)
+    for reduction in ("none", "mean", "sum"):
+        _assert_close(*_both(BCEL, x, y, w, reduction, p), dtype)
+    fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, w, "mean", p)
+    call = BCEL.__bceloss_bind__(x, y, w, "mean", p)
+    slow = _engine.loss_and_grad(call, (0, 1), fast=False)
+    _assert_close(fast[0], slow[0], dtype)
+    scales = _logits_grad_scales(x, y, w, p)
+    for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
+        _assert_close(g, h, dtype, scale / x.size)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, BF16, np.float32, np.float64])
+def test_probabilities_kernel_matches_formula(dtype):
+    rng = np.random.default_rng(8)
+    x = samples.probabilities(rng, SHAPE).astype(dtype)
+    y = samples.targets(rng, SHAPE).astype(dtype)
+    w = rng.uniform(0, 3, (80,)).astype(dtype)
+    for reduction in ("none", "mean", "sum"):
+        _assert_close(*_both(BCE, x, y, w, reduction), dtype)
+    fast = bceloss.value_and_grad(BCE, argnums=(0, 1))(x, y, w, "sum")
+    slow = _engine.loss_and_grad(BCE.__bceloss_bind__(x, y, w, "sum"), (0, 1), fast=False)
+    X, Y, W = (a.astype(np.float64) for a in (x, y, w))
+    with np.errstate(divide="ignore"):
+        logs = np.maximum(
+            np.abs(np.maximum(np.log(X), -100)), np.abs(np.maximum(np.log1p(-X), -100))
+        )
+    scales = (W * np.maximum(X, Y) / np.maximum(X * (1 - X), 1e-12), W * logs)
+    for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
+        _assert_close(g, h, dtype, scale)
+
+
+def test_integer_target_and_ignore_label_match_formula():
+    from bceloss.compat import paddle
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(0, 4, SHAPE).astype(np.float32)
+    y = rng.integers(0, 2, SHAPE).astype(np.int64)
+    _assert_close(*_both(BCEL, x, y, None, "none"), np.float32)
+    label = rng.integers(0, 2, SHAPE).astype(np.float32)
+    label[::3] = -100  # Paddle's ignored label
+    got = paddle.binary_cross_entropy_with_logits(x, label, reduction="none")
+    call = paddle.binary_cross_entropy_with_logits.__bceloss_bind__(x, label, reduction="none")
+    assert _engine._kernel_plan(call) is not None
+    _assert_close(got, _engine.evaluate(call, fast=False), np.float32)
+    assert (got[::3] == 0).all()
+
+
+def test_every_numpy_layout_runs_in_the_kernel():
+    # a column weight (materialised) and transposed inputs (copied) run in the kernel, so the
+    # loss is the same function of the elements whatever the layout
+    rng = np.random.default_rng(10)
+    x = rng.normal(0, 4, SHAPE).astype(np.float32)
+    y = rng.random(SHAPE).astype(np.float32)
+    w_column = rng.random((64, 1)).astype(np.float32)
+    for args in [(x, y, w_column), (x.T, y.T)]:
+        assert _runs_in_kernel(True, *args)
+        _assert_close(*_both(BCEL, *args, reduction="none"), np.float32)
+    by_rows = BCEL(x, y, w_column, "none")
+    flat = BCEL(x.reshape(-1), y.reshape(-1), np.repeat(w_column, 80), "none")
+    assert by_rows.reshape(-1).tobytes() == flat.tobytes()
+    assert BCEL(x.T, y.T, reduction="none").tobytes() == BCEL(x, y, reduction="none").T.tobytes()
+    # below the threshold the formula runs (the kernel would not be faster)
+    assert _engine._kernel_plan(_call(True, x[:1, :3], y[:1, :3])) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_fused_results_equal_a_stream_of_blocks_to_the_last_bit(dtype):
+    # the fused kernel's block sums are NumPy's pairwise sums of its elementwise loss, and its
+    # gradient is the elementwise one divided by n: a stream adding up `elementwise_loss`
+    # chunk by chunk (whole blocks) gets the library's bits
+    rng = np.random.default_rng(16)
+    n = 3 * _summation.BLOCK + 1234
+    x = rng.normal(0, 4, n).astype(dtype)
+    y = rng.random(n).astype(dtype)
+    p = rng.uniform(0.5, 3, (1,)).astype(dtype)
+    for reduction in ("sum", "mean"):
+        call = _call(True, x, y, None, p, reduction)
+        value, (grad,) = _engine.loss_and_grad(call, (0,))
+        assert _engine.evaluate(call).tobytes() == value.tobytes()
+        sums = []
+        for start in range(0, n, 2 * _summation.BLOCK):  # chunks of two blocks
+            part = _call(True, x[start : start + 2 * _summation.BLOCK], y[start:][:16384], None, p)
+            sums.append(_summation.block_sums(_engine.elementwise_loss(part)))
+        streamed = _summation.combine(np.concatenate(sums))
+        streamed = streamed / n if reduction == "mean" else streamed
+        with np.errstate(over="ignore"):  # a float16 sum may round to inf
+            want = np.asarray(np.float64(streamed)).astype(dtype)
+        assert value.tobytes() == want.tobytes()
+        pl = _kernels.plan(call)
+        _, gx, _ = _kernels.elementwise(call, pl, grad_input=True)
+        assert grad.tobytes() == _engine._reduce_gradient(call, gx, x, x.dtype).tobytes()
+
+
+def test_read_only_inputs_are_accepted_and_untouched():
+    x, y, w, p = _logits_sample(11, np.float32)
+    x.flat[:6] = 0.5
+    copies = [a.copy() for a in (x, y, w, p)]
+    for a in (x, y, w, p):
+        a.flags.writeable = False
+    _value, grad = bceloss.value_and_grad(BCEL)(x, y, w, "mean", p)
+    for a, c in zip((x, y, w, p), copies, strict=True):
+        np.testing.assert_array_equal(a, c)
+    want = _engine.loss_and_grad(BCEL.__bceloss_bind__(x, y, w, "mean", p), (0,), fast=False)
+    _assert_close(grad, want[1][0], np.float32, _logits_grad_scales(x, y, w, p)[0] / x.size)
+
+
+# --- sums: exact enough, the same for any number of threads ------------------------------
+
+
+def test_sums_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(12)
+    n = 3 * _summation.BLOCK * 7 + 123
+    x = rng.normal(0, 4, n).astype(np.float32)
+    y = rng.random(n).astype(np.float32)
+    f = bceloss.value_and_grad(BCEL)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            value, grad = f(x, y, reduction="sum")
+            results.append((value, grad))
+    finally:
+        numba.set_num_threads(before)
+    for value, grad in results[1:]:
+        assert value.tobytes() == results[0][0].tobytes()
+        assert grad.tobytes() == results[0][1].tobytes()
+
+
+def test_float32_mean_accumulates_exactly():
+    # 4 million elements: a float32 accumulator would be off by ~1e-4 relative; the block
+    # sums in float64 combined by fsum give the correctly rounded total of the elementwise
+    # losses, and 'mean' rounds it once.
+    rng = np.random.default_rng(13)
+    n = 4_000_000
+    x = rng.normal(0, 4, n).astype(np.float32)
+    y = rng.random(n).astype(np.float32)
+    elementwise = BCEL(x, y, reduction="none").astype(np.float64)
+    exact = math.fsum(elementwise.tolist()) / n
+    assert BCEL(x, y) == np.float32(exact)
+    # and against the float64 computation: the float32 elementwise rounding errors average out
+    reference = float(
+        _engine.evaluate(_call(True, x.astype(np.float64), y.astype(np.float64))).mean()
+    )
+    assert abs(exact / reference - 1) < 1e-9
+
+
+# --- value_and_grad(..., out=) ------------------------------------------------------------
+
+
+def test_out_receives_the_gradient():
+    x, y, w, p = _logits_sample(14, np.float32)
+    x.flat[:6] = 0.5
+    f = bceloss.value_and_grad(BCEL, argnums=(0, 1))
+    value, (gx, gy) = f(x, y, w, "mean", p)
+    buffer = np.full(SHAPE, np.nan, np.float32)
+    value2, (gx2, gy2) = f(x, y, w, "mean", p, out=buffer)
+    assert gx2 is buffer
+    assert value2 == value
+    np.testing.assert_array_equal(buffer, gx)
+    np.testing.assert_array_equal(gy2, gy)
+    strided = np.full((64, 160), np.nan, np.float32)[:, ::2]  # not contiguous: copied in
+    _, g3 = bceloss.value_and_grad(BCEL)(x, y, w, "mean", p, out=strided)
+    assert g3 is strided
+    np.testing.assert_array_equal(strided, gx)
+    small = np.empty(3, np.float32)  # below the kernel's threshold: copied in too
+    _, g4 = bceloss.value_and_grad(BCEL)(x[0, :3], y[0, :3], out=small)
+    assert g4 is small
+    np.testing.assert_allclose(small, bceloss.value_and_grad(BCEL)(x[0, :3], y[0, :3])[1])
+
+
+def test_out_is_checked():
+    x = np.zeros(SHAPE, np.float32)
+    y = np.zeros(SHAPE, np.float32)
+    f = bceloss.value_and_grad(BCEL)
+    with pytest.raises(ValueError, match=r"out must have the shape of input \(64, 80\)"):
+        f(x, y, out=np.empty((80, 64), np.float32))
+    with pytest.raises(
+        TypeError, match=r"out must have the dtype of input \(float32\); got float64"
+    ):
+        f(x, y, out=np.empty(SHAPE))
+    with pytest.raises(TypeError, match="out must be a NumPy array or PyTorch tensor"):
+        f(x, y, out=[0.0])
+    read_only = np.empty(SHAPE, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        f(x, y, out=read_only)
+    with pytest.raises(ValueError, match="out must not share memory"):
+        f(x, y, out=x)
+    with pytest.raises(ValueError, match="argnums must include 0"):
+        bceloss.value_and_grad(BCEL, argnums=1)(x, y, out=np.empty(SHAPE, np.float32))
+
+
+# --- PyTorch CPU tensors through the same kernels -----------------------------------------
+
+
+def test_torch_cpu_tensors_run_the_kernel_with_autograd():
+    torch = pytest.importorskip("torch", reason="PyTorch is optional")
+    x, y, w, p = _logits_sample(15, np.float32)
+    x.flat[:6] = 0.5
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    yt, wt, pt = (torch.from_numpy(a) for a in (y, w, p))
+    call = BCEL.__bceloss_bind__(xt.detach(), yt, wt, "mean", pt)
+    assert _kernels.torch_loss(call) is not None  # the kernel takes this call, zero-copy
+    loss = BCEL(xt, yt, wt, "mean", pt)
+    (3 * loss).backward()
+    value, grad = bceloss.value_and_grad(BCEL)(x, y, w, "mean", p)
+    assert float(loss.detach()) == float(value)
+    np.testing.assert_allclose(xt.grad.numpy(), 3 * grad, rtol=1e-6, atol=1e-38)  # subnormals
+    # second order: the backward is differentiable (the array-API formula builds that graph)
+    xt.grad = None
+    (gx,) = torch.autograd.grad(BCEL(xt, yt, wt, "mean", pt), xt, create_graph=True)
+    (hess_diag,) = torch.autograd.grad(gx.sum(), xt)
+    X, Y, W, P = (torch.from_numpy(a).double() for a in (x, y, w, p))
+    s = torch.sigmoid(X)
+    want = W * (1 + (P - 1) * Y) * s * (1 - s) / x.size
+    np.testing.assert_allclose(hess_diag.double().numpy(), want.numpy(), rtol=1e-5, atol=1e-12)
