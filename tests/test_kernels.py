@@ -367,7 +367,7 @@ def test_fused_results_equal_a_stream_of_blocks_to_the_last_bit(dtype):
         sums = []
         for start in range(0, n, 2 * _summation.BLOCK):  # chunks of two blocks
             part = _call(True, x[start : start + 2 * _summation.BLOCK], y[start:][:16384], None, p)
-            sums.append(_summation.block_sums(_engine.elementwise_loss(part)))
+            sums.append(_summation.block_sums(_engine.elementwise_loss(part, whole_size=n)))
         streamed = _summation.combine(np.concatenate(sums))
         streamed = streamed / n if reduction == "mean" else streamed
         with np.errstate(over="ignore"):  # a float16 sum may round to inf
@@ -502,3 +502,19 @@ def test_torch_cpu_tensors_run_the_kernel_with_autograd():
     s = torch.sigmoid(X)
     want = W * (1 + (P - 1) * Y) * s * (1 - s) / x.size
     np.testing.assert_allclose(hess_diag.double().numpy(), want.numpy(), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [600, 4095, 4096, 20000])
+def test_a_streamed_piece_takes_the_path_of_its_whole_array(n):
+    # The library runs the formula below KERNEL_MIN_SIZE elements and the kernel above; a
+    # stream's pieces must follow the whole array's path, or their bits differ.
+    rng = np.random.default_rng(n)
+    x = rng.normal(0, 6, n).astype(np.float32)
+    y = rng.random(n).astype(np.float32)
+    piece = _call(True, x[:500], y[:500], reduction="sum")
+    formula = _engine.elementwise_loss(piece, whole_size=_engine.KERNEL_MIN_SIZE - 1)
+    fused = _engine.elementwise_loss(piece, whole_size=_engine.KERNEL_MIN_SIZE)
+    assert formula.tobytes() != fused.tobytes()  # the two paths do differ in the last bits
+    streamed = _engine.elementwise_loss(_call(True, x, y, reduction="sum"), whole_size=n)
+    whole = _engine.evaluate(_call(True, x, y, reduction="sum"))
+    assert np.float32(_summation.total(streamed)).tobytes() == whole.tobytes()

@@ -285,13 +285,14 @@ def evaluate(call: LossCall, *, fast: bool = True):
         return _reduce(call, l)
 
 
-def elementwise_loss(call: LossCall):
+def elementwise_loss(call: LossCall, *, whole_size: int):
     """The elementwise loss of a validated call in the computation dtype, before any rounding
     to the result's dtype: what `_reduce` adds up. Streams add it up block by block.
 
-    On NumPy it is the fused kernel's at every size (its block sums are NumPy's), so a stream
-    adds up to the last bit what the library returns for the whole array."""
-    plan = _kernel_plan(call, min_size=1)
+    `call` is a piece of an array of `whole_size` elements: the piece takes the path (fused
+    kernel or formula) the whole array would take, so a stream adds up to the last bit what
+    the library returns for the whole array."""
+    plan = _kernel_plan(call, min_size=1) if whole_size >= KERNEL_MIN_SIZE else None
     if plan is not None:
         from bceloss import _kernels
 
