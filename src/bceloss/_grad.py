@@ -37,28 +37,13 @@ def value_and_grad(fn, argnums=0):
       >>> grad is buffer
       True
     """
-    bind = getattr(fn, "__bceloss_bind__", None)
-    if bind is None:
-        msg = f"fn must be a loss function of bceloss; got {fn!r}"
-        raise TypeError(msg)
-    wrt = (argnums,) if isinstance(argnums, int) else argnums
-    if (
-        not isinstance(wrt, tuple)
-        or not wrt
-        or any(isinstance(i, bool) or i not in (0, 1) for i in wrt)
-        or len(set(wrt)) != len(wrt)
-    ):
-        msg = f"argnums must be 0, 1 or a tuple of distinct ones of them; got {argnums!r}"
-        raise TypeError(msg)
+    bind = _validation.loss_bind(fn)
+    wrt = _validation.argnums(argnums)
 
     @functools.wraps(fn)
     def run(*args, out=None, **kwargs):
         call = bind(*args, **kwargs)
-        if call.reduction == "none":
-            msg = (
-                "value_and_grad needs a scalar loss: reduction must be 'mean' or 'sum'; got 'none'"
-            )
-            raise ValueError(msg)
+        _validation.scalar_loss(call)
         if out is not None:
             _validation.gradient_out(out, call, wrt)
         fused = out is not None and getattr(getattr(out, "flags", None), "c_contiguous", False)

@@ -303,6 +303,36 @@ def validate(
     )
 
 
+def loss_bind(fn):
+    """The bind function of a loss of the library (`__bceloss_bind__`); TypeError otherwise."""
+    bind = getattr(fn, "__bceloss_bind__", None)
+    if bind is None:
+        msg = f"fn must be a loss function of bceloss; got {fn!r}"
+        raise TypeError(msg)
+    return bind
+
+
+def argnums(value) -> tuple[int, ...]:
+    """value_and_grad's argnums as a tuple of positions (0 input, 1 target)."""
+    wrt = (value,) if isinstance(value, int) else value
+    if (
+        not isinstance(wrt, tuple)
+        or not wrt
+        or any(isinstance(i, bool) or i not in (0, 1) for i in wrt)
+        or len(set(wrt)) != len(wrt)
+    ):
+        msg = f"argnums must be 0, 1 or a tuple of distinct ones of them; got {value!r}"
+        raise TypeError(msg)
+    return wrt
+
+
+def scalar_loss(call: LossCall) -> None:
+    """value_and_grad differentiates a scalar: reduction 'none' is a ValueError."""
+    if call.reduction == "none":
+        msg = "value_and_grad needs a scalar loss: reduction must be 'mean' or 'sum'; got 'none'"
+        raise ValueError(msg)
+
+
 def gradient_out(out, call: LossCall, wrt: tuple[int, ...]) -> None:
     """Check `out=` of value_and_grad: where d loss / d input is written."""
     if 0 not in wrt:
