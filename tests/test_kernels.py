@@ -352,7 +352,7 @@ def test_every_numpy_layout_runs_in_the_kernel():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_fused_results_equal_a_stream_of_blocks_to_the_last_bit(dtype):
-    # the fused kernel's block sums are NumPy's pairwise sums of its elementwise loss, and its
+    # the fused kernel's block sums are `_summation.block_sums` of its elementwise loss, and its
     # gradient is the elementwise one divided by n: a stream adding up `elementwise_loss`
     # chunk by chunk (whole blocks) gets the library's bits
     rng = np.random.default_rng(16)
@@ -392,6 +392,45 @@ def test_read_only_inputs_are_accepted_and_untouched():
 
 
 # --- sums: exact enough, the same for any number of threads ------------------------------
+
+
+def _block_sums_by_definition(values):
+    # element k of a block into lane k % LANES, sequentially; lanes folded by halves
+    sums = []
+    for start in range(0, values.size, _summation.BLOCK):
+        lanes = [0.0] * _summation.LANES
+        for k, v in enumerate(values[start : start + _summation.BLOCK].tolist()):
+            lanes[k % _summation.LANES] += v
+        width = _summation.LANES
+        while width > 1:
+            width //= 2
+            lanes = [lanes[j] + lanes[j + width] for j in range(width)]
+        sums.append(lanes[0])
+    return np.array(sums)
+
+
+@pytest.mark.parametrize("n", [1, 63, 65, 5000, _summation.BLOCK, 2 * _summation.BLOCK + 777])
+def test_block_sums_follow_the_documented_order(n):
+    # plain Python floats against NumPy's (_summation) and the kernel's (through 'sum')
+    rng = np.random.default_rng(n)
+    values = (rng.random(n) * 10.0 ** rng.integers(-12, 12, n)).astype(np.float32)
+    got = _summation.block_sums(values)
+    assert got.tobytes() == _block_sums_by_definition(values).tobytes()
+    if n >= 5000:
+        # the order matters: 2^60 then fours, all in lane 0, which drops each (ulp 256) and a
+        # pairwise sum (NumPy's np.sum) adds up first
+        values[:] = 0.0
+        values[:: _summation.LANES] = 4.0
+        values[0] = 2.0**60
+        got = _summation.block_sums(values)
+        assert got.tobytes() == _block_sums_by_definition(values).tobytes()
+        assert got[0] != np.sum(values[: _summation.BLOCK], dtype=np.float64)
+    # the kernel sums its own elementwise loss in the same order (float64: every bit shows)
+    if n >= _engine.KERNEL_MIN_SIZE:
+        x, y = rng.random(n), rng.random(n)
+        elementwise = bceloss.binary_cross_entropy(x, y, reduction="none")
+        total = bceloss.binary_cross_entropy(x, y, reduction="sum")
+        assert total.tobytes() == np.float64(_summation.total(elementwise)).tobytes()
 
 
 def test_sums_do_not_depend_on_the_thread_count():

@@ -6,9 +6,10 @@ materialised) and float16/bfloat16 widened to float32 on the fly. The math is `_
 `_fastmath`'s vectorisable exp and log; the tests hold it to `_formulas` and the oracle.
 
 Work is cut into the blocks of `_summation.BLOCK` elements: each block's loss is summed in
-float64 in NumPy's pairwise order and the block sums are combined by `_summation.combine`,
-so a total does not depend on the number of threads, and equals `_summation.total` of the
-elementwise loss to the last bit. The kernels compile on first use (never at import) and are cached
+float64 in `_summation.block_sums`' order (LANES interleaved partial sums, which the SIMD loop
+follows at full speed), and the block sums are combined by `_summation.combine`, so a total
+does not depend on the number of threads, and equals `_summation.total` of the elementwise
+loss to the last bit. The kernels compile on first use (never at import) and are cached
 on disk by numba: next to this file, or in the user's cache directory when that is read-only
 (`NUMBA_CACHE_DIR` overrides both).
 
@@ -49,6 +50,8 @@ from bceloss._fastmath import (
 )
 
 BLOCK = _summation.BLOCK
+LANES = _summation.LANES
+PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
 # A weight that repeats with a short period is tiled to at least this many elements, so the
 # inner loop runs over long stretches.
 MIN_PERIOD = 1024
@@ -202,119 +205,70 @@ def _weight_at(a, k, like):
     return lambda a, k, like: decode(a[k], like)
 
 
-@njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
-def _decoded4(xs, ys, ws, ps, k, like):
-    return decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like), weight_at(ps, k, like)
-
-
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
 def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, has_p, ignore):
     # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into the buffers at k0;
     # grad: 0 the loss, 1 and d/dx, 2 and d/dy. Slices indexed from 0 by the loop counter
-    # (no negative-index check) and one loop per case (no branch inside): LLVM vectorises.
+    # (no negative-index check), one loop per case (no branch inside) and every element read
+    # in the loop itself (a helper returning the four defeats it): LLVM vectorises.
     like = lbuf[0]
     xs, ys, ws, ps = x[i0 : i0 + m], y[i0 : i0 + m], window(w, jw, m), window(p, jp, m)
     ls, gs, hs = lbuf[k0 : k0 + m], gbuf[k0 : k0 + m], hbuf[k0 : k0 + m]
     if logits:
         if grad == 2:
             for k in range(m):
-                xi, yi, wi, pi = _decoded4(xs, ys, ws, ps, k, like)
+                xi, yi = decode(xs[k], like), decode(ys[k], like)
+                wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
                 ls[k], gs[k], hs[k] = logits_terms(xi, yi, wi, pi, has_p, ignore)
         elif grad == 1:
             for k in range(m):
-                xi, yi, wi, pi = _decoded4(xs, ys, ws, ps, k, like)
+                xi, yi = decode(xs[k], like), decode(ys[k], like)
+                wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
                 ls[k], gs[k], _ = logits_terms(xi, yi, wi, pi, has_p, ignore)
         else:
             for k in range(m):
-                xi, yi, wi, pi = _decoded4(xs, ys, ws, ps, k, like)
+                xi, yi = decode(xs[k], like), decode(ys[k], like)
+                wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
                 ls[k] = logits_terms(xi, yi, wi, pi, has_p, ignore)[0]
     elif grad == 2:
         for k in range(m):
-            xi, yi, wi, _ = _decoded4(xs, ys, ws, ws, k, like)
+            xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
             ls[k], gs[k], hs[k] = probabilities_terms(xi, yi, wi)
     elif grad == 1:
         for k in range(m):
-            xi, yi, wi, _ = _decoded4(xs, ys, ws, ws, k, like)
+            xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
             ls[k], gs[k], _ = probabilities_terms(xi, yi, wi)
     else:
         for k in range(m):
-            xi, yi, wi, _ = _decoded4(xs, ys, ws, ws, k, like)
+            xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
             ls[k] = probabilities_terms(xi, yi, wi)[0]
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _pairwise_leaf(buf, start, n):
-    # n <= 128 elements: sequential below 8, else 8 accumulators and the rest sequential
-    if n < 8:
-        res = 0.0
-        for i in range(start, start + n):
-            res += np.float64(buf[i])
-        return res
-    r0, r1, r2, r3 = (
-        0.0 + buf[start],
-        0.0 + buf[start + 1],
-        0.0 + buf[start + 2],
-        0.0 + buf[start + 3],
-    )
-    r4, r5, r6, r7 = (
-        0.0 + buf[start + 4],
-        0.0 + buf[start + 5],
-        0.0 + buf[start + 6],
-        0.0 + buf[start + 7],
-    )
-    i = start + 8
-    stop = start + n - n % 8
-    while i < stop:
-        r0, r1, r2, r3 = r0 + buf[i], r1 + buf[i + 1], r2 + buf[i + 2], r3 + buf[i + 3]
-        r4, r5, r6, r7 = r4 + buf[i + 4], r5 + buf[i + 5], r6 + buf[i + 6], r7 + buf[i + 7]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    for j in range(stop, start + n):
-        res += np.float64(buf[j])
-    return res
+def _add_lanes(lanes, buf, count):
+    # element k of buf into lane k % LANES, each lane a sequential float64 sum
+    # (`_summation.block_sums`). The lane count is read from the array, not a constant:
+    # LLVM then vectorises the row loop instead of unrolling it into scalar adds.
+    width = lanes.size
+    rows = count // width
+    for r in range(rows):
+        row = buf[r * width : (r + 1) * width]
+        for j in range(width):
+            lanes[j] += np.float64(row[j])
+    tail = buf[rows * width : count]
+    for j in range(tail.size):
+        lanes[j] += np.float64(tail[j])
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _pairwise(buf, count):
-    """The float64 sum of buf[:count] in NumPy's order (pairwise_sum of
-    numpy/_core/src/umath/loops_utils.h.src): up to 128 elements `_pairwise_leaf`, else the
-    sum of the two halves, the first a multiple of 8. np.sum(block, dtype=float64) gives the
-    same bits, so the kernel's block sums are `_summation.block_sums` of its elementwise loss.
-    (The recursion is unrolled onto a stack: numba cannot cache a recursive function.)"""
-    if count == BLOCK:  # 64 leaves of 128 under a perfect binary tree: no stack needed
-        sums = np.empty(BLOCK // 128)
-        for i in range(sums.size):
-            sums[i] = _pairwise_leaf(buf, i * 128, 128)
-        width = sums.size
-        while width > 1:
-            width //= 2
-            for i in range(width):
-                sums[i] = sums[2 * i] + sums[2 * i + 1]
-        return sums[0]
-    starts = np.empty(32, np.int64)
-    sizes = np.empty(32, np.int64)
-    states = np.empty(32, np.int64)  # 0: new, 1: left half summed, 2: both summed
-    values = np.empty(32)
-    starts[0], sizes[0], states[0] = 0, count, 0
-    top, held = 1, 0
-    while top:
-        start, n, state = starts[top - 1], sizes[top - 1], states[top - 1]
-        half = n // 2 - (n // 2) % 8
-        if n <= 128:
-            values[held] = _pairwise_leaf(buf, start, n)
-            held += 1
-            top -= 1
-        elif state < 2:
-            states[top - 1] = state + 1
-            starts[top] = start if state == 0 else start + half
-            sizes[top] = half if state == 0 else n - half
-            states[top] = 0
-            top += 1
-        else:
-            values[held - 2] = values[held - 2] + values[held - 1]
-            held -= 1
-            top -= 1
-    return values[0]
+def _fold(lanes):
+    # the lanes' sum as a tree of halves (`_summation.block_sums`)
+    width = lanes.size
+    while width > 1:
+        width //= 2
+        for j in range(width):
+            lanes[j] += lanes[j + width]
+    return lanes[0]
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -330,32 +284,37 @@ def _kernel(logits, x, y, w, p, has_p, ignore, divisor, out, gx, gy, sums, proto
     nblocks = (n + BLOCK - 1) // BLOCK
     grad = 2 if gy.size else (1 if gx.size else 0)
     for chunk in prange(chunks):
-        lbuf = np.empty(BLOCK, proto.dtype)
-        gbuf = np.empty(BLOCK if grad else 1, proto.dtype)
-        hbuf = np.empty(BLOCK if grad == 2 else 1, proto.dtype)
+        # a summation block is computed in pieces of PIECE elements, whose buffers stay in L1
+        lbuf = np.empty(PIECE, proto.dtype)
+        gbuf = np.empty(PIECE if grad else 1, proto.dtype)
+        hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
+        lanes = np.empty(LANES)
         one = constants(lbuf[0]).one
         for b in range(chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks):
-            start = b * BLOCK
-            stop = min(start + BLOCK, n)
-            i = start
-            while i < stop:
-                # a stretch along which the (periodic) weight and pos_weight are contiguous
-                jw, jp = i % period(w), i % period(p)
-                m = min(stop - i, period(w) - jw, period(p) - jp)
-                _segment(
-                    logits, grad, x, y, w, p, i, jw, jp, m, i - start, lbuf, gbuf, hbuf, has_p,
-                    ignore,
-                )  # fmt: skip
-                i += m
-            count = stop - start
+            lanes[:] = 0.0
+            for start in range(b * BLOCK, min(b * BLOCK + BLOCK, n), PIECE):
+                stop = min(start + PIECE, n)
+                i = start
+                while i < stop:
+                    # a stretch along which the (periodic) weight and pos_weight are contiguous
+                    jw, jp = i % period(w), i % period(p)
+                    m = min(stop - i, period(w) - jw, period(p) - jp)
+                    _segment(
+                        logits, grad, x, y, w, p, i, jw, jp, m, i - start, lbuf, gbuf, hbuf,
+                        has_p, ignore,
+                    )  # fmt: skip
+                    i += m
+                count = stop - start
+                if sums.size:
+                    _add_lanes(lanes, lbuf, count)
+                if out.size:
+                    _store(out, start, lbuf, count, one)
+                if gx.size:
+                    _store(gx, start, gbuf, count, divisor)
+                if gy.size:
+                    _store(gy, start, hbuf, count, divisor)
             if sums.size:
-                sums[b] = _pairwise(lbuf, count)
-            if out.size:
-                _store(out, start, lbuf, count, one)
-            if gx.size:
-                _store(gx, start, gbuf, count, divisor)
-            if gy.size:
-                _store(gy, start, hbuf, count, divisor)
+                sums[b] = _fold(lanes)
 
 
 @dataclass(frozen=True)
