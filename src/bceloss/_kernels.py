@@ -119,6 +119,27 @@ def _weighted(w, v, c):
     return c.zero if (w == c.zero and not np.isnan(v)) else w * v
 
 
+def present(a):
+    """Whether an optional array is given: a constant of the compiled code (None or not)."""
+
+
+@overload(present)
+def _present(a):
+    absent = a is None or isinstance(a, types.NoneType)
+    return lambda a: not absent
+
+
+def ignored(y, label):
+    """Whether target y is the ignored label; constant False where there is none (None)."""
+
+
+@overload(ignored)
+def _ignored(y, label):
+    if label is None or isinstance(label, types.NoneType):
+        return lambda y, label: False
+    return lambda y, label: y == label
+
+
 @njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
 def logits_terms(x, y, w, p, has_p, ignore):
     """(loss, d/dx, d/dy) of BCE with logits at one element, as `_formulas.logits`.
@@ -145,7 +166,7 @@ def logits_terms(x, y, w, p, has_p, ignore):
     # with p = 1 it is exactly -x.
     gy = (p - c.one) * log1p_e + _times(p, relu_neg, c) - relu_pos
     loss, gx, gy = _weighted(w, loss, c), w * gx, _weighted(w, gy, c)
-    if y == ignore:
+    if ignored(y, ignore):
         loss = gx = gy = c.zero
     return loss, gx, gy
 
@@ -206,12 +227,13 @@ def _weight_at(a, k, like):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, has_p, ignore):
+def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, ignore):
     # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into the buffers at k0;
     # grad: 0 the loss, 1 and d/dx, 2 and d/dy. Slices indexed from 0 by the loop counter
     # (no negative-index check), one loop per case (no branch inside) and every element read
     # in the loop itself (a helper returning the four defeats it): LLVM vectorises.
     like = lbuf[0]
+    has_p = present(p)
     xs, ys, ws, ps = x[i0 : i0 + m], y[i0 : i0 + m], window(w, jw, m), window(p, jp, m)
     ls, gs, hs = lbuf[k0 : k0 + m], gbuf[k0 : k0 + m], hbuf[k0 : k0 + m]
     if logits:
@@ -279,7 +301,7 @@ def _store(dst, start, src, count, divisor):
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
-def _kernel(logits, x, y, w, p, has_p, ignore, divisor, out, gx, gy, sums, proto, chunks):
+def _kernel(logits, x, y, w, p, ignore, divisor, out, gx, gy, sums, proto, chunks):
     n = x.size
     nblocks = (n + BLOCK - 1) // BLOCK
     grad = 2 if gy.size else (1 if gx.size else 0)
@@ -301,7 +323,7 @@ def _kernel(logits, x, y, w, p, has_p, ignore, divisor, out, gx, gy, sums, proto
                     m = min(stop - i, period(w) - jw, period(p) - jp)
                     _segment(
                         logits, grad, x, y, w, p, i, jw, jp, m, i - start, lbuf, gbuf, hbuf,
-                        has_p, ignore,
+                        ignore,
                     )  # fmt: skip
                     i += m
                 count = stop - start
@@ -325,7 +347,6 @@ class Plan:
     y: np.ndarray
     w: np.ndarray | None
     p: np.ndarray | None
-    has_p: bool
     ct: type  # the compute dtype
     n: int
 
@@ -392,8 +413,7 @@ def plan(call) -> Plan | None:
     p = _periodic(call.pos_weight if call.logits else None, call.shape, n, ct)
     if w is _UNSUPPORTED or p is _UNSUPPORTED:
         return None
-    has_p = call.logits and call.pos_weight is not None
-    return Plan(_bits(x), _bits(y), w, p, has_p, ct, n)
+    return Plan(_bits(x), _bits(y), w, p, ct, n)
 
 
 def _storage(dtype):
@@ -416,7 +436,6 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, divisor=1.0, 
     def flat(a, dtype):
         return _empty(dtype) if a is None else _bits_out(a)
 
-    ignore = math.nan if call.ignore_label is None else call.ignore_label
     chunks = max(1, min(numba.get_num_threads(), -(-pl.n // BLOCK)))
     _kernel(
         call.logits,
@@ -424,8 +443,7 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, divisor=1.0, 
         pl.y,
         pl.w,
         pl.p,
-        pl.has_p,
-        pl.ct(ignore),
+        None if call.ignore_label is None else pl.ct(call.ignore_label),
         pl.ct(divisor),
         flat(out, pl.ct if ct_out else call.dtype),
         flat(gx, pl.ct if ct_out else call.input.dtype),
