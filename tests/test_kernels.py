@@ -557,3 +557,135 @@ def test_a_streamed_piece_takes_the_path_of_its_whole_array(n):
     streamed = _engine.elementwise_loss(_call(True, x, y, reduction="sum"), whole_size=n)
     whole = _engine.evaluate(_call(True, x, y, reduction="sum"))
     assert np.float32(_summation.total(streamed)).tobytes() == whole.tobytes()
+
+
+# --- label smoothing, masks and 'weighted_mean' in the kernels (issue 7) -------------------
+
+MASKS = {"full": SHAPE, "column": (SHAPE[0], 1), "trailing": (SHAPE[1],)}  # column: materialised
+OPTIONS = {
+    "smoothing": ({"label_smoothing": 0.2}, None, ("none", "mean", "sum")),
+    "full mask": ({}, "full", ("none", "mean", "sum")),
+    "column mask": ({}, "column", ("mean",)),
+    "trailing mask": ({}, "trailing", ("sum",)),
+    "weighted_mean": ({}, None, ("weighted_mean",)),
+    "all": ({"label_smoothing": 0.3}, "full", ("weighted_mean", "mean")),
+}
+OPTION_CASES = [(d, o) for d in (np.float32, np.float64) for o in OPTIONS] + [
+    (d, "all") for d in (np.float16, BF16)
+]
+
+
+def _options_case(seed, dtype, option):
+    kwargs, mask, reductions = OPTIONS[option]
+    x, y, w, p = _logits_sample(seed, dtype)
+    x.flat[:6] = 1.5  # compared without the special values (the oracle covers them)
+    rng = np.random.default_rng(seed)
+    if mask is not None:
+        kwargs = {**kwargs, "where": rng.random(MASKS[mask]) < 0.9}  # >= 4096 of 5120 kept
+    probs = samples.probabilities(rng, SHAPE).astype(dtype)
+    return x, probs, y, w, p, kwargs, reductions
+
+
+def _gradient_scales(x, y, w, p, kwargs, reduction):
+    """The largest terms of the gradients (`_logits_grad_scales` at the smoothed target),
+    over the reduction's denominator."""
+    s = kwargs.get("label_smoothing", 0.0)
+    ys = y.astype(np.float64) * (1 - s) + s / 2
+    scales = _logits_grad_scales(x, ys, w, p)
+    keep = np.broadcast_to(kwargs.get("where", True), SHAPE)
+    denominator = {
+        "sum": 1.0,
+        "mean": keep.sum(),
+        "weighted_mean": np.broadcast_to(w.astype(np.float64), SHAPE)[keep].sum(),
+    }[reduction]
+    return [sc / denominator for sc in scales]
+
+
+@pytest.mark.parametrize(("dtype", "option"), OPTION_CASES)
+def test_options_in_the_kernel_match_the_formula(dtype, option):
+    x, probs, y, w, p, kwargs, reductions = _options_case(17, dtype, option)
+    for reduction in reductions:
+        _assert_close(*_both(BCEL, x, y, w, reduction, p, **kwargs), dtype)
+        _assert_close(*_both(BCE, probs, y, w, reduction, **kwargs), dtype)
+        if reduction == "none":
+            continue
+        call = BCEL.__bceloss_bind__(x, y, w, reduction, p, **kwargs)
+        fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, w, reduction, p, **kwargs)
+        slow = _engine.loss_and_grad(call, (0, 1), fast=False)
+        _assert_close(fast[0], slow[0], dtype)
+        scales = _gradient_scales(x, y, w, p, kwargs, reduction)
+        for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
+            _assert_close(g, h, dtype, scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_mask_in_the_kernel_equals_indexing_bit_for_bit(dtype):
+    # the kept elements are summed in blocks of BLOCK kept ones: f(x, y, where=m) adds up
+    # what f(x[m], y[m]) adds up, in the same order, gradients included
+    rng = np.random.default_rng(18)
+    n = 3 * _summation.BLOCK + 777
+    x, y = rng.normal(0, 4, n).astype(dtype), rng.random(n).astype(dtype)
+    w, p = rng.uniform(0, 3, n).astype(dtype), samples.positive_weights(rng, (n,)).astype(dtype)
+    m = rng.random(n) < 0.6
+    dropped = np.flatnonzero(~m)
+    x[dropped[::5]], x[dropped[1::5]] = np.inf, np.nan  # masked out: nothing leaks
+    assert _engine._kernel_plan(BCEL.__bceloss_bind__(x, y, where=m)) is not None
+    vg = bceloss.value_and_grad(BCEL, argnums=(0, 1))
+    for reduction in ("mean", "sum", "weighted_mean"):
+        masked = vg(x, y, w, reduction, p, where=m)
+        indexed = vg(x[m], y[m], w[m], reduction, p[m])
+        assert masked[0].tobytes() == indexed[0].tobytes()
+        for g, h in zip(masked[1], indexed[1], strict=True):
+            assert g[m].tobytes() == h.tobytes()
+            assert (g[~m] == 0).all()
+    elementwise = BCEL(x, y, w, "none", p, where=m)
+    assert elementwise[m].tobytes() == BCEL(x[m], y[m], w[m], "none", p[m]).tobytes()
+    assert (elementwise[~m] == 0).all()
+
+
+def test_masked_sums_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(19)
+    n = 7 * _summation.BLOCK + 5
+    x, y = rng.normal(0, 4, n).astype(np.float32), rng.random(n).astype(np.float32)
+    m = rng.random(n) < 0.3
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            results.append(BCEL(x, y, reduction="sum", where=m).tobytes())
+    finally:
+        numba.set_num_threads(before)
+    assert len(set(results)) == 1
+
+
+@pytest.mark.parametrize("kept", [0, _engine.KERNEL_MIN_SIZE - 1, _engine.KERNEL_MIN_SIZE])
+def test_a_mask_keeping_few_elements_takes_the_formula(kept):
+    # the path follows the number of elements kept, so that f(x, y, where=m) and
+    # f(x[m], y[m]) take the same one
+    rng = np.random.default_rng(kept)
+    n = 3 * _summation.BLOCK
+    x, y = rng.normal(0, 4, n), rng.random(n)
+    m = np.zeros(n, bool)
+    m[rng.choice(n, kept, replace=False)] = True
+    call = BCEL.__bceloss_bind__(x, y, where=m)
+    assert (_engine._kernel_plan(call) is not None) == (kept >= _engine.KERNEL_MIN_SIZE)
+    got = BCEL(x, y, where=m, reduction="sum")
+    assert got.tobytes() == BCEL(x[m], y[m], reduction="sum").tobytes()
+    if kept == 0:
+        assert np.isnan(BCEL(x, y, where=m))
+
+
+def test_torch_cpu_tensors_take_the_options_through_the_kernel():
+    torch = pytest.importorskip("torch", reason="PyTorch is optional")
+    x, _, y, w, p, kwargs, _ = _options_case(20, np.float32, "all")
+    X, Y, W, P, M = (torch.from_numpy(a) for a in (x, y, w, p, kwargs["where"]))
+    options = {"label_smoothing": 0.3, "where": M}
+    call = BCEL.__bceloss_bind__(X, Y, W, "weighted_mean", P, **options)
+    assert _kernels.torch_loss(call) is not None
+    Xg = X.clone().requires_grad_()
+    loss = BCEL(Xg, Y, W, "weighted_mean", P, **options)
+    loss.backward()
+    value, grad = bceloss.value_and_grad(BCEL)(x, y, w, "weighted_mean", p, **kwargs)
+    assert float(loss.detach()) == float(value)
+    assert Xg.grad.numpy().tobytes() == grad.tobytes()

@@ -329,7 +329,7 @@ def test_weighted_mean_weight_gradient_on_torch():
     np.testing.assert_allclose(W.grad.numpy(), W2.grad.numpy(), rtol=1e-10, atol=1e-15)
 
 
-# --- every backend, and the kernels stay out of the way
+# --- every backend
 
 
 @pytest.mark.parametrize("reduction", ["mean", "weighted_mean"])
@@ -350,14 +350,3 @@ def test_options_on_every_library(typed, reduction):
     np.testing.assert_allclose(b.to_numpy(g), want_g, rtol=rtol, atol=rtol * np.abs(want_g).max())
     if b.label == "dask":
         assert b.module().Array in type(got).__mro__  # the count and the weights' sum stay lazy
-
-
-def test_extended_calls_skip_the_fused_kernels():
-    x = np.zeros(8192)
-    y = np.ones(8192)
-    bind = BCEL.__bceloss_bind__
-    assert not bind(x, y).extended
-    assert bind(x, y, label_smoothing=0.1).extended
-    assert bind(x, y, where=np.ones(8192, bool)).extended
-    assert bind(x, y, np.ones(8192), "weighted_mean").extended
-    assert bceloss.sigmoid_focal_loss.__bceloss_bind__(x, y).extended

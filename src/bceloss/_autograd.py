@@ -86,7 +86,7 @@ def gradients(call, needs):
 
 def _fused_torch(name, call, *args):
     """bceloss._kernels' `name` for a PyTorch CPU call above the kernel's threshold, or None."""
-    if call.extended or math.prod(call.shape) < _engine.KERNEL_MIN_SIZE:
+    if math.prod(call.shape) < _engine.KERNEL_MIN_SIZE:
         return None
     from bceloss import _kernels
 

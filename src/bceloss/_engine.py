@@ -33,17 +33,6 @@ class LossCall:
     gamma: float | None = None  # not None: the sigmoid focal loss, with this exponent
     alpha: float | None = None  # the focal loss's weight of the positives (None: off)
 
-    @property
-    def extended(self) -> bool:
-        """True when the call uses an option beyond the frameworks' BCE (a mask, label
-        smoothing, the focal loss, 'weighted_mean'): the fused kernels do not run those."""
-        return (
-            self.where is not None
-            or self.label_smoothing != 0
-            or self.gamma is not None
-            or self.reduction == "weighted_mean"
-        )
-
 
 def _quiet(xp):
     """NumPy warns on exp overflow and log(0); the formulas expect and handle both.
@@ -259,17 +248,13 @@ KERNEL_MIN_SIZE = 4096  # elements; measured in benchmarks/bench_bce.py (README,
 
 def _kernel_plan(call: LossCall, min_size: int = KERNEL_MIN_SIZE):
     """The fused NumPy kernel's plan for `call` (see _kernels.plan), or None. Below
-    KERNEL_MIN_SIZE elements it is no faster than the formula (its fixed cost is ~30 us):
-    the formula runs, and numba is not imported."""
-    if (
-        call.extended
-        or not array_api_compat.is_numpy_namespace(call.xp)
-        or math.prod(call.shape) < min_size
-    ):
+    KERNEL_MIN_SIZE elements (kept, under a mask) it is no faster than the formula (its
+    fixed cost is ~30 us): the formula runs, and numba is not imported."""
+    if not array_api_compat.is_numpy_namespace(call.xp) or math.prod(call.shape) < min_size:
         return None
     from bceloss import _kernels
 
-    return _kernels.plan(call)
+    return _kernels.plan(call, min_size)
 
 
 def evaluate(call: LossCall, *, fast: bool = True):

@@ -14,12 +14,15 @@ on disk by numba: next to this file, or in the user's cache directory when that 
 (`NUMBA_CACHE_DIR` overrides both).
 
 `plan(call)` says whether a validated call runs here: every NumPy call of the BCE family of
-floating or integral arrays, except the extensions (masks, label smoothing, the focal loss) and
-a Paddle weight that widens the loss. Weight and pos_weight of the input's shape, of a trailing
-part of it, or scalar are read in place; any other broadcast is materialised once, and strided
-inputs are copied. `loss` and `loss_and_grad` (from `_engine`, above its size threshold) and
-`elementwise` (at every size, for streams and Dask blocks, so that they add up to the
-library's bits) then run it; `torch_loss` and `torch_gradients` serve PyTorch CPU tensors.
+floating or integral arrays, label smoothing, masks and 'weighted_mean' included, except the
+focal loss and a Paddle weight that widens the loss. Weight and pos_weight of the input's
+shape, of a trailing part of it, or scalar are read in place; any other broadcast is
+materialised once, and strided inputs are copied. Under a mask (`where`) a block is BLOCK
+*kept* elements (`_kept_blocks` finds where each begins), so a masked sum adds up exactly what
+the sum of the kept elements alone adds up. `loss` and `loss_and_grad` (from `_engine`,
+above its size threshold) and `elementwise` (at every size, for streams and Dask blocks, so
+that they add up to the library's bits) then run it; `torch_loss` and `torch_gradients`
+serve PyTorch CPU tensors.
 """
 
 from __future__ import annotations
@@ -140,8 +143,34 @@ def _ignored(y, label):
     return lambda y, label: y == label
 
 
+def smoothed(y, smooth):
+    """(y', 1 - y') for the smoothed target, as `_formulas.smoothed`: smooth is None (no
+    smoothing, a constant of the compiled code) or (1 - s, s / 2) in y's type."""
+
+
+@overload(smoothed, inline="always")
+def _smoothed(y, smooth):
+    if smooth is None or isinstance(smooth, types.NoneType):
+        return lambda y, smooth: (y, constants(y).one - y)
+    return lambda y, smooth: (
+        y * smooth[0] + smooth[1],
+        (constants(y).one - y) * smooth[0] + smooth[1],
+    )
+
+
+def chained(g, smooth):
+    """d/dy through the smoothing: g (1 - s), or g itself without smoothing."""
+
+
+@overload(chained, inline="always")
+def _chained(g, smooth):
+    if smooth is None or isinstance(smooth, types.NoneType):
+        return lambda g, smooth: g
+    return lambda g, smooth: g * smooth[0]
+
+
 @njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
-def logits_terms(x, y, w, p, has_p, ignore):
+def logits_terms(x, y, w, p, has_p, ignore, smooth=None):
     """(loss, d/dx, d/dy) of BCE with logits at one element, as `_formulas.logits`.
 
     NaN in x travels through exp_neg into every result; an infinite x gives exp(-|x|) = 0.
@@ -151,8 +180,8 @@ def logits_terms(x, y, w, p, has_p, ignore):
     log1p_e = log1p_unit(e)  # log1p(exp(-|x|))
     relu_pos = x if x > c.zero else c.zero  # noqa: FURB136 (a select: vectorises)
     relu_neg = -x if x < c.zero else c.zero
-    q = c.one - y
-    py = p * y  # p is 1 without a pos_weight: p y = y exactly
+    ys, q = smoothed(y, smooth)
+    py = p * ys  # p is 1 without a pos_weight: p y = y exactly
     # (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y:
     # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) makes every term >= 0 for y in [0, 1].
     lw = q + py if has_p else c.one
@@ -164,7 +193,7 @@ def logits_terms(x, y, w, p, has_p, ignore):
     gx = q * (r if nonneg else er) - py * (er if nonneg else r)
     # (p - 1) softplus(-x) - x = (p - 1) log1p(exp(-|x|)) + p max(-x, 0) - max(x, 0);
     # with p = 1 it is exactly -x.
-    gy = (p - c.one) * log1p_e + _times(p, relu_neg, c) - relu_pos
+    gy = chained((p - c.one) * log1p_e + _times(p, relu_neg, c) - relu_pos, smooth)
     loss, gx, gy = _weighted(w, loss, c), w * gx, _weighted(w, gy, c)
     if ignored(y, ignore):
         loss = gx = gy = c.zero
@@ -172,7 +201,7 @@ def logits_terms(x, y, w, p, has_p, ignore):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
-def probabilities_terms(x, y, w):
+def probabilities_terms(x, y, w, smooth=None):
     """(loss, d/dx, d/dy) of BCE on probabilities at one element, as `_formulas.probabilities`.
 
     NaN in x travels through the logs (the clamps let it pass) into every result.
@@ -185,10 +214,11 @@ def probabilities_terms(x, y, w):
     log_q = log1p_neg(x)
     log_q = lim.log_floor if log_q < lim.log_floor else log_q  # noqa: FURB136
     # both logs are <= 0: for y in [0, 1] the two terms add without cancelling
-    loss = -(y * log_x + (c.one - y) * log_q)
+    ys, q = smoothed(y, smooth)
+    loss = -(ys * log_x + q * log_q)
     den = x * (c.one - x)
-    gx = (x - y) / (lim.grad_eps if den < lim.grad_eps else den)  # noqa: FURB136
-    gy = log_q - log_x
+    gx = (x - ys) / (lim.grad_eps if den < lim.grad_eps else den)  # noqa: FURB136
+    gy = chained(log_q - log_x, smooth)
     return _weighted(w, loss, c), w * gx, _weighted(w, gy, c)
 
 
@@ -227,7 +257,7 @@ def _weight_at(a, k, like):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, ignore):
+def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, ignore, smooth):
     # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into the buffers at k0;
     # grad: 0 the loss, 1 and d/dx, 2 and d/dy. Slices indexed from 0 by the loop counter
     # (no negative-index check), one loop per case (no branch inside) and every element read
@@ -241,29 +271,29 @@ def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, igno
             for k in range(m):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
-                ls[k], gs[k], hs[k] = logits_terms(xi, yi, wi, pi, has_p, ignore)
+                ls[k], gs[k], hs[k] = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
         elif grad == 1:
             for k in range(m):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
-                ls[k], gs[k], _ = logits_terms(xi, yi, wi, pi, has_p, ignore)
+                ls[k], gs[k], _ = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
         else:
             for k in range(m):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
-                ls[k] = logits_terms(xi, yi, wi, pi, has_p, ignore)[0]
+                ls[k] = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)[0]
     elif grad == 2:
         for k in range(m):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
-            ls[k], gs[k], hs[k] = probabilities_terms(xi, yi, wi)
+            ls[k], gs[k], hs[k] = probabilities_terms(xi, yi, wi, smooth)
     elif grad == 1:
         for k in range(m):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
-            ls[k], gs[k], _ = probabilities_terms(xi, yi, wi)
+            ls[k], gs[k], _ = probabilities_terms(xi, yi, wi, smooth)
     else:
         for k in range(m):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
-            ls[k] = probabilities_terms(xi, yi, wi)[0]
+            ls[k] = probabilities_terms(xi, yi, wi, smooth)[0]
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -283,6 +313,19 @@ def _add_lanes(lanes, buf, count):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _add_kept(lanes, buf, keep, count, kept):
+    # the kept elements of buf, in order, into the lanes from lane `kept` % LANES on: the
+    # lanes `_add_lanes` gives buf[keep] (a masked sum is the sum of the kept elements).
+    # Returns the new number kept.
+    width = lanes.size
+    for k in range(count):
+        if keep[k]:
+            lanes[kept % width] += np.float64(buf[k])
+            kept += 1
+    return kept
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
 def _fold(lanes):
     # the lanes' sum as a tree of halves (`_summation.block_sums`)
     width = lanes.size
@@ -294,6 +337,26 @@ def _fold(lanes):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _zero_dropped(buf, keep, count):
+    zero = constants(buf[0]).zero
+    for k in range(count):
+        buf[k] = buf[k] if keep[k] else zero
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _weights_into(buf, w, start, count):
+    # the (periodic) weight of elements start .. start + count, decoded in buf's type
+    i = start
+    while i < start + count:
+        j = i % w.size
+        m = min(start + count - i, w.size - j)
+        src, dst = w[j : j + m], buf[i - start : i - start + m]
+        for k in range(m):
+            dst[k] = decode(src[k], buf[0])
+        i += m
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
 def _store(dst, start, src, count, divisor):
     d = dst[start : start + count]
     for k in range(count):
@@ -301,34 +364,61 @@ def _store(dst, start, src, count, divisor):
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
-def _kernel(logits, x, y, w, p, ignore, divisor, out, gx, gy, sums, proto, chunks):
-    n = x.size
-    nblocks = (n + BLOCK - 1) // BLOCK
+def _kernel(
+    logits, x, y, w, p, keep, ignore, smooth, divisor, out, gx, gy, sums, wd, wsums, starts, proto,
+    chunks,
+):  # fmt: skip
+    # Block b covers the elements starts[b] .. starts[b + 1]: BLOCK of them, or BLOCK kept ones
+    # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
+    # 'weighted_mean'. out, gx, gy: the elementwise loss and gradients (0 where not kept),
+    # the gradients divided by `divisor`. Zero-size outputs are not computed.
+    nblocks = starts.size - 1
     grad = 2 if gy.size else (1 if gx.size else 0)
+    terms = sums.size or out.size or grad
     for chunk in prange(chunks):
-        # a summation block is computed in pieces of PIECE elements, whose buffers stay in L1
+        # a block is computed in pieces of PIECE elements, whose buffers stay in L1
         lbuf = np.empty(PIECE, proto.dtype)
         gbuf = np.empty(PIECE if grad else 1, proto.dtype)
         hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
-        lanes = np.empty(LANES)
+        wbuf = np.empty(PIECE if wsums.size else 1)
+        lanes, wlanes = np.empty(LANES), np.empty(LANES)
         one = constants(lbuf[0]).one
         for b in range(chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks):
             lanes[:] = 0.0
-            for start in range(b * BLOCK, min(b * BLOCK + BLOCK, n), PIECE):
-                stop = min(start + PIECE, n)
+            wlanes[:] = 0.0
+            kept = wkept = 0
+            for start in range(starts[b], starts[b + 1], PIECE):
+                stop = min(start + PIECE, starts[b + 1])
+                count = stop - start
                 i = start
-                while i < stop:
+                while terms and i < stop:
                     # a stretch along which the (periodic) weight and pos_weight are contiguous
                     jw, jp = i % period(w), i % period(p)
                     m = min(stop - i, period(w) - jw, period(p) - jp)
                     _segment(
                         logits, grad, x, y, w, p, i, jw, jp, m, i - start, lbuf, gbuf, hbuf,
-                        ignore,
+                        ignore, smooth,
                     )  # fmt: skip
                     i += m
-                count = stop - start
-                if sums.size:
-                    _add_lanes(lanes, lbuf, count)
+                if wsums.size:
+                    _weights_into(wbuf, wd, start, count)
+                if keep is not None:  # (pruned at compile time without a mask)
+                    kw = keep[start:stop]
+                    if sums.size:
+                        kept = _add_kept(lanes, lbuf, kw, count, kept)
+                    if wsums.size:
+                        wkept = _add_kept(wlanes, wbuf, kw, count, wkept)
+                    if out.size:
+                        _zero_dropped(lbuf, kw, count)
+                    if grad:
+                        _zero_dropped(gbuf, kw, count)
+                    if grad == 2:
+                        _zero_dropped(hbuf, kw, count)
+                else:
+                    if sums.size:
+                        _add_lanes(lanes, lbuf, count)
+                    if wsums.size:
+                        _add_lanes(wlanes, wbuf, count)
                 if out.size:
                     _store(out, start, lbuf, count, one)
                 if gx.size:
@@ -337,16 +427,54 @@ def _kernel(logits, x, y, w, p, ignore, divisor, out, gx, gy, sums, proto, chunk
                     _store(gy, start, hbuf, count, divisor)
             if sums.size:
                 sums[b] = _fold(lanes)
+            if wsums.size:
+                wsums[b] = _fold(wlanes)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _kept_blocks(keep):
+    """(starts, kept): where each block of BLOCK kept elements begins in the flat mask
+    `keep` (uint8), the first at 0 and a last entry n, and how many elements are kept."""
+    n = keep.size
+    chunks = (n + BLOCK - 1) // BLOCK
+    before = np.zeros(chunks + 1, np.int64)  # kept elements before each BLOCK of the input
+    for j in prange(chunks):
+        part = keep[j * BLOCK : min(n, (j + 1) * BLOCK)]
+        count = 0
+        for k in range(part.size):
+            count += part[k]
+        before[j + 1] = count
+    for j in range(chunks):
+        before[j + 1] += before[j]
+    kept = before[chunks]
+    nblocks = max(1, (kept + BLOCK - 1) // BLOCK)
+    starts = np.empty(nblocks + 1, np.int64)
+    starts[0], starts[nblocks] = 0, n
+    for b in prange(1, nblocks):
+        # the (b BLOCK)-th kept element: in input block j, after `rank` kept ones there
+        j = np.searchsorted(before, b * BLOCK, side="right") - 1
+        rank = b * BLOCK - before[j]
+        k = j * BLOCK
+        while rank or not keep[k]:
+            rank -= keep[k]
+            k += 1
+        starts[b] = k
+    return starts, kept
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How a call runs in the kernel: flat arrays as stored, periodic weights."""
+    """How a call runs in the kernel: flat arrays as stored, periodic weights, its blocks."""
 
     x: np.ndarray
     y: np.ndarray
     w: np.ndarray | None
     p: np.ndarray | None
+    keep: np.ndarray | None  # the `where` mask, flat, as uint8
+    wd: np.ndarray | None  # the weight in float64 (periodic), for 'weighted_mean'
+    starts: np.ndarray  # block b covers the flat elements starts[b] .. starts[b + 1]
+    kept: int  # elements kept (all without a mask)
+    smooth: tuple | None  # (1 - s, s / 2) in the compute dtype, None without smoothing
     ct: type  # the compute dtype
     n: int
 
@@ -393,27 +521,43 @@ def _periodic(a, shape, n, ct):
     return _bits(flat)
 
 
-def plan(call) -> Plan | None:
-    """The kernel's plan for a validated call, or None when the array-API formula runs."""
+def plan(call, min_size: int = 1) -> Plan | None:
+    """The kernel's plan for a validated call, or None when the array-API formula runs:
+    another library, a Paddle weight widening the loss, the focal loss, or fewer than
+    `min_size` elements kept."""
     x, y = call.input, call.target
     n = math.prod(call.shape)
     if (
-        getattr(call, "extended", False)  # masks, smoothing, focal: the formula runs those
+        call.gamma is not None  # the focal loss: the formula
         or not array_api_compat.is_numpy_namespace(call.xp)
-        or n == 0
+        or n < max(min_size, 1)
         or tuple(x.shape) != call.shape  # a Paddle weight widening the loss
         or not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray))
         or not (_storable(x) and _storable(y))
     ):
         return None
-    # a strided input is copied (the one temporary the size of the input it costs)
-    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
     ct = np.dtype(_dtypes.compute_dtype(np, call.dtype)).type
     w = _periodic(call.weight, call.shape, n, ct)
     p = _periodic(call.pos_weight if call.logits else None, call.shape, n, ct)
-    if w is _UNSUPPORTED or p is _UNSUPPORTED:
+    weighted = call.reduction == "weighted_mean" and call.weight is not None
+    wd = _periodic(call.weight, call.shape, n, np.float64) if weighted else None
+    if any(a is _UNSUPPORTED for a in (w, p, wd)):
         return None
-    return Plan(_bits(x), _bits(y), w, p, ct, n)
+    if call.where is None:
+        keep, kept = None, n
+        starts = np.minimum(np.arange(-(-n // BLOCK) + 1) * BLOCK, n)
+    else:
+        # a broadcast mask is materialised: one byte an element
+        keep = np.ascontiguousarray(np.broadcast_to(call.where, call.shape)).reshape(-1)
+        keep = keep.view(np.uint8)
+        starts, kept = _kept_blocks(keep)
+        if kept < min_size:
+            return None
+    # a strided input is copied (the one temporary the size of the input it costs)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    s = call.label_smoothing
+    smooth = (ct(1 - s), ct(s / 2)) if s else None  # as _formulas.smoothed rounds them
+    return Plan(_bits(x), _bits(y), w, p, keep, wd, starts, int(kept), smooth, ct, n)
 
 
 def _storage(dtype):
@@ -432,23 +576,29 @@ def _empty(dtype) -> np.ndarray:
 _EMPTY: dict = {}
 
 
-def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, divisor=1.0, ct_out=False):
+def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0,
+         ct_out=False):  # fmt: skip
     def flat(a, dtype):
         return _empty(dtype) if a is None else _bits_out(a)
 
-    chunks = max(1, min(numba.get_num_threads(), -(-pl.n // BLOCK)))
+    chunks = max(1, min(numba.get_num_threads(), pl.starts.size - 1))
     _kernel(
         call.logits,
         pl.x,
         pl.y,
         pl.w,
         pl.p,
+        pl.keep,
         None if call.ignore_label is None else pl.ct(call.ignore_label),
+        pl.smooth,
         pl.ct(divisor),
         flat(out, pl.ct if ct_out else call.dtype),
         flat(gx, pl.ct if ct_out else call.input.dtype),
         flat(gy, pl.ct if ct_out else _target_grad_dtype(call)),
         _empty(np.float64) if sums is None else sums,
+        _empty(np.float64) if pl.wd is None else pl.wd,
+        _empty(np.float64) if wsums is None else wsums,
+        pl.starts,
         _empty(pl.ct),
         chunks,
     )
@@ -464,12 +614,28 @@ def _target_grad_dtype(call):
     return t if _dtypes.is_floating(np, t) else call.dtype
 
 
-def _total(call, sums) -> np.ndarray:
-    total = _summation.combine(sums)
-    if call.reduction == "mean":
-        total = total / math.prod(call.shape)
-    with np.errstate(over="ignore"):  # a float16 sum may overflow to inf, as on the formula path
-        return np.asarray(np.float64(total)).astype(call.dtype)
+def _block_array(pl: Plan) -> np.ndarray:
+    return np.empty(pl.starts.size - 1)
+
+
+def _denominator(call, pl: Plan):
+    """What the sum is divided by: 1 ('sum'), the number kept ('mean'), or the sum of their
+    weights ('weighted_mean'; the number kept without a weight), as `_engine._denominator`."""
+    if call.reduction == "sum":
+        return 1
+    if pl.wd is None:
+        return pl.kept
+    wsums = _block_array(pl)
+    _run(call, pl, wsums=wsums)
+    return _summation.combine(wsums)
+
+
+def _total(call, sums, denominator) -> np.ndarray:
+    total = np.float64(_summation.combine(sums))
+    with np.errstate(all="ignore"):  # nothing kept: NaN; a float16 sum may overflow to inf
+        if call.reduction != "sum":
+            total = total / np.float64(denominator)
+        return np.asarray(total).astype(call.dtype)
 
 
 def loss(call, pl: Plan):
@@ -478,14 +644,16 @@ def loss(call, pl: Plan):
         out = np.empty(call.shape, call.dtype)
         _run(call, pl, out=out)
         return out
-    sums = np.empty(-(-pl.n // BLOCK))
-    _run(call, pl, sums=sums)
-    return _total(call, sums)
+    sums = _block_array(pl)
+    wsums = None if pl.wd is None else _block_array(pl)  # 'weighted_mean', in the same pass
+    _run(call, pl, sums=sums, wsums=wsums)
+    return _total(call, sums, pl.kept if wsums is None else _summation.combine(wsums))
 
 
 def elementwise(call, pl: Plan, *, loss=True, grad_input=False, grad_target=False):
     """(loss, d/dx, d/dy) elementwise, in the computation dtype and the loss's shape (None
-    where not asked for): what `_engine._elementwise` returns, computed by the kernel."""
+    where not asked for; 0 where a mask drops the element): what `_engine._elementwise`
+    returns, computed by the kernel."""
 
     def array(wanted):
         return np.empty(call.shape, pl.ct) if wanted else None
@@ -504,13 +672,19 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
         gx = np.empty(call.shape, call.input.dtype) if out is None else out
     if 1 in wrt:
         gy = np.empty(call.shape, _target_grad_dtype(call))
-    sums = np.empty(-(-pl.n // BLOCK))
-    # d/dx of 'mean' is the elementwise gradient / n, n in the computation dtype (as
-    # _engine._reduce_gradient divides); a backward pass's seed joins the divisor
-    divisor = (float(pl.ct(pl.n)) if call.reduction == "mean" else 1.0) / seed
+    # d/dx of a mean is the elementwise gradient over the denominator in the computation
+    # dtype (as _engine._reduce_gradient divides; nothing kept divides by 1). A
+    # 'weighted_mean' needs its weights' sum first: a pass reading the weight alone. A
+    # backward pass's seed joins the divisor.
+    denominator = _denominator(call, pl)
+    if call.reduction == "mean":
+        divisor = float(pl.ct(max(denominator, 1))) / seed
+    else:
+        divisor = float(pl.ct(denominator)) / seed
+    sums = _block_array(pl)
     _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=divisor)
     grads = {0: gx, 1: gy}
-    return _total(call, sums), tuple(grads[i] for i in wrt)
+    return _total(call, sums, denominator), tuple(grads[i] for i in wrt)
 
 
 # --- PyTorch CPU tensors, zero-copy, for the autograd.Function of bceloss._autograd ------
@@ -524,7 +698,7 @@ def _numpy_twin(call):
     ):
         return None
     arrays = {}
-    for name in ("input", "target", "weight", "pos_weight"):
+    for name in ("input", "target", "weight", "pos_weight", "where"):
         a = getattr(call, name)
         if a is not None and _dtypes.dtype_name(a.dtype) == "bfloat16":
             return None  # NumPy has no bfloat16 view of a tensor
