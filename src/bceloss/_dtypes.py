@@ -6,13 +6,23 @@ refuses it, so every dtype question of the library goes through this module.
 
 from __future__ import annotations
 
+import numpy as np
+
 FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 HALF_NAMES = ("float16", "bfloat16")
 
 
 def dtype_name(dtype) -> str:
     """The short name of a dtype of any namespace: 'float32', 'bfloat16', 'int64'..."""
+    if isinstance(dtype, np.dtype):  # str() of a NumPy dtype costs microseconds: remembered
+        name = _NUMPY_NAMES.get(dtype)
+        if name is None:
+            name = _NUMPY_NAMES[dtype] = str(dtype)
+        return name
     return str(dtype).rsplit(".", 1)[-1]
+
+
+_NUMPY_NAMES: dict = {}
 
 
 def is_floating(xp, dtype) -> bool:

@@ -13,6 +13,7 @@ import numbers
 from dataclasses import dataclass
 
 import array_api_compat
+import numpy as np
 
 from bceloss import _dtypes
 from bceloss._engine import LossCall
@@ -58,6 +59,8 @@ def _shape(x) -> tuple[int, ...]:
 def namespace(arrays: dict):
     """The array namespace of the named arrays (None values skipped); TypeError otherwise."""
     present = {name: a for name, a in arrays.items() if a is not None}
+    if all(type(a) is np.ndarray for a in present.values()):  # the common case, quickly
+        return array_api_compat.array_namespace(*present.values())
     for name, a in present.items():
         if not array_api_compat.is_array_api_obj(a) or isinstance(a, (bool, int, float, complex)):
             msg = (
