@@ -689,3 +689,42 @@ def test_torch_cpu_tensors_take_the_options_through_the_kernel():
     value, grad = bceloss.value_and_grad(BCEL)(x, y, w, "weighted_mean", p, **kwargs)
     assert float(loss.detach()) == float(value)
     assert Xg.grad.numpy().tobytes() == grad.tobytes()
+
+
+FOCAL_CASES = [(0.25, 2.0), (-1.0, 0.5), (0.75, 3.5), (-1.0, 0.0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, BF16, np.float32, np.float64])
+def test_focal_loss_in_the_kernel_matches_the_formula(dtype):
+    # the oracle holds focal_terms to its tolerances (test_kernels_focal.py); here the kernel's
+    # plumbing: reductions, a mask, gradients, against the formula
+    x, y, _, _ = _logits_sample(21, dtype)
+    x.flat[:6] = 1.5
+    m = np.random.default_rng(21).random(SHAPE) < 0.9
+    focal = bceloss.sigmoid_focal_loss
+    for alpha, gamma in FOCAL_CASES:
+        for reduction in ("none", "mean", "sum"):
+            _assert_close(*_both(focal, x, y, alpha, gamma, reduction), dtype)
+        _assert_close(*_both(focal, x, y, alpha, gamma, "mean", where=m), dtype)
+        call = focal.__bceloss_bind__(x, y, alpha, gamma, "sum", where=m)
+        fast = bceloss.value_and_grad(focal, argnums=(0, 1))(x, y, alpha, gamma, "sum", where=m)
+        slow = _engine.loss_and_grad(call, (0, 1), fast=False)
+        _assert_close(fast[0], slow[0], dtype)
+        for g, h in zip(fast[1], slow[1], strict=True):
+            _assert_close(g, h, dtype, np.full(SHAPE, np.abs(h.astype(np.float64)).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_paddle_focal_loss_in_the_kernel_matches_the_formula(dtype):
+    from bceloss.compat import paddle
+
+    x, y, _, _ = _logits_sample(22, dtype)
+    x.flat[:6] = 1.5
+    label = y.copy()
+    label[::3] = -100  # Paddle's ignored label, and its normalizer
+    normalizer = np.array([7.0], dtype)
+    got = paddle.sigmoid_focal_loss(x, label, normalizer, reduction="none")
+    call = paddle.sigmoid_focal_loss.__bceloss_bind__(x, label, normalizer, reduction="none")
+    assert _engine._kernel_plan(call) is not None
+    _assert_close(got, _engine.evaluate(call, fast=False), dtype)
+    assert (got[::3] == 0).all()

@@ -4,7 +4,8 @@ numba compiles `math.exp` and `math.log1p` to calls of the C library, one elemen
 time. These are the textbook alternative: a range reduction to a small interval, a
 polynomial there, and the exponent put back with integer arithmetic on the float's bits.
 Every branch is a select, so a loop calling them becomes SIMD code. Each function is
-within 2 ulp of the exact value (tests/test_kernels.py measures it against mpmath).
+within 2 ulp of the exact value (tests/test_kernels.py and, for the pieces the focal loss
+uses, tests/test_kernels_focal.py measure it).
 
 The functions are generic over float32 and float64: every literal comes from
 `constants(x)`, typed like x, so nothing is promoted to float64 by accident (numba types a
@@ -209,6 +210,39 @@ def _constants_for(like):
     return None
 
 
+# The scaling functions' constants, apart: a larger `Constants` (its tuple is built wherever
+# it is used) made LLVM leave the float64 BCE kernel's indexing scalar, at 2.4x the time.
+Scaling = namedtuple("Scaling", "parts_arg_max expm1_n_max pow2_neg_max tiny_shift tiny_scale")
+
+
+def _scaling(F) -> Scaling:
+    itype, mant, bias = LAYOUT[F]
+    return Scaling(
+        # exp_neg_parts' n stays below 2^9 (float32), 2^21 (float64) up to here: n ln2_hi exact
+        parts_arg_max=F(2 * EXP_ARG_MAX[F]),
+        expm1_n_max=itype(mant + 2),
+        # v 2^-j, v < 2, rounds to 0 beyond this j (half the smallest subnormal is 2^-(bias+mant))
+        pow2_neg_max=itype(bias + mant + 2),
+        # 2^tiny_shift lifts every subnormal, and every number down to 2^-(mant + 2) times the
+        # smallest subnormal, to a normal number
+        tiny_shift=itype(2 * mant + 2),
+        tiny_scale=F(2.0 ** (2 * mant + 2)),
+    )
+
+
+_SCALING = {types.float32: _scaling(np.float32), types.float64: _scaling(np.float64)}
+
+
+def scaling(like):
+    """The `Scaling` constants of the float type of `like`."""
+
+
+@overload(scaling)
+def _scaling_for(like):
+    s = _SCALING.get(like)
+    return None if s is None else (lambda like: s)
+
+
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
 def horner(z, coeffs):
     """coeffs[0] z^n + ... + coeffs[n], highest degree first."""
@@ -230,24 +264,61 @@ def _as_int(value, like):
     return None
 
 
-@njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def exp_neg(a):
-    """exp(-a) for a in [0, inf]; NaN for NaN."""
-    c = constants(a)
-    t = c.exp_arg_max if a > c.exp_arg_max else a  # noqa: FURB136 (NaN passes, min() not)
+# inline="always" (numba's IR) for exp_neg_parts and log_parts: exp_neg and log then compile
+# to the LLVM code they had before they shared these
+@njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
+def exp_neg_parts(t):
+    """(P, n) with exp(-t) = 2^-n (1 + P) for t in [0, parts_arg_max]: n = round(t / ln2), an
+    integer of the bits' type (`as_int`), and P = expm1(n ln2 - t), |P| < 0.42; NaN P for NaN."""
+    c = constants(t)
     # exp(-t) = 2^-n exp(r), n = round(t / ln2), r = n ln2 - t in [-ln2 / 2, ln2 / 2].
     # Adding 1.5 2^mant rounds t / ln2 to an integer and leaves it in the low bits of nm.
     nm = t * c.log2e + c.round_magic
     n = nm - c.round_magic
     r = (n * c.ln2_hi - t) + n * c.ln2_lo
-    p = c.one + (r + r * r * horner(r, c.exp_tail))
+    return r + r * r * horner(r, c.exp_tail), to_bits(nm) - to_bits(c.round_magic)
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def exp_neg(a):
+    """exp(-a) for a in [0, inf]; NaN for NaN."""
+    c = constants(a)
+    t = c.exp_arg_max if a > c.exp_arg_max else a  # noqa: FURB136 (NaN passes, min() not)
+    pm1, ni = exp_neg_parts(t)
+    p = c.one + pm1
     # 2^-n from its bits; where it would be subnormal, 2^-(n - 64) times 2^-64 instead, so
     # the one rounding happens in the last product.
-    ni = to_bits(nm) - to_bits(c.round_magic)
     deep = ni > c.bias - 1
     ni = ni - c.deep_shift if deep else ni
     scaled = p * from_bits(as_int((c.bias - ni) << c.mant, a))
     return scaled * c.deep_scale if deep else scaled
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def expm1_from_parts(pm1, n):
+    """expm1(-t) = 2^-n (1 + P) - 1 from (P, n) = `exp_neg_parts(t)`."""
+    c = constants(pm1)
+    # (2^-n - 1) + 2^-n P: 2^-n - 1 is exact for n <= mant + 1 and 2^-n P an exact scaling,
+    # so one rounding, and no cancellation (n = 0 leaves P itself, n >= 1 a result below
+    # -1/4). From n = mant + 3 on, 2^-n (1 + P) is below half the spacing above -1: -1.
+    top = scaling(pm1).expm1_n_max
+    far = n > top
+    scale = from_bits(as_int((c.bias - (top if far else n)) << c.mant, pm1))
+    res = -c.one if far else (scale - c.one) + scale * pm1
+    return pm1 if np.isnan(pm1) else res
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def ldexp_neg(v, j):
+    """v 2^-j for v in [1/2, 2] and an integer j >= 0 of the bits' type (`as_int`), rounded
+    once: exact where the result is normal, 0 where it is below half the smallest subnormal."""
+    c = constants(v)
+    j = max(min(j, scaling(v).pow2_neg_max), as_int(0, v))  # integers: no NaN to let through
+    # 2^-j = 2^-h 2^-(j - h), h = j // 2: both factors normal; v 2^-h is exact (normal), so the
+    # one rounding is the last product's
+    h = j >> 1
+    half = v * from_bits(as_int((c.bias - h) << c.mant, v))
+    return half * from_bits(as_int((c.bias - (j - h)) << c.mant, v))
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -264,11 +335,11 @@ def log1p_small(f):
     return f - (hfsq - s * (hfsq + z * horner(z, c.atanh2_tail)))
 
 
-@njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def log(v):
-    """log(v) for v in [0, inf]: -inf at 0, NaN for NaN."""
+@njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
+def log_parts(v):
+    """(k, f) with v = 2^k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)], k a float, for finite
+    v > 0 (subnormals included): log(v) = k ln2 + log1p_small(f), f exact."""
     c = constants(v)
-    # v = 2^k m with m in [sqrt(1/2), sqrt(2)); log(v) = k ln2 + log1p(m - 1)
     sub = v < c.tiny
     v1 = v * c.scale_up if sub else v
     bits = to_bits(v1)
@@ -278,7 +349,15 @@ def log(v):
     big = m > c.sqrt2
     m = m * c.half if big else m
     kf = kf + c.one if big else kf
-    f = m - c.one  # exact: m is within a factor 2 of 1 (Sterbenz)
+    return kf, m - c.one  # exact: m is within a factor 2 of 1 (Sterbenz)
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def log(v):
+    """log(v) for v in [0, inf]: -inf at 0, NaN for NaN."""
+    c = constants(v)
+    # v = 2^k m with m in [sqrt(1/2), sqrt(2)); log(v) = k ln2 + log1p(m - 1)
+    kf, f = log_parts(v)
     res = kf * c.ln2_hi + (log1p_small(f) + kf * c.ln2_lo)
     res = -c.inf if v == c.zero else res
     res = c.inf if v == c.inf else res
@@ -312,3 +391,16 @@ def _log1p_unit(e):
     if e == types.float64:
         return lambda e: log1p_small(e)
     return None
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def times(a, b, c):
+    """a b for b >= 0 (not NaN), reading 0 * inf as 0: a limit as a logit goes to +-inf
+    (`c`: the `constants` of the type)."""
+    return c.zero if a == c.zero else a * b
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def weighted(w, v, c):
+    """w v, reading 0 * inf as 0 and keeping NaN, as `_formulas._mul_limit`."""
+    return c.zero if (w == c.zero and not np.isnan(v)) else w * v

@@ -50,7 +50,10 @@ from bceloss._fastmath import (
     log,
     log1p_neg,
     log1p_unit,
+    times,
+    weighted,
 )
+from bceloss._focal_terms import focal_terms
 
 BLOCK = _summation.BLOCK
 LANES = _summation.LANES
@@ -108,18 +111,6 @@ def _encode(value, dst):
         return lambda value, dst: float32_to_bfloat16(np.float32(value))
     conv = {types.float32: np.float32, types.float64: np.float64}.get(dst.dtype)
     return None if conv is None else (lambda value, dst: conv(value))
-
-
-@njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _times(a, b, c):
-    # a b for b >= 0 (not NaN), reading 0 * inf as 0: the loss's limit as a logit goes to +-inf
-    return c.zero if a == c.zero else a * b
-
-
-@njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _weighted(w, v, c):
-    # w v, reading 0 * inf as 0 and keeping NaN, as _formulas._mul_limit
-    return c.zero if (w == c.zero and not np.isnan(v)) else w * v
 
 
 def present(a):
@@ -185,7 +176,7 @@ def logits_terms(x, y, w, p, has_p, ignore, smooth=None):
     # (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y:
     # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) makes every term >= 0 for y in [0, 1].
     lw = q + py if has_p else c.one
-    loss = _times(q, relu_pos, c) + _times(py, relu_neg, c) + lw * log1p_e
+    loss = times(q, relu_pos, c) + times(py, relu_neg, c) + lw * log1p_e
     # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x) (1 - sigmoid(x) = sigmoid(-x))
     r = c.one / (c.one + e)
     er = e * r
@@ -193,10 +184,19 @@ def logits_terms(x, y, w, p, has_p, ignore, smooth=None):
     gx = q * (r if nonneg else er) - py * (er if nonneg else r)
     # (p - 1) softplus(-x) - x = (p - 1) log1p(exp(-|x|)) + p max(-x, 0) - max(x, 0);
     # with p = 1 it is exactly -x.
-    gy = chained((p - c.one) * log1p_e + _times(p, relu_neg, c) - relu_pos, smooth)
-    loss, gx, gy = _weighted(w, loss, c), w * gx, _weighted(w, gy, c)
+    gy = chained((p - c.one) * log1p_e + times(p, relu_neg, c) - relu_pos, smooth)
+    loss, gx, gy = weighted(w, loss, c), w * gx, weighted(w, gy, c)
     if ignored(y, ignore):
         loss = gx = gy = c.zero
+    return loss, gx, gy
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
+def focal_ignoring(x, y, w, alpha, gamma, ignore):
+    """`_focal_terms.focal_terms`, zero at an ignored label (Paddle's)."""
+    loss, gx, gy = focal_terms(x, y, w, alpha, gamma)
+    if ignored(y, ignore):
+        loss = gx = gy = constants(x).zero
     return loss, gx, gy
 
 
@@ -219,7 +219,7 @@ def probabilities_terms(x, y, w, smooth=None):
     den = x * (c.one - x)
     gx = (x - ys) / (lim.grad_eps if den < lim.grad_eps else den)  # noqa: FURB136
     gy = chained(log_q - log_x, smooth)
-    return _weighted(w, loss, c), w * gx, _weighted(w, gy, c)
+    return weighted(w, loss, c), w * gx, weighted(w, gy, c)
 
 
 def period(a):
@@ -257,41 +257,55 @@ def _weight_at(a, k, like):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, ignore, smooth):
+def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, ignore, smooth, focal):
     # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into the buffers at k0;
     # grad: 0 the loss, 1 and d/dx, 2 and d/dy. Slices indexed from 0 by the loop counter
-    # (no negative-index check), one loop per case (no branch inside) and every element read
+    # (unsigned: no negative-index check, which would make the loads gathers), one loop per case (no branch inside) and every element read
     # in the loop itself (a helper returning the four defeats it): LLVM vectorises.
     like = lbuf[0]
     has_p = present(p)
     xs, ys, ws, ps = x[i0 : i0 + m], y[i0 : i0 + m], window(w, jw, m), window(p, jp, m)
     ls, gs, hs = lbuf[k0 : k0 + m], gbuf[k0 : k0 + m], hbuf[k0 : k0 + m]
-    if logits:
+    if focal is not None:  # (alpha, gamma) of the focal loss: pruned at compile time for BCE
+        alpha, gamma = focal
         if grad == 2:
-            for k in range(m):
+            for k in range(np.uint64(m)):
+                xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
+                ls[k], gs[k], hs[k] = focal_ignoring(xi, yi, wi, alpha, gamma, ignore)
+        elif grad == 1:
+            for k in range(np.uint64(m)):
+                xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
+                ls[k], gs[k], _ = focal_ignoring(xi, yi, wi, alpha, gamma, ignore)
+        else:
+            for k in range(np.uint64(m)):
+                xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
+                ls[k] = focal_ignoring(xi, yi, wi, alpha, gamma, ignore)[0]
+    elif logits:
+        if grad == 2:
+            for k in range(np.uint64(m)):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
                 ls[k], gs[k], hs[k] = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
         elif grad == 1:
-            for k in range(m):
+            for k in range(np.uint64(m)):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
                 ls[k], gs[k], _ = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
         else:
-            for k in range(m):
+            for k in range(np.uint64(m)):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
                 ls[k] = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)[0]
     elif grad == 2:
-        for k in range(m):
+        for k in range(np.uint64(m)):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
             ls[k], gs[k], hs[k] = probabilities_terms(xi, yi, wi, smooth)
     elif grad == 1:
-        for k in range(m):
+        for k in range(np.uint64(m)):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
             ls[k], gs[k], _ = probabilities_terms(xi, yi, wi, smooth)
     else:
-        for k in range(m):
+        for k in range(np.uint64(m)):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
             ls[k] = probabilities_terms(xi, yi, wi, smooth)[0]
 
@@ -365,7 +379,7 @@ def _store(dst, start, src, count, divisor):
 
 @njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
 def _kernel(
-    logits, x, y, w, p, keep, ignore, smooth, divisor, out, gx, gy, sums, wd, wsums, starts, proto,
+    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums, starts, proto,
     chunks,
 ):  # fmt: skip
     # Block b covers the elements starts[b] .. starts[b + 1]: BLOCK of them, or BLOCK kept ones
@@ -397,7 +411,7 @@ def _kernel(
                     m = min(stop - i, period(w) - jw, period(p) - jp)
                     _segment(
                         logits, grad, x, y, w, p, i, jw, jp, m, i - start, lbuf, gbuf, hbuf,
-                        ignore, smooth,
+                        ignore, smooth, focal,
                     )  # fmt: skip
                     i += m
                 if wsums.size:
@@ -475,6 +489,7 @@ class Plan:
     starts: np.ndarray  # block b covers the flat elements starts[b] .. starts[b + 1]
     kept: int  # elements kept (all without a mask)
     smooth: tuple | None  # (1 - s, s / 2) in the compute dtype, None without smoothing
+    focal: tuple | None  # the focal loss's (alpha or None, gamma), None for BCE
     ct: type  # the compute dtype
     n: int
 
@@ -523,13 +538,12 @@ def _periodic(a, shape, n, ct):
 
 def plan(call, min_size: int = 1) -> Plan | None:
     """The kernel's plan for a validated call, or None when the array-API formula runs:
-    another library, a Paddle weight widening the loss, the focal loss, or fewer than
-    `min_size` elements kept."""
+    another library, a Paddle weight widening the loss, or fewer than `min_size` elements
+    kept."""
     x, y = call.input, call.target
     n = math.prod(call.shape)
     if (
-        call.gamma is not None  # the focal loss: the formula
-        or not array_api_compat.is_numpy_namespace(call.xp)
+        not array_api_compat.is_numpy_namespace(call.xp)
         or n < max(min_size, 1)
         or tuple(x.shape) != call.shape  # a Paddle weight widening the loss
         or not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray))
@@ -557,7 +571,15 @@ def plan(call, min_size: int = 1) -> Plan | None:
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
     s = call.label_smoothing
     smooth = (ct(1 - s), ct(s / 2)) if s else None  # as _formulas.smoothed rounds them
-    return Plan(_bits(x), _bits(y), w, p, keep, wd, starts, int(kept), smooth, ct, n)
+    focal = None  # gamma = 0 without alpha is BCE with logits: its kernel, to the last bit
+    if call.gamma is not None and not (call.gamma == 0 and call.alpha is None):
+        # gamma in float64: m^gamma is computed in float64 (a float32 0.3 would be 4e-8 off)
+        focal = (_maybe(ct, call.alpha), np.float64(call.gamma))
+    return Plan(_bits(x), _bits(y), w, p, keep, wd, starts, int(kept), smooth, focal, ct, n)
+
+
+def _maybe(ct, value):
+    return None if value is None else ct(value)
 
 
 def _storage(dtype):
@@ -591,6 +613,7 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, d
         pl.keep,
         None if call.ignore_label is None else pl.ct(call.ignore_label),
         pl.smooth,
+        pl.focal,
         pl.ct(divisor),
         flat(out, pl.ct if ct_out else call.dtype),
         flat(gx, pl.ct if ct_out else call.input.dtype),
