@@ -70,6 +70,18 @@ def probs_terms(x, y, w=1.0):
         return float(loss), float(dx), float(dy)
 
 
+def probs_grad_scales(x, y, w):
+    """The largest terms of BCE on probabilities' d/dx = w (x - y) / max(x (1 - x), 1e-12) and
+    d/dy = w (max(log1p(-x), -100) - max(log x, -100)), in float64: what a gradient's error
+    is measured against where its terms cancel."""
+    X, Y, W = (np.asarray(a, np.float64) for a in (x, y, w))
+    with np.errstate(divide="ignore"):
+        logs = np.maximum(
+            np.abs(np.maximum(np.log(X), -100)), np.abs(np.maximum(np.log1p(-X), -100))
+        )
+    return W * np.maximum(X, Y) / np.maximum(X * (1 - X), 1e-12), W * logs
+
+
 def elementwise(fn, *arrays):
     """Apply a scalar oracle over broadcast arrays: (loss, dx, dy) as float64 arrays."""
     cols = np.broadcast_arrays(*[np.asarray(a, dtype=np.float64) for a in arrays])

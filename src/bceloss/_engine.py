@@ -243,13 +243,14 @@ def loss(call: LossCall):
     return evaluate(call)
 
 
-KERNEL_MIN_SIZE = 4096  # elements; measured in benchmarks/bench_bce.py (README, ## Speed)
+KERNEL_MIN_SIZE = 4096  # elements; see README, ## Speed
 
 
 def _kernel_plan(call: LossCall, min_size: int = KERNEL_MIN_SIZE):
     """The fused NumPy kernel's plan for `call` (see _kernels.plan), or None. Below
-    KERNEL_MIN_SIZE elements (kept, under a mask) it is no faster than the formula (its
-    fixed cost is ~30 us): the formula runs, and numba is not imported."""
+    KERNEL_MIN_SIZE elements (kept, under a mask) the formula runs and numba is not
+    imported: both take tens of microseconds there, and a program computing only small
+    losses is spared numba's import and first compilation."""
     if not array_api_compat.is_numpy_namespace(call.xp) or math.prod(call.shape) < min_size:
         return None
     from bceloss import _kernels

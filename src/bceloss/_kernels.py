@@ -2,8 +2,9 @@
 
 One pass over memory computes the elementwise loss and, for `value_and_grad`, both
 gradients, with weight and pos_weight read in place (the usual layouts are never
-materialised) and float16/bfloat16 widened to float32 on the fly. The math is `_formulas`' term for term, with
-`_fastmath`'s vectorisable exp and log; the tests hold it to `_formulas` and the oracle.
+materialised) and float16/bfloat16 widened to float32 on the fly. The math is `_formulas`'
+term for term, with `_fastmath`'s vectorisable exp and log; the tests hold it to `_formulas`
+and the oracle.
 
 Work is cut into the blocks of `_summation.BLOCK` elements: each block's loss is summed in
 float64 in `_summation.block_sums`' order (LANES interleaved partial sums, which the SIMD loop
@@ -14,8 +15,8 @@ on disk by numba: next to this file, or in the user's cache directory when that 
 (`NUMBA_CACHE_DIR` overrides both).
 
 `plan(call)` says whether a validated call runs here: every NumPy call of the BCE family of
-floating or integral arrays, label smoothing, masks and 'weighted_mean' included, except the
-focal loss and a Paddle weight that widens the loss. Weight and pos_weight of the input's
+floating or integral arrays, label smoothing, masks, 'weighted_mean' and the focal loss
+included, except a Paddle weight that widens the loss. Weight and pos_weight of the input's
 shape, of a trailing part of it, or scalar are read in place; any other broadcast is
 materialised once, and strided inputs are copied. Under a mask (`where`) a block is BLOCK
 *kept* elements (`_kept_blocks` finds where each begins), so a masked sum adds up exactly what
@@ -260,8 +261,9 @@ def _weight_at(a, k, like):
 def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, ignore, smooth, focal):
     # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into the buffers at k0;
     # grad: 0 the loss, 1 and d/dx, 2 and d/dy. Slices indexed from 0 by the loop counter
-    # (unsigned: no negative-index check, which would make the loads gathers), one loop per case (no branch inside) and every element read
-    # in the loop itself (a helper returning the four defeats it): LLVM vectorises.
+    # (unsigned: no negative-index check, which would make the loads gathers), one loop per
+    # case (no branch inside) and every element read in the loop itself (a helper returning
+    # the four defeats it): LLVM vectorises.
     like = lbuf[0]
     has_p = present(p)
     xs, ys, ws, ps = x[i0 : i0 + m], y[i0 : i0 + m], window(w, jw, m), window(p, jp, m)
@@ -379,8 +381,8 @@ def _store(dst, start, src, count, divisor):
 
 @njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
 def _kernel(
-    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums, starts, proto,
-    chunks,
+    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
+    starts, proto, chunks,
 ):  # fmt: skip
     # Block b covers the elements starts[b] .. starts[b + 1]: BLOCK of them, or BLOCK kept ones
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
@@ -553,8 +555,8 @@ def plan(call, min_size: int = 1) -> Plan | None:
     ct = np.dtype(_dtypes.compute_dtype(np, call.dtype)).type
     w = _periodic(call.weight, call.shape, n, ct)
     p = _periodic(call.pos_weight if call.logits else None, call.shape, n, ct)
-    weighted = call.reduction == "weighted_mean" and call.weight is not None
-    wd = _periodic(call.weight, call.shape, n, np.float64) if weighted else None
+    weighted_mean = call.reduction == "weighted_mean" and call.weight is not None
+    wd = _periodic(call.weight, call.shape, n, np.float64) if weighted_mean else None
     if any(a is _UNSUPPORTED for a in (w, p, wd)):
         return None
     if call.where is None:
@@ -598,8 +600,9 @@ def _empty(dtype) -> np.ndarray:
 _EMPTY: dict = {}
 
 
-def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0,
-         ct_out=False):  # fmt: skip
+def _run(
+    call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0, ct_out=False
+):
     def flat(a, dtype):
         return _empty(dtype) if a is None else _bits_out(a)
 

@@ -1,10 +1,10 @@
 """How the library adds up losses: fixed blocks, each summed in float64, combined exactly.
 
 The flattened (C-order) elementwise loss is cut into blocks of BLOCK consecutive elements;
-each block is summed in float64 in a fixed order (`block_sums`), and the block sums are combined with
-`math.fsum`, which is exactly rounded and so independent of the order the blocks arrive in.
-Anyone who computes the same blocks (a thread of a kernel, a chunk of a file stream, a Dask
-worker) and hands the block sums on gets the same total, to the last bit.
+each block is summed in float64 in a fixed order (`block_sums`), and the block sums are
+combined with `math.fsum`, which is exactly rounded and so independent of the order the
+blocks arrive in. Anyone who computes the same blocks (a thread of a kernel, a chunk of a
+file stream, a Dask worker) and hands the block sums on gets the same total, to the last bit.
 """
 
 from __future__ import annotations
