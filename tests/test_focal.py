@@ -324,3 +324,72 @@ def test_paddle_normalizer_is_differentiable_on_torch():
     # d/dn (L / n) = -L / n^2, with L the unnormalized sum
     total = float(pd.sigmoid_focal_loss(x, y))
     assert float(n.grad) == pytest.approx(-total / 4, rel=1e-14)
+
+
+# --- m = 1 - p_t tiny: subnormal targets, targets near 0 and 1 at large logits ---------------
+
+TINY_CASES = [(0.25, 2.0), (-1.0, 0.5), (0.25, 0.3), (0.75, 0.05), (-1.0, 3.5), (0.75, 1.0)]
+LIBRARIES = ("numpy", "array_api_strict", "torch")  # JAX (XLA) flushes subnormals to 0
+
+
+@functools.cache
+def _tiny_case(dtype, alpha, gamma):
+    """Where m is below the smallest normal number of `dtype`, or m^gamma is: subnormal
+    targets (m = y + exp(-|x|) adds two numbers of the subnormal range for x near
+    log(smallest normal)) and targets 0 and 1 at large logits, and targets a few ulp from 0
+    or 1 at large logits (both signs); x, y exact in `dtype`, float64, and the oracle's terms.
+    """
+    info = np.finfo(dtype)
+    tiny = float(info.smallest_normal)
+    far = -np.log(tiny) + np.array([0.2, 7.5, 15.8, 22.5, 60.0, 9800.0])  # 88.0, 95.2, ...
+    sub = [float(info.smallest_subnormal), {np.float32: 1e-40, np.float64: 1e-310}[dtype],
+           tiny / 3, tiny * 0.999, 0.0]  # fmt: skip
+    x = [-v for v in far for _ in sub]
+    y = sub * len(far)
+    x += [v for v in far for _ in (0, 1)]  # targets 1: the mirror image
+    y += [1.0] * (2 * len(far))
+    # targets near 0 and 1, normal numbers, at large logits of either sign
+    near = [1e-30, 1e-20, 1e-8, float(info.eps), float(info.eps) / 2]
+    big = [30.0, 100.0, 1e3, 1e4]
+    for v in big:
+        for t in near:
+            x += [-v, v, v, -v]
+            y += [t, 1 - t, t, 1 - t]
+    x, y = (np.array(a).astype(dtype).astype(np.float64) for a in (x, y))
+    exact = [oracle.focal_terms(a, b, alpha, gamma) for a, b in zip(x, y, strict=True)]
+    return x, y, np.array(exact).T
+
+
+def _library(name, dtype):
+    """(to the library's array of `dtype`, back to float64 NumPy), skipping where absent."""
+    mod = pytest.importorskip(name, reason=f"{name} is not installed")
+    if name == "torch":
+        return (lambda a: mod.asarray(a, dtype=getattr(mod, dtype.__name__)),
+                lambda a: a.detach().double().numpy())  # fmt: skip
+    if name == "array_api_strict":
+        return (lambda a: mod.asarray(a, dtype=getattr(mod, dtype.__name__)),
+                lambda a: np.from_dlpack(mod.astype(a, mod.float64)))  # fmt: skip
+    return (lambda a: np.asarray(a, dtype)), (lambda a: np.asarray(a, np.float64))
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("alpha", "gamma"), TINY_CASES)
+def test_tiny_m_against_oracle(library, dtype, alpha, gamma):
+    # fewer than 4096 elements: the array-API formula on every library. The loss within
+    # max(8, 4 + 2 gamma) ulp, both gradients within that of their largest term: here d/dy
+    # too (no gamma |x| eps allowance: m and m^gamma are computed scaled where they are tiny)
+    x, y, (loss, dx, dy, sx, sy) = _tiny_case(dtype, alpha, gamma)
+    to, back = _library(library, dtype)
+    X, Y = to(x), to(y)
+    tol = _tol(np.dtype(dtype).name, gamma)
+    got = back(FOCAL(X, Y, alpha, gamma))
+    err = oracle.ulp_error(got, loss, dtype)
+    assert err.max() <= tol, (err.max(), x[err.argmax()], y[err.argmax()])
+    _, (gx, gy) = bceloss.value_and_grad(FOCAL, argnums=(0, 1))(X, Y, alpha, gamma, "sum")
+    _within(back(gx), dx, sx, dtype, tol)
+    _within(back(gy), dy, sy, dtype, tol)
+    # the samples reach what they are for: with gamma < 1, m^gamma is a normal number where
+    # m is not, and so are gradients there
+    held = (_log_m(x, y) < np.log(float(np.finfo(dtype).smallest_normal))) & (np.abs(dy) > 1e-300)
+    assert held.sum() >= (3 if gamma < 1 else 0)

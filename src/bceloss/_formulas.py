@@ -7,7 +7,10 @@ for and sharing the intermediates. This is the reference the fast paths are test
 
 from __future__ import annotations
 
+import decimal
+import functools
 import math
+import struct
 
 import array_api_compat
 
@@ -132,26 +135,128 @@ def probabilities(
     return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
 
 
-def _power(xp, m, y, q, sp_pos, sp_neg, gamma):
-    """m ** gamma for m = 1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x), from log m where m
-    is below the smallest normal number (it has lost digits there, or underflowed, while
-    m ** gamma, gamma < 1, may still be a normal number).
+def _rounded_to(value: float, bits: int) -> float:
+    """`value` as a float of `bits` bits (32 or 64) holds it, round to nearest."""
+    return struct.unpack("f", struct.pack("f", value))[0] if bits == 32 else value
 
-    log m = logaddexp(log y - softplus(x), log(1 - y) - softplus(-x)), since
-    log sigmoid(-x) = -softplus(x). Each branch of the `where`s is evaluated on safe values
-    only (the "double where"), so that autograd, differentiating this for second order,
-    meets no 0 * inf from the branch not taken.
+
+@functools.cache
+def _scaling(bits: int, top: int, gamma: float):
+    """Constants for m^gamma where m = 1 - p_t is below 2^-S, in a float of `bits` bits whose
+    smallest normal number is 2^-top. There m is scaled by 2^S and m^gamma by 2^(gamma S).
+
+    S = min(floor(top / gamma), top), so that m^gamma >= 2^-top, a normal number, where m is
+    not scaled; the scaled m 2^S < 1, so nothing overflows; and 2^(-gamma S) >= 2^-top is a
+    normal number. S >= 24 (float32) or 53 (float64) unless gamma > top / 24: then m below
+    the smallest normal number gives a product below the smallest subnormal anyway.
+
+    Returns S, L = round(S ln 2), C = 2^S exp(-L) (e^-|x| 2^S = exp(L - |x|) C: L - |x| is exact
+    where it matters, |x| >= L / 2), C^gamma, 2^(-gamma S), gamma split as g_hi + g_lo with
+    g_hi of 10 bits, gamma rounded to the float (g_c) and the rest (g_r): all floats.
     """
-    normal = m >= xp.finfo(m.dtype).smallest_normal
-    one = xp.ones((), dtype=m.dtype, device=array_api_compat.device(m))
-    direct = xp.pow(xp.where(normal, m, one), gamma)
-    a = xp.log(xp.where(normal, one, y)) - sp_pos
-    b = xp.log(xp.where(normal, one, q)) - sp_neg
-    hi = xp.maximum(a, b)
-    finite = hi > -math.inf  # both -inf: m = 0 at an infinite logit, log m = -inf
-    gap = xp.where(finite, xp.minimum(a, b) - xp.where(finite, hi, one), -one)
-    log_m = hi + xp.log1p(xp.exp(gap))
-    return xp.where(normal, direct, xp.exp(gamma * log_m))
+    s = min(math.floor(top / gamma), top)
+    l_hi = round(s * math.log(2))
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        ln2 = decimal.Decimal(2).ln()
+        g = decimal.Decimal(gamma)
+        log_c = s * ln2 - l_hi
+        c, c_gamma, unscale = (float(v.exp()) for v in (log_c, g * log_c, -g * s * ln2))
+    mant, exp = math.frexp(gamma)
+    g_hi = math.ldexp(round(mant * 2**10), exp - 10)
+    g_c = _rounded_to(gamma, bits)
+    return s, l_hi, c, c_gamma, unscale, g_hi, gamma - g_hi, g_c, gamma - g_c
+
+
+class _Modulation:
+    """m^gamma, m = 1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x), and the ratios of the focal
+    loss's gradients, r = sigmoid(x) sigmoid(-x) / m and ce / m, where m is tiny too.
+
+    m (1 + e) = near + far e, e = exp(-|x|), near = 1 - y for x >= 0 and y below (far the
+    other): a sum of terms >= 0. Where m < 2^-S (`_scaling`) it is computed scaled,
+    m 2^S = (near 2^S + far e 2^S) / (1 + e): near 2^S is exact and e 2^S = exp(L - |x|) C keeps
+    its digits where e is subnormal or zero. So m below the smallest normal number (a target
+    0 or 1 at a large logit, or a subnormal target) keeps its digits; and m^gamma is kept as
+    (m 2^S)^gamma, times 2^(-gamma S) only after it has multiplied its factor (`times`): in the
+    dtype m^gamma may be subnormal where the product is not.
+
+    Every `where` evaluates its branches on safe values only (the "double where"), so that
+    autograd, differentiating the gradients for second order, meets no 0 * inf.
+    """
+
+    def __init__(self, xp, x, y, gamma):
+        self.xp = xp
+        info = xp.finfo(x.dtype)
+        smallest = float(info.smallest_normal)
+        s, l_hi, c, c_gamma, unscale, g_hi, g_lo, g_c, g_r = _scaling(
+            info.bits, round(-math.log2(smallest)), gamma
+        )
+        one = xp.ones((), dtype=x.dtype, device=array_api_compat.device(x))
+        self.nonneg, relu_pos, relu_neg, e = _split(xp, x)
+        u = relu_pos + relu_neg  # |x|
+        self.u, self.e, self.ope = u, e, 1 + e
+        q = 1 - y
+        near, far = xp.where(self.nonneg, q, y), xp.where(self.nonneg, y, q)
+        self.m = (near + far * e) / self.ope  # one rounding of a sum of terms >= 0
+        self.scaled = self.m < 2.0**-s
+        # e 2^S = exp(L - |x|) C: L - |x| is exact for |x| >= L / 2 (the scaled elements'),
+        # and exp(a + b) = exp(a) exp(b) with b = S ln 2 - L folded into the constant C
+        u_s = xp.where(self.scaled, u, l_hi)
+        self.e_k = xp.where(self.scaled, xp.exp(l_hi - u_s) * c, e)
+        self.near_k = xp.where(self.scaled, near * 2.0**s, near)  # exact: a power of 2
+        self.d_k = self.near_k + far * self.e_k  # m (1 + e) (2^S where scaled)
+        m_k = self.d_k / self.ope
+        # m 2^S subnormal or zero: then near = 0 (a target 0 or 1) and m = e / (1 + e), so
+        #   (m 2^S)^gamma = exp(gamma (L - |x|)) C^gamma,
+        # with gamma d = g_hi round(d) (exact) + (g_hi (d - round(d)) + g_lo d), d = L - |x|:
+        # rounding gamma d whole would cost gamma |d| half-ulps of the power
+        zero = self.scaled & (near == 0) & (m_k < smallest) & (u < math.inf)
+        d = l_hi - xp.where(zero, u, l_hi)
+        d_hi = xp.round(d)
+        by_exp = xp.exp(g_hi * d_hi) * xp.exp(g_hi * (d - d_hi) + g_lo * d) * c_gamma
+        # m^gamma = m^g_c m^g_r, g_c = gamma rounded to the dtype (xp.pow's exponent is):
+        # float32(0.3) is 4e-8 off, and m^gamma by |log m^gamma| times that
+        base = xp.where(zero, one, xp.where(self.scaled, m_k, self.m))
+        power = xp.pow(base, xp.asarray(g_c, dtype=x.dtype, device=array_api_compat.device(x)))
+        if g_r:
+            power = power * xp.pow(base, g_r)
+        self.mg = xp.where(zero, by_exp, power)  # m^gamma, times 2^(gamma S) where scaled
+        self.unscale = xp.where(self.scaled, unscale, one)
+        self.inv_scale = 2.0**-s
+
+    def times(self, v):
+        """m^gamma v, reading 0 * inf as 0; 2^(-gamma S) multiplies the product, not m^gamma."""
+        return _mul_limit(self.xp, self.mg, v) * self.unscale
+
+    def ce(self, ce):
+        """ce = near |x| + log1p(e) rebuilt from the scaled terms where m is scaled, where e may
+        be subnormal: ce 2^S = near 2^S |x| + e 2^S (log1p(e) / e), rounded once when scaled
+        back. (PyTorch's float32 log1p returns 0 for the smallest subnormal numbers.)"""
+        xp = self.xp
+        one = xp.ones((), dtype=self.m.dtype, device=array_api_compat.device(self.m))
+        small = self.e <= xp.finfo(self.m.dtype).eps
+        e_safe = xp.where(small, one, self.e)
+        # log1p(e) / e = 1 - e / 2 + e^2 / 3 - ...: 1 - e / 2 to the last bit for e <= eps
+        ratio = xp.where(small, 1 - self.e / 2, xp.log1p(e_safe) / e_safe)
+        self.ce_k = _mul_limit(xp, self.near_k, self.u) + self.e_k * ratio
+        return xp.where(self.scaled, self.ce_k * self.inv_scale, ce)
+
+    def ratios(self, sig_pos, sig_neg, ce):
+        """(r, ce / m), `ce` from `ce`: with m (1 + e) = D (D 2^S where scaled, `d_k`),
+            r = sigmoid(x) sigmoid(-x) / m = e / ((1 + e) D),
+            ce / m = (near |x| + log1p(e)) (1 + e) / D,
+        computed from the scaled terms where m is scaled (D = 0, a target 0 or 1 where e
+        underflows: their limits, 1 and 1)."""
+        xp = self.xp
+        one = xp.ones((), dtype=self.m.dtype, device=array_api_compat.device(self.m))
+        pos = self.scaled & (self.d_k > 0)
+        d_safe = xp.where(pos, self.d_k, one)
+        m_safe = xp.where(self.scaled, one, self.m)
+        r_k = xp.where(pos, self.e_k / (self.ope * d_safe), one)
+        ce_by_m_k = xp.where(pos, self.ce_k * self.ope / d_safe, one)
+        r = xp.where(self.scaled, r_k, sig_pos * sig_neg / m_safe)
+        ce_by_m = xp.where(self.scaled, ce_by_m_k, ce / m_safe)
+        return r, ce_by_m
 
 
 def focal(
@@ -169,50 +274,44 @@ def focal(
         d l / d x = w a_t m^gamma (gamma (1 - 2y) r ce + d ce / d x),   r = s c / m
         d l / d y = w m^gamma ((2 alpha - 1) ce + a_t (gamma (c - s) ce / m - x))
 
-    r and ce / m are the ratios that stay bounded where m underflows (r <= 1, and both go
-    to 1 as the target goes to 0 or 1 and |x| to infinity). gamma = 0 and alpha None give
-    `logits` exactly. Infinite logits give their limits.
+    r and ce / m stay bounded where m underflows; they and m^gamma are computed from m scaled
+    by a power of 2 where m is tiny (`_Modulation`). gamma = 0 and alpha None give `logits`
+    exactly. Infinite logits give their limits.
     """
     ce, ce_x, _ = logits(xp, x, y, loss=True, grad_input=grad_input)
     at = None if alpha is None else alpha * y + (1 - alpha) * (1 - y)
     l = gx = gy = None
-    if gamma == 0:  # m^0 = 1: BCE, weighted by a_t
-        mg = None
-    else:
-        nonneg, relu_pos, relu_neg, e = _split(xp, x)
-        log1p_e = xp.log1p(e)
-        inv = 1 / (1 + e)
-        sig_pos = xp.where(nonneg, inv, e * inv)  # sigmoid(x)
-        sig_neg = xp.where(nonneg, e * inv, inv)  # sigmoid(-x)
-        q = 1 - y
-        # m = y sigmoid(-x) + (1 - y) sigmoid(x) over the common denominator 1 + exp(-|x|):
-        # one rounding of a sum of terms >= 0, one division (m's error is raised to gamma)
-        m = xp.where(nonneg, q + y * e, y + q * e) / (1 + e)
-        mg = _power(xp, m, y, q, relu_pos + log1p_e, relu_neg + log1p_e, gamma)
-        normal = m >= xp.finfo(m.dtype).smallest_normal
-        m_safe = xp.where(normal, m, xp.ones_like(m))
+    mod = None if gamma == 0 else _Modulation(xp, x, y, gamma)  # gamma 0: m^0 = 1, BCE
+    if mod is not None:
+        ce = mod.ce(ce)
+    if grad_input or grad_target:
+        sig_pos = sig_neg = None
+        if mod is not None:
+            inv = 1 / mod.ope
+            er = mod.e * inv
+            sig_pos = xp.where(mod.nonneg, inv, er)  # sigmoid(x)
+            sig_neg = xp.where(mod.nonneg, er, inv)  # sigmoid(-x)
+            r, ce_by_m = mod.ratios(sig_pos, sig_neg, ce)
     if loss:
-        l = ce if mg is None else _mul_limit(xp, mg, ce)
+        l = ce if mod is None else mod.times(ce)
         l = _weighted(xp, at, l)
     if grad_input:
         gx = ce_x
-        if mg is not None:
-            r = xp.where(normal, sig_pos * sig_neg / m_safe, xp.ones_like(m))
-            gx = mg * (gamma * (1 - 2 * y) * _mul_limit(xp, r, ce) + ce_x)
+        if mod is not None:
+            gx = mod.times(gamma * (1 - 2 * y) * _mul_limit(xp, r, ce) + ce_x)
         gx = _weighted(xp, at, gx)
     if grad_target:
-        if mg is None:
+        if mod is None:
             inner = -x
         else:
             # c - s = (e - 1) / (1 + e) for x >= 0, its negative below: expm1, no cancellation
             # near x = 0. It has the sign of -x, so nothing cancels in gamma (c - s) ce / m - x.
-            tanh = xp.expm1(-(relu_pos + relu_neg)) * inv
-            c_minus_s = xp.where(nonneg, tanh, -tanh)
-            ce_by_m = xp.where(normal, ce / m_safe, xp.ones_like(m))
+            tanh = xp.expm1(-mod.u) * inv
+            c_minus_s = xp.where(mod.nonneg, tanh, -tanh)
             inner = gamma * c_minus_s * ce_by_m - x
         gy = inner if at is None else (2 * alpha - 1) * ce + at * inner
-        if mg is not None:
-            gy = mg * gy
+        if mod is not None:
+            gy = mod.times(gy)
         gy = xp.where(xp.isinf(x), _focal_limit(xp, x, y, alpha, at, gamma), gy)
     return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
 
