@@ -507,6 +507,34 @@ def test_out_is_checked():
         bceloss.value_and_grad(BCEL, argnums=1)(x, y, out=np.empty(SHAPE, np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 1, 7])
+def test_outputs_written_past_the_caches_are_the_same(monkeypatch, dtype, offset):
+    # Large outputs go out by non-temporal rows from the first 64-byte boundary on; the
+    # elements before it and after the last whole row by ordinary stores. Every split of an
+    # output (offset moves the boundary) must hold exactly what ordinary stores write.
+    n = 2 * _summation.BLOCK + 1234
+    rng = np.random.default_rng(offset)
+    x = (rng.standard_normal(n) * 8).astype(dtype)
+    y = rng.random(n).astype(dtype)
+    vg = bceloss.value_and_grad(BCEL, argnums=(0, 1))
+
+    def run():
+        buffer = np.full(n + offset, np.nan, dtype)
+        out = buffer[offset:]
+        value, (gx, gy) = vg(x, y, reduction="mean", out=out)
+        assert gx is out
+        return value, out.copy(), gy, BCEL(x, y, reduction="none")
+
+    monkeypatch.setattr(_kernels, "STREAM_MIN_BYTES", 1 << 62)
+    ordinary = run()
+    monkeypatch.setattr(_kernels, "STREAM_MIN_BYTES", 0)
+    streamed = run()
+    for a, b in zip(ordinary, streamed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.isnan(streamed[1]).any()  # every element written
+
+
 # --- PyTorch CPU tensors through the same kernels -----------------------------------------
 
 

@@ -264,6 +264,19 @@ def _as_int(value, like):
     return None
 
 
+def as_float(value, like):
+    """The integer `value` converted to the float type of `like` (numba would widen an int32
+    plus a float32 to float64, and with it all the arithmetic that follows)."""
+
+
+@overload(as_float)
+def _as_float(value, like):
+    ftype = {types.float32: np.float32, types.float64: np.float64}.get(like)
+    if ftype is not None:
+        return lambda value, like: ftype(value)
+    return None
+
+
 # inline="always" (numba's IR) for exp_neg_parts and log_parts: exp_neg and log then compile
 # to the LLVM code they had before they shared these
 @njit(fastmath=FLAGS, cache=True, error_model="numpy", inline="always")
@@ -344,7 +357,7 @@ def log_parts(v):
     v1 = v * c.scale_up if sub else v
     bits = to_bits(v1)
     k = (bits >> c.mant) - c.bias
-    kf = (k + c.zero) - (c.subnormal_shift if sub else c.zero)
+    kf = as_float(k, v) - (c.subnormal_shift if sub else c.zero)
     m = from_bits(as_int((bits & c.mant_mask) | c.one_bits, v))
     big = m > c.sqrt2
     m = m * c.half if big else m

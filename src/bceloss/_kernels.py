@@ -55,11 +55,15 @@ from bceloss._fastmath import (
     weighted,
 )
 from bceloss._focal_terms import focal_terms
+from bceloss._streaming import copy_streaming, streaming_fence
 
 BLOCK = _summation.BLOCK
 LANES = _summation.LANES
 PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
 ROWS = PIECE // LANES
+# Outputs of this many bytes or more are written past the caches (`_streaming`): they would
+# not stay there, and reading each line before writing it would double their traffic.
+STREAM_MIN_BYTES = 1 << 24
 # A weight that repeats with a short period is tiled to at least this many elements, so the
 # inner loop runs over long stretches.
 MIN_PERIOD = 1024
@@ -385,22 +389,45 @@ def _weights_into(buf, w, start, count):
         i += m
 
 
-@njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _store(dst, start, src, count, divisor):
-    d = dst[start : start + count]
-    for k in range(count):
-        d[k] = encode(src[k] / divisor, dst)
+def _store(dst, start, src, count, divisor, stream):
+    """dst[start : start + count] = src[:count] / divisor, encoded in dst's type; past the
+    caches (`_streaming`) with `stream` where dst has src's type (src is then scratch)."""
+
+
+@overload(_store, jit_options={"fastmath": FLAGS, "error_model": "numpy"})
+def _store_impl(dst, start, src, count, divisor, stream):
+    if dst.dtype != src.dtype:  # float16 or bfloat16 bits
+
+        def encoded(dst, start, src, count, divisor, stream):
+            d = dst[start : start + count]
+            for k in range(count):
+                d[k] = encode(src[k] / divisor, dst)
+
+        return encoded
+
+    def direct(dst, start, src, count, divisor, stream):
+        d = dst[start : start + count]
+        if stream:
+            for k in range(count):
+                src[k] = src[k] / divisor
+            copy_streaming(d, src, count)
+        else:
+            for k in range(count):
+                d[k] = src[k] / divisor
+
+    return direct
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
 def _kernel(
     logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, proto, chunks,
+    starts, proto, chunks, stream,
 ):  # fmt: skip
     # Block b covers the elements starts[b] .. starts[b + 1]: BLOCK of them, or BLOCK kept ones
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
     # 'weighted_mean'. out, gx, gy: the elementwise loss and gradients (0 where not kept),
-    # the gradients divided by `divisor`. Zero-size outputs are not computed.
+    # the gradients divided by `divisor`, written past the caches with `stream`. Zero-size
+    # outputs are not computed.
     nblocks = starts.size - 1
     grad = 2 if gy.size else (1 if gx.size else 0)
     terms = sums.size or out.size or grad
@@ -449,15 +476,17 @@ def _kernel(
                     if wsums.size:
                         _add_lanes(wlanes, wbuf, count)
                 if out.size:
-                    _store(out, start, lbuf, count, one)
+                    _store(out, start, lbuf, count, one, stream)
                 if gx.size:
-                    _store(gx, start, gbuf, count, divisor)
+                    _store(gx, start, gbuf, count, divisor, stream)
                 if gy.size:
-                    _store(gy, start, hbuf, count, divisor)
+                    _store(gy, start, hbuf, count, divisor, stream)
             if sums.size:
                 sums[b] = _fold(lanes)
             if wsums.size:
                 wsums[b] = _fold(wlanes)
+        if stream:
+            streaming_fence()
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -620,6 +649,7 @@ def _run(
         return _empty(dtype) if a is None else _bits_out(a)
 
     chunks = max(1, min(numba.get_num_threads(), pl.starts.size - 1))
+    written = sum(a.nbytes for a in (out, gx, gy) if a is not None)
     _kernel(
         call.logits,
         pl.x,
@@ -640,6 +670,7 @@ def _run(
         pl.starts,
         _empty(pl.ct),
         chunks,
+        written >= STREAM_MIN_BYTES,
     )
 
 
