@@ -637,6 +637,40 @@ def test_options_in_the_kernel_match_the_formula(dtype, option):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("total", ["zero", "subnormal", "tiny", "one", "near the largest"])
+def test_weighted_mean_gradients_at_extreme_weight_sums_match_the_formula(dtype, total):
+    # the weight sum divides the gradient: at 0, below the smallest normal number and near
+    # the largest float the kernel agrees with the formula, inf and NaN included
+    info = np.finfo(dtype)
+    total = {
+        "zero": 0.0,
+        "subnormal": float(info.tiny) / 2,
+        "tiny": float(info.tiny) * 2,
+        "one": 1.0,
+        "near the largest": float(info.max) * 0.75,
+    }[total]
+    n = 5000
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    y = rng.random(n).astype(dtype)
+    probs = samples.probabilities(rng, (n,)).astype(dtype)
+    w = np.zeros(n, dtype)
+    w[:3] = total / 3  # representable: no subnormal weight loses digits to the division by 3
+    w[3] = total - 2 * w[0] - w[0]
+    for fn, first in ((BCEL, x), (BCE, probs)):
+        call = fn.__bceloss_bind__(first, y, w, "weighted_mean")
+        assert _engine._kernel_plan(call) is not None
+        fast = bceloss.value_and_grad(fn)(first, y, w, "weighted_mean")[1]
+        slow = _engine.loss_and_grad(call, (0,), fast=False)[1][0]
+        g, h = fast.astype(np.float64), slow.astype(np.float64)
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(h))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(h))
+        finite = np.isfinite(h)
+        scale = np.abs(h[finite]).max(initial=0.0)
+        assert np.all(np.abs(g[finite] - h[finite]) <= 8 * float(info.eps) * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_mask_in_the_kernel_equals_indexing_bit_for_bit(dtype):
     # the kept elements are summed in blocks of BLOCK kept ones: f(x, y, where=m) adds up
     # what f(x[m], y[m]) adds up, in the same order, gradients included

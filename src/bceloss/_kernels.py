@@ -407,13 +407,13 @@ def _store_impl(dst, start, src, count, divisor, stream):
 
     def direct(dst, start, src, count, divisor, stream):
         d = dst[start : start + count]
-        if stream:
+        if divisor != 1:  # (a division costs as much as the copy)
             for k in range(count):
                 src[k] = src[k] / divisor
+        if stream:
             copy_streaming(d, src, count)
         else:
-            for k in range(count):
-                d[k] = src[k] / divisor
+            d[:] = src[:count]
 
     return direct
 
