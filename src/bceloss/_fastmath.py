@@ -256,25 +256,23 @@ def as_int(value, like):
     """`value` (a float or an integer) converted to the integer type of `like`'s bits."""
 
 
-@overload(as_int)
-def _as_int(value, like):
-    itype = {types.float32: np.int32, types.float64: np.int64}.get(like)
-    if itype is not None:
-        return lambda value, like: itype(value)
-    return None
-
-
 def as_float(value, like):
     """The integer `value` converted to the float type of `like` (numba would widen an int32
     plus a float32 to float64, and with it all the arithmetic that follows)."""
 
 
-@overload(as_float)
-def _as_float(value, like):
-    ftype = {types.float32: np.float32, types.float64: np.float64}.get(like)
-    if ftype is not None:
-        return lambda value, like: ftype(value)
-    return None
+def _converting_to(target_by_float):
+    """An overload converting `value` to the type `target_by_float` gives like's float type."""
+
+    def impl(value, like):
+        target = target_by_float.get(like)
+        return None if target is None else (lambda value, like: target(value))
+
+    return impl
+
+
+overload(as_int)(_converting_to({types.float32: np.int32, types.float64: np.int64}))
+overload(as_float)(_converting_to({types.float32: np.float32, types.float64: np.float64}))
 
 
 # inline="always" (numba's IR) for exp_neg_parts and log_parts: exp_neg and log then compile
