@@ -522,6 +522,11 @@ def test_outputs_written_past_the_caches_are_the_same(monkeypatch, dtype, offset
     def run():
         buffer = np.full(n + offset, np.nan, dtype)
         out = buffer[offset:]
+        if offset == 7:  # and an array whose elements are misaligned, at an odd byte address
+            raw = np.frombuffer(bytearray(out.nbytes + 1), np.uint8)[1:]
+            out = raw.view(dtype)
+            out[:] = np.nan
+            assert not out.flags.aligned
         value, (gx, gy) = vg(x, y, reduction="mean", out=out)
         assert gx is out
         return value, out.copy(), gy, BCEL(x, y, reduction="none")

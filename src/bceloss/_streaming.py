@@ -69,7 +69,11 @@ def _streamable(dst, src):
 def copy_streaming(dst, src, count):
     """dst[:count] = src[:count] (the same element type), the aligned rows non-temporally."""
     width = ROW_BYTES // dst.itemsize
-    head = min(count, (-dst.ctypes.data % ROW_BYTES) // dst.itemsize)
+    address = dst.ctypes.data
+    if address % dst.itemsize:  # a misaligned array (np.frombuffer at an odd offset): no row
+        dst[:count] = src[:count]  # of it can be aligned
+        return
+    head = min(count, (-address % ROW_BYTES) // dst.itemsize)
     for k in range(head):
         dst[k] = src[k]
     k = head
