@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import njit, types
-from numba.core.extending import intrinsic, overload
+from numba.core.extending import intrinsic
 
 ROW_BYTES = 64  # a cache line; stream_row's destination must be aligned to it
 
@@ -53,16 +53,6 @@ def streaming_fence(typingctx):
         return context.get_dummy_value()
 
     return types.none(), codegen
-
-
-def streamable(dst, src):
-    """Whether `stream_row` can copy src's elements into dst (the same element type)."""
-
-
-@overload(streamable)
-def _streamable(dst, src):
-    same = isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.dtype == src.dtype
-    return lambda dst, src: same
 
 
 @njit(cache=True, error_model="numpy")
