@@ -35,7 +35,7 @@ def logits_terms(x, y, w=1.0, p=1.0):
         return math.nan, math.nan, math.nan
     with mp.workdps(_digits(x)):
         X, Y, W, P = _mpf(x), _mpf(y), _mpf(w), _mpf(p)
-        lw = 1 + (P - 1) * Y
+        lw = (1 - Y) + P * Y  # not 1 + (P - 1) Y: at y = 1 and a tiny p, 30 digits cancel
         if math.isinf(x):
             return _inf_limit(x, y, w, p)
         sp_neg = mp.log(1 + mp.exp(-X))

@@ -6,6 +6,7 @@ few specialisations (one per dtype pair), so a warm run takes seconds.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import ml_dtypes
@@ -509,35 +510,40 @@ def test_out_is_checked():
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("offset", [0, 1, 7])
-def test_outputs_written_past_the_caches_are_the_same(monkeypatch, dtype, offset):
-    # Large outputs go out by non-temporal rows from the first 64-byte boundary on; the
-    # elements before it and after the last whole row by ordinary stores. Every split of an
-    # output (offset moves the boundary) must hold exactly what ordinary stores write.
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_callers_out_at_any_address_holds_what_a_fresh_array_holds(dtype, offset, masked):
+    # The kernel writes float32 and float64 results straight into the output, float16 through
+    # a buffer; a caller's out= may start anywhere, even at an odd byte address (offset 7),
+    # and must end up holding what a fresh output holds, every element written (a mask's
+    # dropped elements included).
     n = 2 * _summation.BLOCK + 1234
     rng = np.random.default_rng(offset)
     x = (rng.standard_normal(n) * 8).astype(dtype)
     y = rng.random(n).astype(dtype)
+    where = rng.random(n) < 0.7 if masked else None
     vg = bceloss.value_and_grad(BCEL, argnums=(0, 1))
-
-    def run():
-        buffer = np.full(n + offset, np.nan, dtype)
-        out = buffer[offset:]
-        if offset == 7:  # and an array whose elements are misaligned, at an odd byte address
-            raw = np.frombuffer(bytearray(out.nbytes + 1), np.uint8)[1:]
-            out = raw.view(dtype)
-            out[:] = np.nan
-            assert not out.flags.aligned
-        value, (gx, gy) = vg(x, y, reduction="mean", out=out)
-        assert gx is out
-        return value, out.copy(), gy, BCEL(x, y, reduction="none")
-
-    monkeypatch.setattr(_kernels, "STREAM_MIN_BYTES", 1 << 62)
-    ordinary = run()
-    monkeypatch.setattr(_kernels, "STREAM_MIN_BYTES", 0)
-    streamed = run()
-    for a, b in zip(ordinary, streamed, strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert not np.isnan(streamed[1]).any()  # every element written
+    fresh_value, (fresh, fresh_gy) = vg(x, y, where=where)
+    buffer = np.full(n + offset, np.nan, dtype)
+    out = buffer[offset:]
+    if offset == 7:
+        raw = np.frombuffer(bytearray(out.nbytes + 1), np.uint8)[1:]
+        out = raw.view(dtype)
+        out[:] = np.nan
+        assert not out.flags.aligned
+    value, (gx, gy) = vg(x, y, where=where, out=out)
+    assert gx is out
+    assert value == fresh_value
+    np.testing.assert_array_equal(out, fresh)
+    np.testing.assert_array_equal(gy, fresh_gy)
+    assert not np.isnan(out).any()
+    if masked:
+        assert (out[~where] == 0).all()
+        assert (out[where] != 0).any()
+    # against the formula, which the kernel must follow (a few ulp)
+    call = BCEL.__bceloss_bind__(x, y, where=where)
+    slow = _engine.loss_and_grad(call, (0,), fast=False)[1][0]
+    kept = n if where is None else int(where.sum())
+    _assert_close(out, slow, dtype, _logits_grad_scales(x, y, None, None)[0] / kept)
 
 
 # --- PyTorch CPU tensors through the same kernels -----------------------------------------
@@ -662,10 +668,13 @@ def test_weighted_mean_gradients_at_extreme_weight_sums_match_the_formula(dtype,
     w = np.zeros(n, dtype)
     w[:3] = total / 3  # representable: no subnormal weight loses digits to the division by 3
     w[3] = total - 2 * w[0] - w[0]
-    for fn, first in ((BCEL, x), (BCE, probs)):
-        call = fn.__bceloss_bind__(first, y, w, "weighted_mean")
+    # under a mask, the dropped elements' zeros are divided too (0 / 0 is NaN, as the
+    # formula has it)
+    keep = np.arange(n) % 7 != 5
+    for (fn, first), where in itertools.product(((BCEL, x), (BCE, probs)), (None, keep)):
+        call = fn.__bceloss_bind__(first, y, w, "weighted_mean", where=where)
         assert _engine._kernel_plan(call) is not None
-        fast = bceloss.value_and_grad(fn)(first, y, w, "weighted_mean")[1]
+        fast = bceloss.value_and_grad(fn)(first, y, w, "weighted_mean", where=where)[1]
         slow = _engine.loss_and_grad(call, (0,), fast=False)[1][0]
         g, h = fast.astype(np.float64), slow.astype(np.float64)
         np.testing.assert_array_equal(np.isnan(g), np.isnan(h))

@@ -55,15 +55,11 @@ from bceloss._fastmath import (
     weighted,
 )
 from bceloss._focal_terms import focal_terms
-from bceloss._streaming import copy_streaming, streaming_fence
 
 BLOCK = _summation.BLOCK
 LANES = _summation.LANES
 PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
 ROWS = PIECE // LANES
-# Outputs of this many bytes or more are written past the caches (`_streaming`): they would
-# not stay there, and reading each line before writing it would double their traffic.
-STREAM_MIN_BYTES = 1 << 24
 # A weight that repeats with a short period is tiled to at least this many elements, so the
 # inner loop runs over long stretches.
 MIN_PERIOD = 1024
@@ -263,12 +259,15 @@ def _weight_at(a, k, like):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, ignore, smooth, focal):
-    # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into the buffers at k0;
-    # grad: 0 the loss, 1 and d/dx, 2 and d/dy. Slices indexed from 0 by the loop counter
-    # (unsigned: no negative-index check, which would make the loads gathers), one loop per
-    # case (no branch inside) and every element read in the loop itself (a helper returning
-    # the four defeats it): LLVM vectorises.
+def _segment(
+    logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, divisor, ignore, smooth, focal
+):  # fmt: skip
+    # elements i0 .. i0 + m of the flat arrays, weights from jw and jp, into lbuf, gbuf and hbuf
+    # at k0; grad: 0 the loss, 1 and d/dx, 2 and d/dy, the gradients divided by `divisor` (in
+    # the loop, where the divider works beside the busier multiply-add units). Slices indexed
+    # from 0 by the loop counter (unsigned: no negative-index check, which would make the
+    # loads gathers), one loop per case (no branch inside) and every element read in the loop
+    # itself (a helper returning the four defeats it): LLVM vectorises.
     like = lbuf[0]
     has_p = present(p)
     xs, ys, ws, ps = x[i0 : i0 + m], y[i0 : i0 + m], window(w, jw, m), window(p, jp, m)
@@ -278,11 +277,13 @@ def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, igno
         if grad == 2:
             for k in range(np.uint64(m)):
                 xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
-                ls[k], gs[k], hs[k] = focal_ignoring(xi, yi, wi, alpha, gamma, ignore)
+                ls[k], g, h = focal_ignoring(xi, yi, wi, alpha, gamma, ignore)
+                gs[k], hs[k] = g / divisor, h / divisor
         elif grad == 1:
             for k in range(np.uint64(m)):
                 xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
-                ls[k], gs[k], _ = focal_ignoring(xi, yi, wi, alpha, gamma, ignore)
+                ls[k], g, _ = focal_ignoring(xi, yi, wi, alpha, gamma, ignore)
+                gs[k] = g / divisor
         else:
             for k in range(np.uint64(m)):
                 xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
@@ -292,12 +293,14 @@ def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, igno
             for k in range(np.uint64(m)):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
-                ls[k], gs[k], hs[k] = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
+                ls[k], g, h = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
+                gs[k], hs[k] = g / divisor, h / divisor
         elif grad == 1:
             for k in range(np.uint64(m)):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
                 wi, pi = weight_at(ws, k, like), weight_at(ps, k, like)
-                ls[k], gs[k], _ = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
+                ls[k], g, _ = logits_terms(xi, yi, wi, pi, has_p, ignore, smooth)
+                gs[k] = g / divisor
         else:
             for k in range(np.uint64(m)):
                 xi, yi = decode(xs[k], like), decode(ys[k], like)
@@ -306,11 +309,13 @@ def _segment(logits, grad, x, y, w, p, i0, jw, jp, m, k0, lbuf, gbuf, hbuf, igno
     elif grad == 2:
         for k in range(np.uint64(m)):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
-            ls[k], gs[k], hs[k] = probabilities_terms(xi, yi, wi, smooth)
+            ls[k], g, h = probabilities_terms(xi, yi, wi, smooth)
+            gs[k], hs[k] = g / divisor, h / divisor
     elif grad == 1:
         for k in range(np.uint64(m)):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
-            ls[k], gs[k], _ = probabilities_terms(xi, yi, wi, smooth)
+            ls[k], g, _ = probabilities_terms(xi, yi, wi, smooth)
+            gs[k] = g / divisor
     else:
         for k in range(np.uint64(m)):
             xi, yi, wi = decode(xs[k], like), decode(ys[k], like), weight_at(ws, k, like)
@@ -370,10 +375,11 @@ def _fold(lanes):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _zero_dropped(buf, keep, count):
-    zero = constants(buf[0]).zero
+def _zero_dropped(buf, keep, count, fill):
+    # the elements a mask drops get `fill`: 0 for a loss, 0 / divisor for a gradient (as the
+    # formula divides its zeros)
     for k in range(count):
-        buf[k] = buf[k] if keep[k] else zero
+        buf[k] = buf[k] if keep[k] else fill
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -389,45 +395,45 @@ def _weights_into(buf, w, start, count):
         i += m
 
 
-def _store(dst, start, src, count, divisor, stream):
-    """dst[start : start + count] = src[:count] / divisor, encoded in dst's type; past the
-    caches (`_streaming`) with `stream` where dst has src's type (src is then scratch)."""
+def piece_of(dst, buf, start, stop):
+    """Where the kernel writes an output's elements start .. stop: dst[start:stop] itself
+    where dst holds the computation type (and is wanted: not zero-size), else the scratch
+    `buf`, which `flush` then encodes into dst."""
 
 
-@overload(_store, jit_options={"fastmath": FLAGS, "error_model": "numpy"})
-def _store_impl(dst, start, src, count, divisor, stream):
-    if dst.dtype != src.dtype:  # float16 or bfloat16 bits
+@overload(piece_of)
+def _piece_of(dst, buf, start, stop):
+    if dst.dtype == buf.dtype:
+        return lambda dst, buf, start, stop: dst[start:stop] if dst.size else buf[: stop - start]
+    return lambda dst, buf, start, stop: buf[: stop - start]
 
-        def encoded(dst, start, src, count, divisor, stream):
-            d = dst[start : start + count]
-            for k in range(count):
-                d[k] = encode(src[k] / divisor, dst)
 
-        return encoded
+def flush(dst, start, buf, count):
+    """dst[start : start + count] = buf[:count], encoded, where `piece_of` chose the buffer."""
 
-    def direct(dst, start, src, count, divisor, stream):
+
+@overload(flush, jit_options={"fastmath": FLAGS, "error_model": "numpy"})
+def _flush(dst, start, buf, count):
+    if dst.dtype == buf.dtype:  # written in place
+        return lambda dst, start, buf, count: None
+
+    def encoded(dst, start, buf, count):
         d = dst[start : start + count]
-        if divisor != 1:  # (a division costs as much as the copy)
-            for k in range(count):
-                src[k] = src[k] / divisor
-        if stream:
-            copy_streaming(d, src, count)
-        else:
-            d[:] = src[:count]
+        for k in range(d.size):
+            d[k] = encode(buf[k], dst)
 
-    return direct
+    return encoded
 
 
 @njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
 def _kernel(
     logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, proto, chunks, stream,
+    starts, proto, chunks,
 ):  # fmt: skip
     # Block b covers the elements starts[b] .. starts[b + 1]: BLOCK of them, or BLOCK kept ones
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
     # 'weighted_mean'. out, gx, gy: the elementwise loss and gradients (0 where not kept),
-    # the gradients divided by `divisor`, written past the caches with `stream`. Zero-size
-    # outputs are not computed.
+    # the gradients divided by `divisor`. Zero-size outputs are not computed.
     nblocks = starts.size - 1
     grad = 2 if gy.size else (1 if gx.size else 0)
     terms = sums.size or out.size or grad
@@ -438,7 +444,7 @@ def _kernel(
         hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
         wbuf = np.empty(PIECE if wsums.size else 1)
         lanes, wlanes = np.empty(LANES), np.empty(LANES)
-        one = constants(lbuf[0]).one
+        zero = constants(lbuf[0]).zero
         for b in range(chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks):
             lanes[:] = 0.0
             wlanes[:] = 0.0
@@ -446,13 +452,18 @@ def _kernel(
             for start in range(starts[b], starts[b + 1], PIECE):
                 stop = min(start + PIECE, starts[b + 1])
                 count = stop - start
+                # Results go straight into outputs of the computation type: a second pass
+                # copying them from a buffer would cost more than the math (caches and
+                # memory traffic), even with stores that bypass the caches.
+                ls, gs = piece_of(out, lbuf, start, stop), piece_of(gx, gbuf, start, stop)
+                hs = piece_of(gy, hbuf, start, stop)
                 i = start
                 while terms and i < stop:
                     # a stretch along which the (periodic) weight and pos_weight are contiguous
                     jw, jp = i % period(w), i % period(p)
                     m = min(stop - i, period(w) - jw, period(p) - jp)
                     _segment(
-                        logits, grad, x, y, w, p, i, jw, jp, m, i - start, lbuf, gbuf, hbuf,
+                        logits, grad, x, y, w, p, i, jw, jp, m, i - start, ls, gs, hs, divisor,
                         ignore, smooth, focal,
                     )  # fmt: skip
                     i += m
@@ -461,32 +472,27 @@ def _kernel(
                 if keep is not None:  # (pruned at compile time without a mask)
                     kw = keep[start:stop]
                     if sums.size:
-                        kept = _add_kept(lanes, lbuf, kw, count, kept)
+                        kept = _add_kept(lanes, ls, kw, count, kept)
                     if wsums.size:
                         wkept = _add_kept(wlanes, wbuf, kw, count, wkept)
                     if out.size:
-                        _zero_dropped(lbuf, kw, count)
+                        _zero_dropped(ls, kw, count, zero)
                     if grad:
-                        _zero_dropped(gbuf, kw, count)
+                        _zero_dropped(gs, kw, count, zero / divisor)
                     if grad == 2:
-                        _zero_dropped(hbuf, kw, count)
+                        _zero_dropped(hs, kw, count, zero / divisor)
                 else:
                     if sums.size:
-                        _add_lanes(lanes, lbuf, count)
+                        _add_lanes(lanes, ls, count)
                     if wsums.size:
                         _add_lanes(wlanes, wbuf, count)
-                if out.size:
-                    _store(out, start, lbuf, count, one, stream)
-                if gx.size:
-                    _store(gx, start, gbuf, count, divisor, stream)
-                if gy.size:
-                    _store(gy, start, hbuf, count, divisor, stream)
+                flush(out, start, ls, count)
+                flush(gx, start, gs, count)
+                flush(gy, start, hs, count)
             if sums.size:
                 sums[b] = _fold(lanes)
             if wsums.size:
                 wsums[b] = _fold(wlanes)
-        if stream:
-            streaming_fence()
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -649,7 +655,6 @@ def _run(
         return _empty(dtype) if a is None else _bits_out(a)
 
     chunks = max(1, min(numba.get_num_threads(), pl.starts.size - 1))
-    written = sum(a.nbytes for a in (out, gx, gy) if a is not None)
     _kernel(
         call.logits,
         pl.x,
@@ -670,7 +675,6 @@ def _run(
         pl.starts,
         _empty(pl.ct),
         chunks,
-        written >= STREAM_MIN_BYTES,
     )
 
 
