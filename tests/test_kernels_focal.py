@@ -232,6 +232,36 @@ def test_ldexp_neg_rounds_once(dtype):
     np.testing.assert_array_equal(out, np.ldexp(v, -np.clip(j, 0, None)))
 
 
+@njit(error_model="numpy")
+def _scaled_down(v, j, out, portable):
+    for i in range(v.size):
+        if portable:
+            out[i] = _fastmath.scaled_down_by_bits(v[i], j[i])
+        else:
+            out[i] = _fastmath.scaled_down(v[i], j[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_both_ways_of_scaling_by_powers_of_2_round_once(dtype):
+    # exp's 2^-n: vscalef where numba compiles for AVX-512 (this machine's way), the floats'
+    # bits elsewhere (the portable way, run here too); both equal C's ldexp over the whole
+    # range, subnormal and zero results included
+    info = np.finfo(dtype)
+    itype = np.int32 if dtype == np.float32 else np.int64
+    j = np.arange(0, info.maxexp + 63, dtype=itype).repeat(40)
+    v = np.random.default_rng(16).uniform(0.5, 2.0, j.size).astype(dtype)
+    v[1::40], v[2::40] = dtype(0.5), np.nextafter(dtype(2), dtype(0))
+    want = np.ldexp(v, -j)
+    assert (want == 0).any()
+    assert (np.abs(want) < info.smallest_normal).any()
+    for portable in (False, True):
+        out = np.empty_like(v)
+        _scaled_down(v, j, out, portable)
+        np.testing.assert_array_equal(out, want)
+    asm = _scaled_down.inspect_asm(_scaled_down.signatures[-1])
+    assert ("vscalef" in asm) == _fastmath._vector_scaling()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_log_parts_split_exactly(dtype):
     rng = np.random.default_rng(15)

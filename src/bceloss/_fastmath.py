@@ -296,13 +296,60 @@ def exp_neg(a):
     c = constants(a)
     t = c.exp_arg_max if a > c.exp_arg_max else a  # noqa: FURB136 (NaN passes, min() not)
     pm1, ni = exp_neg_parts(t)
-    p = c.one + pm1
-    # 2^-n from its bits; where it would be subnormal, 2^-(n - 64) times 2^-64 instead, so
-    # the one rounding happens in the last product.
-    deep = ni > c.bias - 1
-    ni = ni - c.deep_shift if deep else ni
-    scaled = p * from_bits(as_int((c.bias - ni) << c.mant, a))
+    return scaled_down(c.one + pm1, ni)
+
+
+@intrinsic
+def _ldexp(typingctx, v, k):
+    """v 2^k, rounded once (LLVM's ldexp): a single vscalef instruction per vector on AVX-512,
+    a call of the C library per element elsewhere."""
+    if v not in (types.float32, types.float64) or not isinstance(k, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ftype, i32 = context.get_value_type(signature.return_type), ir.IntType(32)
+        k32 = builder.trunc(args[1], i32) if k.bitwidth > 32 else builder.sext(args[1], i32)
+        fnty = ir.FunctionType(ftype, [ftype, i32])
+        fn = builder.module.declare_intrinsic("llvm.ldexp", [ftype, i32], fnty)
+        return builder.call(fn, [args[0], k32])
+
+    return v(v, k), codegen
+
+
+def _vector_scaling() -> bool:
+    """Whether numba compiles for AVX-512, whose vscalef scales a vector by powers of 2."""
+    from numba.core import codegen, config
+
+    features = config.CPU_FEATURES
+    if features is None:
+        features = codegen.get_host_cpu_features()
+    return "+avx512f" in features.split(",")
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def scaled_down_by_bits(v, j):
+    """`scaled_down` without vscalef: powers of 2 built from their bits."""
+    c = constants(v)
+    # 2^-j from its bits; where it would be subnormal, 2^-(j - 64) times 2^-64 instead, so the
+    # one rounding happens in the last product.
+    deep = j > c.bias - 1
+    j = j - c.deep_shift if deep else j
+    scaled = v * from_bits(as_int((c.bias - j) << c.mant, v))
     return scaled * c.deep_scale if deep else scaled
+
+
+def scaled_down(v, j):
+    """v 2^-j for v in [1/2, 2] and an integer j of the bits' type (`as_int`) in [0, bias +
+    63], rounded once: exact where the result is normal, correctly rounded below."""
+
+
+@overload(scaled_down, jit_options={"fastmath": FLAGS, "error_model": "numpy"})
+def _scaled_down(v, j):
+    if v not in (types.float32, types.float64):
+        return None
+    if _vector_scaling():  # 1 instruction instead of 9 in the kernels' hottest loops
+        return lambda v, j: _ldexp(v, -j)
+    return lambda v, j: scaled_down_by_bits(v, j)
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -323,13 +370,8 @@ def expm1_from_parts(pm1, n):
 def ldexp_neg(v, j):
     """v 2^-j for v in [1/2, 2] and an integer j >= 0 of the bits' type (`as_int`), rounded
     once: exact where the result is normal, 0 where it is below half the smallest subnormal."""
-    c = constants(v)
     j = max(min(j, scaling(v).pow2_neg_max), as_int(0, v))  # integers: no NaN to let through
-    # 2^-j = 2^-h 2^-(j - h), h = j // 2: both factors normal; v 2^-h is exact (normal), so the
-    # one rounding is the last product's
-    h = j >> 1
-    half = v * from_bits(as_int((c.bias - h) << c.mant, v))
-    return half * from_bits(as_int((c.bias - (j - h)) << c.mant, v))
+    return scaled_down(v, j)
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")

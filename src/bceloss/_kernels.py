@@ -175,14 +175,15 @@ def logits_terms(x, y, w, p, has_p, ignore, smooth=None):
     relu_neg = -x if x < c.zero else c.zero
     ys, q = smoothed(y, smooth)
     py = p * ys  # p is 1 without a pos_weight: p y = y exactly
-    # (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y:
-    # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) makes every term >= 0 for y in [0, 1].
+    nonneg = x >= c.zero
+    # (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y, one of
+    # the first two terms 0: softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) makes every term
+    # >= 0 for y in [0, 1].
     lw = q + py if has_p else c.one
-    loss = times(q, relu_pos, c) + times(py, relu_neg, c) + lw * log1p_e
+    loss = times(q if nonneg else py, abs(x), c) + lw * log1p_e
     # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x) (1 - sigmoid(x) = sigmoid(-x))
     r = c.one / (c.one + e)
     er = e * r
-    nonneg = x >= c.zero
     gx = q * (r if nonneg else er) - py * (er if nonneg else r)
     # (p - 1) softplus(-x) - x = (p - 1) log1p(exp(-|x|)) + p max(-x, 0) - max(x, 0);
     # with p = 1 it is exactly -x.
