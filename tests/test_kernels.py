@@ -504,6 +504,15 @@ def test_out_is_checked():
         f(x, y, out=read_only)
     with pytest.raises(ValueError, match="out must not share memory"):
         f(x, y, out=x)
+    # a mask living in out's bytes would change as the gradient is written
+    raw = np.zeros(x.nbytes, np.uint8)
+    with pytest.raises(ValueError, match=r"out must not share memory.*where"):
+        f(
+            x,
+            y,
+            where=raw[: x.size].view(bool).reshape(SHAPE),
+            out=raw.view(np.float32).reshape(SHAPE),
+        )
     with pytest.raises(ValueError, match="argnums must include 0"):
         bceloss.value_and_grad(BCEL, argnums=1)(x, y, out=np.empty(SHAPE, np.float32))
 

@@ -15,6 +15,7 @@ Python literal as float64). The polynomial coefficients come from
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 
 import numpy as np
@@ -308,7 +309,10 @@ def _ldexp(typingctx, v, k):
 
     def codegen(context, builder, signature, args):
         ftype, i32 = context.get_value_type(signature.return_type), ir.IntType(32)
-        k32 = builder.trunc(args[1], i32) if k.bitwidth > 32 else builder.sext(args[1], i32)
+        if k.bitwidth > 32:
+            k32 = builder.trunc(args[1], i32)
+        else:
+            k32 = (builder.sext if k.signed else builder.zext)(args[1], i32)
         fnty = ir.FunctionType(ftype, [ftype, i32])
         fn = builder.module.declare_intrinsic("llvm.ldexp", [ftype, i32], fnty)
         return builder.call(fn, [args[0], k32])
@@ -316,14 +320,36 @@ def _ldexp(typingctx, v, k):
     return v(v, k), codegen
 
 
+_LDEXP_PROBE = """
+declare <16 x float> @llvm.ldexp.v16f32.v16i32(<16 x float>, <16 x i32>)
+define <16 x float> @probe(<16 x float> %v, <16 x i32> %k) {
+  %r = call <16 x float> @llvm.ldexp.v16f32.v16i32(<16 x float> %v, <16 x i32> %k)
+  ret <16 x float> %r
+}
+"""
+
+
+@functools.cache
 def _vector_scaling() -> bool:
-    """Whether numba compiles for AVX-512, whose vscalef scales a vector by powers of 2."""
+    """Whether LLVM turns a vector ldexp into vscalef (AVX-512) for the CPU numba compiles
+    for: asked of LLVM itself, on a probe function. Older LLVMs (before 17) have no ldexp, and
+    without AVX-512 a vector ldexp becomes a C library call per element."""
+    import llvmlite.binding as ll
     from numba.core import codegen, config
 
+    if ll.llvm_version_info < (17,):
+        return False
+    cpu = config.CPU_NAME or ll.get_host_cpu_name()
     features = config.CPU_FEATURES
     if features is None:
         features = codegen.get_host_cpu_features()
-    return "+avx512f" in features.split(",")
+    if "+avx512f" not in features.split(","):
+        return False
+    target = ll.Target.from_triple(ll.get_process_triple())
+    machine = target.create_target_machine(cpu=cpu, features=features, opt=2)
+    module = ll.parse_assembly(_LDEXP_PROBE)
+    module.verify()
+    return "vscalef" in machine.emit_assembly(module)
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import array_api_compat
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.core.extending import overload
+from numba.core.extending import intrinsic, overload
 
 from bceloss import _dtypes, _formulas, _summation
 from bceloss._fastmath import (
@@ -58,6 +59,7 @@ from bceloss._focal_terms import focal_terms
 
 BLOCK = _summation.BLOCK
 LANES = _summation.LANES
+CHUNKS_PER_THREAD = 8
 PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
 ROWS = PIECE // LANES
 # A weight that repeats with a short period is tiled to at least this many elements, so the
@@ -426,10 +428,24 @@ def _flush(dst, start, buf, count):
     return encoded
 
 
+@intrinsic
+def next_chunk(typingctx, taken):
+    """taken[0] += 1 atomically (int64): the value before, a chunk for the calling thread."""
+    if not (isinstance(taken, types.Array) and taken.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        counter = context.make_array(signature.args[0])(context, builder, args[0])
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", counter.data, one, "monotonic")
+
+    return types.int64(taken), codegen
+
+
 @njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
 def _kernel(
     logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, proto, chunks,
+    starts, proto, threads,
 ):  # fmt: skip
     # Block b covers the elements starts[b] .. starts[b + 1]: BLOCK of them, or BLOCK kept ones
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
@@ -438,7 +454,13 @@ def _kernel(
     nblocks = starts.size - 1
     grad = 2 if gy.size else (1 if gx.size else 0)
     terms = sums.size or out.size or grad
-    for chunk in prange(chunks):
+    # The blocks go in CHUNKS_PER_THREAD chunks a thread, each thread taking the next chunk
+    # as it comes free: a thread the system holds up (a shared machine) delays a chunk or
+    # two, not its whole share. (numba's OpenMP and workqueue layers split a prange evenly
+    # up front, whatever its chunk size.)
+    chunks = min(CHUNKS_PER_THREAD * threads, nblocks)
+    taken = np.zeros(1, np.int64)
+    for _ in prange(threads):
         # a block is computed in pieces of PIECE elements, whose buffers stay in L1
         lbuf = np.empty(PIECE, proto.dtype)
         gbuf = np.empty(PIECE if grad else 1, proto.dtype)
@@ -446,54 +468,70 @@ def _kernel(
         wbuf = np.empty(PIECE if wsums.size else 1)
         lanes, wlanes = np.empty(LANES), np.empty(LANES)
         zero = constants(lbuf[0]).zero
-        for b in range(chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks):
-            lanes[:] = 0.0
-            wlanes[:] = 0.0
-            kept = wkept = 0
-            for start in range(starts[b], starts[b + 1], PIECE):
-                stop = min(start + PIECE, starts[b + 1])
-                count = stop - start
-                # Results go straight into outputs of the computation type: a second pass
-                # copying them from a buffer would cost more than the math (caches and
-                # memory traffic), even with stores that bypass the caches.
-                ls, gs = piece_of(out, lbuf, start, stop), piece_of(gx, gbuf, start, stop)
-                hs = piece_of(gy, hbuf, start, stop)
-                i = start
-                while terms and i < stop:
-                    # a stretch along which the (periodic) weight and pos_weight are contiguous
-                    jw, jp = i % period(w), i % period(p)
-                    m = min(stop - i, period(w) - jw, period(p) - jp)
-                    _segment(
-                        logits, grad, x, y, w, p, i, jw, jp, m, i - start, ls, gs, hs, divisor,
-                        ignore, smooth, focal,
-                    )  # fmt: skip
-                    i += m
-                if wsums.size:
-                    _weights_into(wbuf, wd, start, count)
-                if keep is not None:  # (pruned at compile time without a mask)
-                    kw = keep[start:stop]
-                    if sums.size:
-                        kept = _add_kept(lanes, ls, kw, count, kept)
-                    if wsums.size:
-                        wkept = _add_kept(wlanes, wbuf, kw, count, wkept)
-                    if out.size:
-                        _zero_dropped(ls, kw, count, zero)
-                    if grad:
-                        _zero_dropped(gs, kw, count, zero / divisor)
-                    if grad == 2:
-                        _zero_dropped(hs, kw, count, zero / divisor)
-                else:
-                    if sums.size:
-                        _add_lanes(lanes, ls, count)
-                    if wsums.size:
-                        _add_lanes(wlanes, wbuf, count)
-                flush(out, start, ls, count)
-                flush(gx, start, gs, count)
-                flush(gy, start, hs, count)
-            if sums.size:
-                sums[b] = _fold(lanes)
+        chunk = next_chunk(taken)
+        while chunk < chunks:
+            _chunk(
+                logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums,
+                wd, wsums, starts, chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks,
+                grad, terms, lbuf, gbuf, hbuf, wbuf, lanes, wlanes, zero,
+            )  # fmt: skip
+            chunk = next_chunk(taken)
+
+
+@njit(fastmath=FLAGS, cache=True, error_model="numpy")
+def _chunk(
+    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
+    starts, first, last, grad, terms, lbuf, gbuf, hbuf, wbuf, lanes, wlanes, zero,
+):  # fmt: skip
+    # blocks first .. last of `_kernel`, with a thread's buffers
+    for b in range(first, last):
+        lanes[:] = 0.0
+        wlanes[:] = 0.0
+        kept = wkept = 0
+        for start in range(starts[b], starts[b + 1], PIECE):
+            stop = min(start + PIECE, starts[b + 1])
+            count = stop - start
+            # Results go straight into outputs of the computation type: a second pass
+            # copying them from a buffer would cost more than the math (caches and
+            # memory traffic), even with stores that bypass the caches.
+            ls, gs = piece_of(out, lbuf, start, stop), piece_of(gx, gbuf, start, stop)
+            hs = piece_of(gy, hbuf, start, stop)
+            i = start
+            while terms and i < stop:
+                # a stretch along which the (periodic) weight and pos_weight are contiguous
+                jw, jp = i % period(w), i % period(p)
+                m = min(stop - i, period(w) - jw, period(p) - jp)
+                _segment(
+                    logits, grad, x, y, w, p, i, jw, jp, m, i - start, ls, gs, hs, divisor,
+                    ignore, smooth, focal,
+                )  # fmt: skip
+                i += m
             if wsums.size:
-                wsums[b] = _fold(wlanes)
+                _weights_into(wbuf, wd, start, count)
+            if keep is not None:  # (pruned at compile time without a mask)
+                kw = keep[start:stop]
+                if sums.size:
+                    kept = _add_kept(lanes, ls, kw, count, kept)
+                if wsums.size:
+                    wkept = _add_kept(wlanes, wbuf, kw, count, wkept)
+                if out.size:
+                    _zero_dropped(ls, kw, count, zero)
+                if grad:
+                    _zero_dropped(gs, kw, count, zero / divisor)
+                if grad == 2:
+                    _zero_dropped(hs, kw, count, zero / divisor)
+            else:
+                if sums.size:
+                    _add_lanes(lanes, ls, count)
+                if wsums.size:
+                    _add_lanes(wlanes, wbuf, count)
+            flush(out, start, ls, count)
+            flush(gx, start, gs, count)
+            flush(gy, start, hs, count)
+        if sums.size:
+            sums[b] = _fold(lanes)
+        if wsums.size:
+            wsums[b] = _fold(wlanes)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -655,7 +693,7 @@ def _run(
     def flat(a, dtype):
         return _empty(dtype) if a is None else _bits_out(a)
 
-    chunks = max(1, min(numba.get_num_threads(), pl.starts.size - 1))
+    threads = max(1, min(numba.get_num_threads(), pl.starts.size - 1))
     _kernel(
         call.logits,
         pl.x,
@@ -675,7 +713,7 @@ def _run(
         _empty(np.float64) if wsums is None else wsums,
         pl.starts,
         _empty(pl.ct),
-        chunks,
+        threads,
     )
 
 

@@ -369,7 +369,7 @@ def gradient_out(out, call: LossCall, wrt: tuple[int, ...]) -> None:
         if not out.flags.writeable:
             msg = "out must be writeable; got a read-only array"
             raise ValueError(msg)
-        arrays = (call.input, call.target, call.weight, call.pos_weight)
+        arrays = (call.input, call.target, call.weight, call.pos_weight, call.where)
         if any(a is not None and np.may_share_memory(out, a) for a in arrays):
-            msg = "out must not share memory with input, target, weight or pos_weight"
+            msg = "out must not share memory with input, target, weight, pos_weight or where"
             raise ValueError(msg)
