@@ -453,7 +453,6 @@ def _kernel(
     # the gradients divided by `divisor`. Zero-size outputs are not computed.
     nblocks = starts.size - 1
     grad = 2 if gy.size else (1 if gx.size else 0)
-    terms = sums.size or out.size or grad
     # The blocks go in CHUNKS_PER_THREAD chunks a thread, each thread taking the next chunk
     # as it comes free: a thread the system holds up (a shared machine) delays a chunk or
     # two, not its whole share. (numba's OpenMP and workqueue layers split a prange evenly
@@ -467,13 +466,12 @@ def _kernel(
         hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
         wbuf = np.empty(PIECE if wsums.size else 1)
         lanes, wlanes = np.empty(LANES), np.empty(LANES)
-        zero = constants(lbuf[0]).zero
         chunk = next_chunk(taken)
         while chunk < chunks:
             _chunk(
                 logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums,
                 wd, wsums, starts, chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks,
-                grad, terms, lbuf, gbuf, hbuf, wbuf, lanes, wlanes, zero,
+                grad, lbuf, gbuf, hbuf, wbuf, lanes, wlanes,
             )  # fmt: skip
             chunk = next_chunk(taken)
 
@@ -481,9 +479,11 @@ def _kernel(
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
 def _chunk(
     logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, first, last, grad, terms, lbuf, gbuf, hbuf, wbuf, lanes, wlanes, zero,
+    starts, first, last, grad, lbuf, gbuf, hbuf, wbuf, lanes, wlanes,
 ):  # fmt: skip
     # blocks first .. last of `_kernel`, with a thread's buffers
+    terms = sums.size or out.size or grad
+    zero = constants(lbuf[0]).zero
     for b in range(first, last):
         lanes[:] = 0.0
         wlanes[:] = 0.0
