@@ -226,14 +226,29 @@ def _probabilities(xp, x, name: str):
         return x.map_blocks(functools.partial(_checked_block, name=name), dtype=x.dtype)
     if not is_concrete(x) or math.prod(_shape(x)) == 0:
         return x
+    values = _unwrapped(x)
     # NaN compares False both ways: it passes and propagates to the loss.
-    outside = (x < 0) | (x > 1)
+    outside = (values < 0) | (values > 1)
     if bool(xp.any(outside)):
         # the range of the offending values only: the others are filled with +-inf
-        low = float(xp.min(xp.where(outside, x, xp.full_like(x, math.inf))))
-        high = float(xp.max(xp.where(outside, x, xp.full_like(x, -math.inf))))
+        low = float(xp.min(xp.where(outside, values, xp.full_like(values, math.inf))))
+        high = float(xp.max(xp.where(outside, values, xp.full_like(values, -math.inf))))
         msg = f"{name} must hold probabilities in [0, 1]; got values from {low:g} to {high:g}"
         raise ValueError(msg)
+    return x
+
+
+def _unwrapped(x):
+    """A PyTorch tensor under `torch.func` transforms (vmap, grad, jvp) as the plain tensor
+    they wrap: `vmap` cannot branch on a value, and checking every batch element at once is
+    the same check. Any other array as it is."""
+    if not array_api_compat.is_torch_array(x):
+        return x
+    import torch
+
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        x = functorch.get_unwrapped(x)
     return x
 
 
