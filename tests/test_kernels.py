@@ -444,6 +444,56 @@ def test_sums_do_not_depend_on_the_thread_count():
         assert grad.tobytes() == results[0][1].tobytes()
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_small_calls_run_on_one_thread_and_the_setting_is_restored(monkeypatch, masked):
+    # up to SERIAL_SIZE elements the kernels (and the mask's block count) run on a team of
+    # one thread; above it on the caller's numba setting; the setting is restored, also when
+    # the kernel raises
+    seen = []
+
+    def spy(fn, with_threads):
+        def wrapper(*args):
+            seen.append((numba.get_num_threads(), args[-1] if with_threads else None))
+            return fn(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(_kernels, "_kernel", spy(_kernels._kernel, True))
+    monkeypatch.setattr(_kernels, "_kept_blocks", spy(_kernels._kept_blocks, False))
+    rng = np.random.default_rng(13)
+    small = _kernels.SERIAL_SIZE
+    before = numba.get_num_threads()
+    try:
+        for caller in sorted({1, before}):
+            numba.set_num_threads(caller)
+            for n in (small, small + 1, 5 * _summation.BLOCK):
+                x, y = rng.normal(0, 3, n), rng.random(n)
+                where = np.ones(n, bool) if masked else None
+                seen.clear()
+                value, _ = bceloss.value_and_grad(BCEL)(x, y, where=where)
+                team = 1 if n <= small else caller
+                blocks = -(-n // _summation.BLOCK)
+                kernels = [s for s in seen if s[1] is not None]
+                assert kernels == [(team, min(team, blocks))]  # loss and gradient, one pass
+                assert all(s[0] == team for s in seen)
+                assert len(seen) == (2 if masked else 1)  # and the mask's blocks first
+                assert numba.get_num_threads() == caller
+                expected = np.mean(np.logaddexp(0, x) - x * y)  # NumPy's, in float64
+                assert abs(float(value) - expected) <= 1e-12 * expected
+
+            def failing(*args):
+                msg = "kernel failed"
+                raise RuntimeError(msg)
+
+            with monkeypatch.context() as m:
+                m.setattr(_kernels, "_kernel", failing)
+                with pytest.raises(RuntimeError, match="kernel failed"):
+                    BCEL(rng.normal(0, 3, small), rng.random(small))
+            assert numba.get_num_threads() == caller
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_float32_mean_accumulates_exactly():
     # 4 million elements: a float32 accumulator would be off by ~1e-4 relative; the block
     # sums in float64 combined by fsum give the correctly rounded total of the elementwise

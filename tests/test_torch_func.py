@@ -159,6 +159,26 @@ def test_hessian_vector_products(n):
     )
 
 
+@pytest.mark.parametrize("n", [SMALL, LARGE])
+def test_hessian_vector_products_with_plain_forward_ad(n):
+    # torch.autograd.forward_ad's dual tensors are not functorch-wrapped: the backward must
+    # not drop their tangents (the NumPy kernel would)
+    from torch.autograd import forward_ad
+
+    x, y, w, p, _ = _case(n, seed=11)
+    v = torch.randn(BATCH, n, generator=torch.Generator().manual_seed(12), dtype=x.dtype)
+
+    def hvp(lib):
+        xr = x.clone().requires_grad_()
+        with forward_ad.dual_level():
+            dual = forward_ad.make_dual(xr, v)
+            loss = lib.binary_cross_entropy_with_logits(dual, y, weight=w, pos_weight=p)
+            (g,) = torch.autograd.grad(loss, xr)  # no graph: the kernel's backward would run
+            return forward_ad.unpack_dual(g).tangent
+
+    _compare(hvp)
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("n", [SMALL, LARGE])
 def test_vmap_of_the_probability_loss(n, reduction):

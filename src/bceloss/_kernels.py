@@ -28,6 +28,7 @@ serve PyTorch CPU tensors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections import namedtuple
@@ -60,6 +61,10 @@ from bceloss._focal_terms import focal_terms
 BLOCK = _summation.BLOCK
 LANES = _summation.LANES
 CHUNKS_PER_THREAD = 8
+# Calls of at most this many elements run on a team of one thread: starting and joining
+# the other threads costs about what they save there, and far more where other processes
+# keep the cores busy (OpenMP's threads spin as they wait; see the README).
+SERIAL_SIZE = 2 * BLOCK
 PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
 ROWS = PIECE // LANES
 # A weight that repeats with a short period is tiled to at least this many elements, so the
@@ -653,7 +658,8 @@ def plan(call, min_size: int = 1) -> Plan | None:
         # a broadcast mask is materialised: one byte an element
         keep = np.ascontiguousarray(np.broadcast_to(call.where, call.shape)).reshape(-1)
         keep = keep.view(np.uint8)
-        starts, kept = _kept_blocks(keep)
+        with _threads_for(n):
+            starts, kept = _kept_blocks(keep)
         if kept < min_size:
             return None
     # a strided input is copied (the one temporary the size of the input it costs)
@@ -693,28 +699,41 @@ def _run(
     def flat(a, dtype):
         return _empty(dtype) if a is None else _bits_out(a)
 
-    threads = max(1, min(numba.get_num_threads(), pl.starts.size - 1))
-    _kernel(
-        call.logits,
-        pl.x,
-        pl.y,
-        pl.w,
-        pl.p,
-        pl.keep,
-        None if call.ignore_label is None else pl.ct(call.ignore_label),
-        pl.smooth,
-        pl.focal,
-        pl.ct(divisor),
-        flat(out, pl.ct if ct_out else call.dtype),
-        flat(gx, pl.ct if ct_out else call.input.dtype),
-        flat(gy, pl.ct if ct_out else _target_grad_dtype(call)),
-        _empty(np.float64) if sums is None else sums,
-        _empty(np.float64) if pl.wd is None else pl.wd,
-        _empty(np.float64) if wsums is None else wsums,
-        pl.starts,
-        _empty(pl.ct),
-        threads,
-    )
+    with _threads_for(pl.n) as team:
+        _kernel(
+            call.logits,
+            pl.x,
+            pl.y,
+            pl.w,
+            pl.p,
+            pl.keep,
+            None if call.ignore_label is None else pl.ct(call.ignore_label),
+            pl.smooth,
+            pl.focal,
+            pl.ct(divisor),
+            flat(out, pl.ct if ct_out else call.dtype),
+            flat(gx, pl.ct if ct_out else call.input.dtype),
+            flat(gy, pl.ct if ct_out else _target_grad_dtype(call)),
+            _empty(np.float64) if sums is None else sums,
+            _empty(np.float64) if pl.wd is None else pl.wd,
+            _empty(np.float64) if wsums is None else wsums,
+            pl.starts,
+            _empty(pl.ct),
+            max(1, min(team, pl.starts.size - 1)),
+        )
+
+
+@contextlib.contextmanager
+def _threads_for(n: int):
+    """numba's thread count for a call of n elements (yielded): 1 up to SERIAL_SIZE, else
+    the caller's. It is numba's setting for this Python thread, restored on exit."""
+    before = numba.get_num_threads()
+    team = 1 if n <= SERIAL_SIZE else before
+    numba.set_num_threads(team)
+    try:
+        yield team
+    finally:
+        numba.set_num_threads(before)
 
 
 def _bits_out(a: np.ndarray) -> np.ndarray:
