@@ -35,7 +35,7 @@ def _weighted(xp, w, v):
 
 
 def _split(xp, x):
-    """x >= 0, max(x, 0), max(-x, 0) and exp(-|x|).
+    """x >= 0, max(x, 0), max(-x, 0), |x| and exp(-|x|).
 
     |x|, max(x, 0) and max(-x, 0) all split at the one test x >= 0, so that autograd, which
     differentiates the gradients below for second order, takes every kink from the same
@@ -45,7 +45,8 @@ def _split(xp, x):
     zero = _zero(xp, x)
     relu_pos = xp.where(nonneg, x, zero)
     relu_neg = xp.where(nonneg, zero, -x)
-    return nonneg, relu_pos, relu_neg, xp.exp(-(relu_pos + relu_neg))
+    abs_x = relu_pos + relu_neg
+    return nonneg, relu_pos, relu_neg, abs_x, xp.exp(-abs_x)
 
 
 def smoothed(xp, y, smoothing=0.0):
@@ -69,7 +70,7 @@ def logits(
     With `smoothing` s, y is the smoothed target (see `smoothed`) and d l / d y carries the
     chain rule's factor 1 - s.
     """
-    nonneg, relu_pos, relu_neg, e = _split(xp, x)
+    nonneg, relu_pos, relu_neg, abs_x, e = _split(xp, x)
     log1p_e = xp.log1p(e)
     y, q = smoothed(xp, y, smoothing)
     py = y if p is None else p * y
@@ -80,7 +81,7 @@ def logits(
         # a sum of terms >= 0 for y in [0, 1] and p >= 0: nothing cancels. One of the first
         # two is 0: they are c |x|, c = 1 - y where x >= 0 and p y elsewhere.
         body = log1p_e if p is None else (q + py) * log1p_e
-        l = _mul_limit(xp, xp.where(nonneg, q, py), relu_pos + relu_neg) + body
+        l = _mul_limit(xp, xp.where(nonneg, q, py), abs_x) + body
     if grad_input:
         # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x), since
         # 1 - sigmoid(x) = sigmoid(-x): no 1 - sigmoid(x) computed for large x.
@@ -108,7 +109,7 @@ def logits_grad_pos_weight(xp, x, y, w=None):
     softplus(-x) = max(-x, 0) + log1p(exp(-|x|)), both terms >= 0; y = 0 gives 0 even at
     x = -inf. (d l / d w is the loss without w: `logits(xp, x, y, None, p)`.)
     """
-    _, _, relu_neg, e = _split(xp, x)
+    _, _, relu_neg, _, e = _split(xp, x)
     softplus_neg = relu_neg + xp.log1p(e)
     return _weighted(xp, w, _mul_limit(xp, y, softplus_neg))
 
@@ -193,8 +194,7 @@ class _Modulation:
             info.bits, round(-math.log2(smallest)), gamma
         )
         one = xp.ones((), dtype=x.dtype, device=array_api_compat.device(x))
-        self.nonneg, relu_pos, relu_neg, e = _split(xp, x)
-        u = relu_pos + relu_neg  # |x|
+        self.nonneg, _, _, u, e = _split(xp, x)  # u = |x|
         self.u, self.e, self.ope = u, e, 1 + e
         q = 1 - y
         near, far = xp.where(self.nonneg, q, y), xp.where(self.nonneg, y, q)
