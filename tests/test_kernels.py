@@ -445,21 +445,23 @@ def test_sums_do_not_depend_on_the_thread_count():
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_small_calls_run_on_one_thread_and_the_setting_is_restored(monkeypatch, masked):
-    # up to SERIAL_SIZE elements the kernels (and the mask's block count) run on a team of
-    # one thread; above it on the caller's numba setting; the setting is restored, also when
-    # the kernel raises
+def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked):
+    # up to SERIAL_SIZE elements (or with numba set to one thread) the serial kernel runs,
+    # with no OpenMP team; above it the parallel kernel on the caller's numba setting, at most
+    # a thread a block. The mask's block count runs on a team of one thread for small calls,
+    # and numba's setting is restored, also when the kernel raises.
     seen = []
 
-    def spy(fn, with_threads):
+    def spy(name, fn):
         def wrapper(*args):
-            seen.append((numba.get_num_threads(), args[-1] if with_threads else None))
+            team = args[-1] if name == "_kernel" else None
+            seen.append((name, numba.get_num_threads(), team))
             return fn(*args)
 
         return wrapper
 
-    monkeypatch.setattr(_kernels, "_kernel", spy(_kernels._kernel, True))
-    monkeypatch.setattr(_kernels, "_kept_blocks", spy(_kernels._kept_blocks, False))
+    for name in ("_kernel", "_serial_kernel", "_kept_blocks"):
+        monkeypatch.setattr(_kernels, name, spy(name, getattr(_kernels, name)))
     rng = np.random.default_rng(13)
     small = _kernels.SERIAL_SIZE
     before = numba.get_num_threads()
@@ -473,10 +475,13 @@ def test_small_calls_run_on_one_thread_and_the_setting_is_restored(monkeypatch, 
                 value, _ = bceloss.value_and_grad(BCEL)(x, y, where=where)
                 team = 1 if n <= small else caller
                 blocks = -(-n // _summation.BLOCK)
-                kernels = [s for s in seen if s[1] is not None]
-                assert kernels == [(team, min(team, blocks))]  # loss and gradient, one pass
-                assert all(s[0] == team for s in seen)
-                assert len(seen) == (2 if masked else 1)  # and the mask's blocks first
+                kernels = [s for s in seen if s[0] != "_kept_blocks"]
+                if team == 1:  # loss and gradient, one pass
+                    assert kernels == [("_serial_kernel", caller, None)]
+                else:
+                    assert kernels == [("_kernel", caller, min(team, blocks))]
+                counts = [s for s in seen if s[0] == "_kept_blocks"]
+                assert counts == ([("_kept_blocks", team, None)] if masked else [])
                 assert numba.get_num_threads() == caller
                 expected = np.mean(np.logaddexp(0, x) - x * y)  # NumPy's, in float64
                 assert abs(float(value) - expected) <= 1e-12 * expected
@@ -486,9 +491,9 @@ def test_small_calls_run_on_one_thread_and_the_setting_is_restored(monkeypatch, 
                 raise RuntimeError(msg)
 
             with monkeypatch.context() as m:
-                m.setattr(_kernels, "_kernel", failing)
+                m.setattr(_kernels, "_serial_kernel", failing)
                 with pytest.raises(RuntimeError, match="kernel failed"):
-                    BCEL(rng.normal(0, 3, small), rng.random(small))
+                    BCEL(rng.normal(0, 3, small), rng.random(small), where=np.ones(small, bool))
             assert numba.get_num_threads() == caller
     finally:
         numba.set_num_threads(before)
@@ -615,7 +620,7 @@ def test_torch_cpu_tensors_run_the_kernel_with_autograd():
     xt = torch.from_numpy(x.copy()).requires_grad_()
     yt, wt, pt = (torch.from_numpy(a) for a in (y, w, p))
     call = BCEL.__bceloss_bind__(xt.detach(), yt, wt, "mean", pt)
-    assert _kernels.torch_loss(call) is not None  # the kernel takes this call, zero-copy
+    assert _kernels.plan(_engine.numpy_twin(call)) is not None  # the kernel, zero-copy
     loss = BCEL(xt, yt, wt, "mean", pt)
     (3 * loss).backward()
     value, grad = bceloss.value_and_grad(BCEL)(x, y, w, "mean", p)
@@ -807,7 +812,7 @@ def test_torch_cpu_tensors_take_the_options_through_the_kernel():
     X, Y, W, P, M = (torch.from_numpy(a) for a in (x, y, w, p, kwargs["where"]))
     options = {"label_smoothing": 0.3, "where": M}
     call = BCEL.__bceloss_bind__(X, Y, W, "weighted_mean", P, **options)
-    assert _kernels.torch_loss(call) is not None
+    assert _kernels.plan(_engine.numpy_twin(call)) is not None
     Xg = X.clone().requires_grad_()
     loss = BCEL(Xg, Y, W, "weighted_mean", P, **options)
     loss.backward()

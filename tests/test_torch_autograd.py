@@ -187,3 +187,49 @@ def test_nothing_but_the_probability_check_reads_values():
     # ... and probabilities are checked to lie in [0, 1]: that one reads values
     with pytest.raises(RuntimeError, match="meta"):
         BCE(x, y)
+
+
+@pytest.mark.parametrize("n", [300, 6000])  # below and above the NumPy kernel's threshold
+def test_cpu_tensors_with_nothing_recording_give_numpy_bits(n):
+    # a CPU call with nothing recording runs on NumPy views of its tensors: the loss ('none'
+    # included) and value_and_grad (out= written in place) have NumPy's bits, agree with
+    # PyTorch's own loss, and leave the arguments as they were
+    rng = np.random.default_rng(n)
+    x = rng.normal(0, 3, (n // 100, 100)).astype(np.float32)
+    y = rng.random(x.shape).astype(np.float32)
+    w, p = (rng.random(100).astype(np.float32) + 0.5 for _ in range(2))
+    X, Y, W, P = (torch.from_numpy(a.copy()) for a in (x, y, w, p))
+    for reduction in ("none", "mean", "sum"):
+        got = BCEL(X, Y, W, reduction, P)
+        want = BCEL(x, y, w, reduction, p)
+        assert got.dtype == torch.float32
+        assert tuple(got.shape) == want.shape
+        assert got.numpy().tobytes() == want.tobytes()
+        own = torch.nn.functional.binary_cross_entropy_with_logits(
+            X.double(), Y.double(), W.double(), reduction=reduction, pos_weight=P.double()
+        )
+        np.testing.assert_allclose(got.double().numpy(), own.numpy(), rtol=2e-6, atol=1e-7)
+    out = torch.full(x.shape, math.nan)
+    value, (gx, gy) = bceloss.value_and_grad(BCEL, (0, 1))(X, Y, W, "mean", P, out=out)
+    want_value, (want_gx, want_gy) = bceloss.value_and_grad(BCEL, (0, 1))(x, y, w, "mean", p)
+    assert gx is out
+    assert value.numpy().tobytes() == want_value.tobytes()
+    assert gx.numpy().tobytes() == want_gx.tobytes()
+    assert gy.numpy().tobytes() == want_gy.tobytes()
+    for t, a in ((X, x), (Y, y), (W, w), (P, p)):
+        assert t.numpy().tobytes() == a.tobytes()
+
+
+@pytest.mark.parametrize("n", [300, 6000])
+@pytest.mark.parametrize("seed", [0.0, 3.0, math.inf])
+def test_backward_scales_by_any_output_gradient(n, seed):
+    # the CPU backward divides the mean's denominator by the output's gradient: a zero one
+    # (0 * loss) raised ZeroDivisionError, an infinite one has to give inf and NaN as PyTorch
+    gen = torch.Generator().manual_seed(n)
+    x = (3 * torch.randn(n, generator=gen, dtype=torch.float64)).requires_grad_()
+    y = torch.rand(n, generator=gen, dtype=torch.float64)
+    x.data[:3] = torch.tensor([0.0, math.inf, -math.inf])
+    (seed * BCEL(x, y)).backward()
+    ours, x.grad = x.grad, None
+    (seed * torch.nn.functional.binary_cross_entropy_with_logits(x, y)).backward()
+    torch.testing.assert_close(ours, x.grad, rtol=1e-12, atol=0, equal_nan=True)

@@ -23,8 +23,8 @@ the host: only the [0, 1] check of `_validation` does.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import inspect
 import math
 import operator
 
@@ -41,19 +41,24 @@ def _arrays(call, names=_ARRAYS) -> tuple:
 
 
 def _bind(call, arrays, names=_ARRAYS):
-    return dataclasses.replace(call, **dict(zip(names, arrays, strict=True)))
+    return call.replace(**dict(zip(names, arrays, strict=True)))
 
 
 def records(call) -> bool:
     """True when the call's framework is recording operations for differentiation."""
     xp = call.xp
+    if array_api_compat.is_numpy_namespace(xp):
+        return False
     present = [a for a in _arrays(call) if a is not None]
     if array_api_compat.is_torch_namespace(xp):
         import torch
         from torch.autograd import forward_ad
 
         backward = torch.is_grad_enabled() and any(a.requires_grad for a in present)
-        return backward or any(forward_ad.unpack_dual(a).tangent is not None for a in present)
+        return backward or (
+            _tangents_possible()
+            and any(forward_ad.unpack_dual(a).tangent is not None for a in present)
+        )
     if array_api_compat.is_jax_namespace(xp):
         import jax
 
@@ -82,7 +87,7 @@ def gradients(call, needs):
         )
     if needs[2]:
         # l = w f(x, y, p): d l / d w is the loss without the weight
-        gw, _, _ = _engine._elementwise(dataclasses.replace(call, weight=None))
+        gw, _, _ = _engine._elementwise(call.replace(weight=None))
         if call.reduction == "weighted_mean":
             # d/dw_i (sum w l / sum w) = (l_i - mean) / sum w; _reduce* divide by sum w
             mean = _engine.reduced(call, _engine._elementwise(call)[0])
@@ -111,35 +116,62 @@ def tangent(call, tangents):
 
 
 def _transformed(*objects) -> bool:
-    """True when one of `objects` is a tensor wrapped by a `torch.func` transform (vmap,
-    grad, jvp) or carrying a forward-mode tangent (`torch.autograd.forward_ad`): the NumPy
-    kernel cannot read the one and would drop the other."""
+    """True under a `torch.func` transform (vmap, grad, jvp), or when one of `objects` is a
+    tensor a transform wraps or that carries a forward-mode tangent
+    (`torch.autograd.forward_ad`): NumPy cannot read the one and would drop the other."""
     import torch
     from torch.autograd import forward_ad
 
+    if torch._C._are_functorch_transforms_active():
+        return True
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    tangents = _tangents_possible()
     return any(
         isinstance(a, torch.Tensor)
-        and (wrapped(a) or forward_ad.unpack_dual(a).tangent is not None)
+        and (wrapped(a) or (tangents and forward_ad.unpack_dual(a).tangent is not None))
         for a in objects
     )
 
 
-def _fused_torch(name, call, *args):
-    """bceloss._kernels' `name` for a PyTorch CPU call above the kernel's threshold, or None
-    (under a `torch.func` transform: the formulas are transformable)."""
-    small = math.prod(call.shape) < _engine.KERNEL_MIN_SIZE
-    if small or _transformed(*_arrays(call, _TENSORS), *args):
-        return None
-    from bceloss import _kernels
+def _tangents_possible() -> bool:
+    """False when no tensor can carry a forward-mode tangent: outside every
+    `forward_ad.dual_level()` and every `torch.func` transform (asking each tensor costs
+    about a microsecond)."""
+    import torch
+    from torch.autograd import forward_ad
 
-    return getattr(_kernels, name)(call, *args)
+    level = getattr(forward_ad, "_current_level", 0)  # -1 outside every dual level
+    return level >= 0 or torch._C._are_functorch_transforms_active()
 
 
 def torch_forward(call):
-    """The forward of the PyTorch Function: the loss of `call` (run with grad mode off)."""
-    fused = _fused_torch("torch_loss", call)  # CPU tensors: the NumPy kernel, zero-copy
-    return _engine.evaluate(call) if fused is None else fused
+    """The loss of a PyTorch call: the Function's forward (run with grad mode off), and a call
+    with nothing recording. A CPU call runs on NumPy views of its tensors, zero-copy (the
+    kernel, or NumPy's formula below the kernel's threshold), so it has NumPy's bits; under a
+    `torch.func` transform and off the CPU the formula runs on PyTorch (transformable)."""
+    twin = None if _transformed(*_arrays(call, _TENSORS)) else _engine.numpy_twin(call)
+    if twin is None:
+        return _engine.evaluate(call)
+    return _tensor(_engine.evaluate(twin))
+
+
+def torch_loss_and_grad(call, wrt, *, out=None, seed=1.0):
+    """`_engine.loss_and_grad` of a PyTorch CPU call on NumPy views of its tensors (the input's
+    gradient written into `out` when it is contiguous), as tensors; None where it cannot
+    run there (see `torch_forward`)."""
+    twin = None if _transformed(*_arrays(call, _TENSORS), out) else _engine.numpy_twin(call)
+    if twin is None:
+        return None
+    view = out.detach().numpy() if out is not None and out.is_contiguous() else None
+    value, grads = _engine.loss_and_grad(twin, wrt, out=view, seed=seed)
+    return _tensor(value), tuple(out if g is view else _tensor(g) for g in grads)
+
+
+def _tensor(a):
+    """A NumPy result as a PyTorch tensor sharing its memory (a read-only one copied)."""
+    import torch
+
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 def torch_backward(call, grad, needs):
@@ -153,15 +185,44 @@ def torch_backward(call, grad, needs):
     Returns:
       Four tensors (None where not needed), each of its array's shape and dtype.
     """
-    fused = _fused_torch("torch_gradients", call, grad, needs)
-    if fused is not None:
-        return fused
-    with _engine._quiet(call.xp):
-        parts = gradients(call, needs)
-    return tuple(
-        None if g is None else _engine._reduce_gradient(call, grad * g, like, like.dtype)
-        for g, like in zip(parts, _arrays(call), strict=True)
+    import torch
+
+    # On the CPU, with no second-order graph being built (grad mode off) and no transform:
+    # NumPy views of the tensors. There the kernel fuses the input and target gradients of a
+    # scalar loss from its threshold up (dividing the mean's denominator by the output's
+    # gradient: a finite, nonzero one); NumPy's formula does the rest. Elsewhere the formula
+    # runs in torch ops, which autograd differentiates again.
+    twin = None
+    # (gradcheck's batched checks run the backward under PyTorch's older vmap: its grad is
+    # a "Batched" tensor, which NumPy cannot view either)
+    batched = "Batched" in str(torch._C._dispatch_keys(grad))
+    if not (torch.is_grad_enabled() or batched or _transformed(*_arrays(call, _TENSORS), grad)):
+        twin = _engine.numpy_twin(call)
+    seed = float(grad) if twin is not None and grad.ndim == 0 else math.nan
+    fused = (
+        twin is not None
+        and (needs[0] or needs[1])
+        and not (needs[2] or needs[3])
+        and math.isfinite(seed)
+        and seed != 0
+        and math.prod(call.shape) >= _engine.KERNEL_MIN_SIZE
     )
+    if fused:
+        wrt = tuple(i for i in (0, 1) if needs[i])
+        _, grads = _engine.loss_and_grad(twin, wrt, seed=seed)
+        by_position = dict(zip(wrt, grads, strict=True))
+        return tuple(
+            None if g is None else _tensor(g) for g in (*map(by_position.get, (0, 1)), None, None)
+        )
+    on = call if twin is None else twin
+    seed = grad if twin is None else grad.numpy()
+    with _engine._quiet(on.xp):
+        parts = gradients(on, needs)
+        grads = tuple(
+            None if g is None else _engine._reduce_gradient(on, seed * g, like, like.dtype)
+            for g, like in zip(parts, _arrays(on), strict=True)
+        )
+    return grads if twin is None else tuple(None if g is None else _tensor(g) for g in grads)
 
 
 @functools.cache
@@ -199,6 +260,10 @@ def _torch_function():
         def jvp(ctx, _, *tangents):
             return tangent(_bind(ctx.call, ctx.saved_tensors, _TENSORS), tangents[:4])
 
+    # Function.apply binds the arguments with inspect.signature(forward) on every call (a
+    # Function with setup_context); inspect returns a function's __signature__ when it has one
+    forward = BCELossFunction.forward
+    forward.__signature__ = inspect.signature(forward)
     return BCELossFunction
 
 

@@ -14,15 +14,17 @@ HALF_NAMES = ("float16", "bfloat16")
 
 def dtype_name(dtype) -> str:
     """The short name of a dtype of any namespace: 'float32', 'bfloat16', 'int64'..."""
-    if isinstance(dtype, np.dtype):  # str() of a NumPy dtype costs microseconds: remembered
-        name = _NUMPY_NAMES.get(dtype)
-        if name is None:
-            name = _NUMPY_NAMES[dtype] = str(dtype)
-        return name
-    return str(dtype).rsplit(".", 1)[-1]
+    # str() of a dtype costs microseconds: remembered, by the dtype's type too (dtypes of
+    # different libraries may hash alike, and array_api_strict warns when compared to NumPy's)
+    key = (type(dtype), dtype)
+    name = _NAMES.get(key)
+    if name is None:
+        name = str(dtype) if isinstance(dtype, np.dtype) else str(dtype).rsplit(".", 1)[-1]
+        _NAMES[key] = name
+    return name
 
 
-_NUMPY_NAMES: dict = {}
+_NAMES: dict = {}
 
 
 def is_floating(xp, dtype) -> bool:

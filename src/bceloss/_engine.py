@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -32,6 +31,14 @@ class LossCall:
     label_smoothing: float = 0.0  # the target becomes y (1 - s) + s / 2
     gamma: float | None = None  # not None: the sigmoid focal loss, with this exponent
     alpha: float | None = None  # the focal loss's weight of the positives (None: off)
+
+    def replace(self, **changes) -> LossCall:
+        """A copy with `changes`: `dataclasses.replace` without running `__init__` again
+        (a quarter of its time; a PyTorch training step makes several)."""
+        assert changes.keys() <= self.__dict__.keys(), changes.keys() - self.__dict__.keys()
+        copy = object.__new__(LossCall)
+        copy.__dict__.update(self.__dict__, **changes)
+        return copy
 
 
 def _quiet(xp):
@@ -124,8 +131,7 @@ def _by_block(call: LossCall, **wanted):
     count = sum(map(bool, wanted.values()))
 
     def block(*blocks):
-        inner = dataclasses.replace(
-            call,
+        inner = call.replace(
             xp=array_api_compat.array_namespace(*blocks),
             **dict(zip(names, blocks, strict=True)),
         )
@@ -146,7 +152,7 @@ def _by_block(call: LossCall, **wanted):
 def _block_elementwise(call: LossCall, **wanted):
     """`_elementwise` of one block; on NumPy the fused kernel's (at every size), so that Dask
     gets the numbers NumPy gets for the whole array."""
-    block = dataclasses.replace(call, shape=tuple(call.input.shape))
+    block = call.replace(shape=tuple(call.input.shape))
     plan = _kernel_plan(block, min_size=1)
     if plan is None:
         return _elementwise(call, **wanted)
@@ -240,7 +246,30 @@ def loss(call: LossCall):
     """The loss of a validated call, differentiable where PyTorch or JAX is recording."""
     if _autograd.records(call):
         return _autograd.loss(call)
+    if array_api_compat.is_torch_namespace(call.xp):
+        return _autograd.torch_forward(call)
     return evaluate(call)
+
+
+def numpy_twin(call: LossCall):
+    """The call on NumPy views of its PyTorch CPU tensors (zero-copy), or None: another
+    device, a result dtype other than float32 and float64, or a bfloat16 argument (NumPy has
+    no view of it)."""
+    if call.input.device.type != "cpu" or _dtypes.dtype_name(call.dtype) not in (
+        "float32",
+        "float64",
+    ):
+        return None
+    arrays = {}
+    for name in ("input", "target", "weight", "pos_weight", "where"):
+        a = getattr(call, name)
+        if a is not None and _dtypes.dtype_name(a.dtype) == "bfloat16":
+            return None
+        arrays[name] = None if a is None else a.detach().numpy()
+    import array_api_compat.numpy as xp
+    import numpy as np
+
+    return call.replace(xp=xp, dtype=np.dtype(_dtypes.dtype_name(call.dtype)), **arrays)
 
 
 KERNEL_MIN_SIZE = 4096  # elements; see README, ## Speed
@@ -287,28 +316,38 @@ def elementwise_loss(call: LossCall, *, whole_size: int):
         return _elementwise(call)[0]
 
 
-def loss_and_grad(call: LossCall, wrt: tuple[int, ...], *, out=None, fast: bool = True):
-    """The loss and its gradients with respect to the positions in `wrt` (0 input, 1 target).
+def loss_and_grad(
+    call: LossCall, wrt: tuple[int, ...], *, out=None, fast: bool = True, seed: float = 1.0
+):
+    """The loss and its gradients with respect to the positions in `wrt` (0 input, 1 target),
+    the gradients times `seed` (a backward pass's gradient of the output).
 
     The fused NumPy kernel (`fast`) writes the input's gradient into `out` when given (a
-    checked, C-contiguous NumPy array); otherwise the caller copies it there."""
+    checked, C-contiguous array); otherwise the caller copies it there. A PyTorch CPU call
+    with nothing recording runs on NumPy views of its tensors (`fast`)."""
+    if fast and array_api_compat.is_torch_namespace(call.xp) and not _autograd.records(call):
+        done = _autograd.torch_loss_and_grad(call, wrt, out=out, seed=seed)
+        if done is not None:
+            return done
     plan = _kernel_plan(call) if fast else None
     if plan is not None:
         from bceloss import _kernels
 
-        return _kernels.loss_and_grad(call, plan, wrt, out=out)
+        return _kernels.loss_and_grad(call, plan, wrt, out=out, seed=seed)
     xp = call.xp
     with _quiet(xp):
         l, gx, gy = _elementwise(call, grad_input=0 in wrt, grad_target=1 in wrt)
         value = _reduce(call, l)
         grads = []
         for i in wrt:
+            g = gx if i == 0 else gy
+            g = g if seed == 1 else g * seed
             if i == 0:
-                grads.append(_reduce_gradient(call, gx, call.input, call.input.dtype))
+                grads.append(_reduce_gradient(call, g, call.input, call.input.dtype))
             else:
                 t = call.target
                 dtype = t.dtype if _dtypes.is_floating(xp, t.dtype) else call.dtype
-                grads.append(_reduce_gradient(call, gy, t, dtype))
+                grads.append(_reduce_gradient(call, g, t, dtype))
         return value, tuple(grads)
 
 

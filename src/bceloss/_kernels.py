@@ -22,14 +22,14 @@ materialised once, and strided inputs are copied. Under a mask (`where`) a block
 *kept* elements (`_kept_blocks` finds where each begins), so a masked sum adds up exactly what
 the sum of the kept elements alone adds up. `loss` and `loss_and_grad` (from `_engine`,
 above its size threshold) and `elementwise` (at every size, for streams and Dask blocks, so
-that they add up to the library's bits) then run it; `torch_loss` and `torch_gradients`
-serve PyTorch CPU tensors.
+that they add up to the library's bits) then run it; PyTorch CPU tensors come here as NumPy
+views (`_engine.numpy_twin`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import math
 from collections import namedtuple
 from dataclasses import dataclass
@@ -456,29 +456,53 @@ def _kernel(
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
     # 'weighted_mean'. out, gx, gy: the elementwise loss and gradients (0 where not kept),
     # the gradients divided by `divisor`. Zero-size outputs are not computed.
-    nblocks = starts.size - 1
-    grad = 2 if gy.size else (1 if gx.size else 0)
     # The blocks go in CHUNKS_PER_THREAD chunks a thread, each thread taking the next chunk
     # as it comes free: a thread the system holds up (a shared machine) delays a chunk or
     # two, not its whole share. (numba's OpenMP and workqueue layers split a prange evenly
     # up front, whatever its chunk size.)
-    chunks = min(CHUNKS_PER_THREAD * threads, nblocks)
+    chunks = min(CHUNKS_PER_THREAD * threads, starts.size - 1)
     taken = np.zeros(1, np.int64)
     for _ in prange(threads):
-        # a block is computed in pieces of PIECE elements, whose buffers stay in L1
-        lbuf = np.empty(PIECE, proto.dtype)
-        gbuf = np.empty(PIECE if grad else 1, proto.dtype)
-        hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
-        wbuf = np.empty(PIECE if wsums.size else 1)
-        lanes, wlanes = np.empty(LANES), np.empty(LANES)
+        _share(
+            logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd,
+            wsums, starts, proto, taken, chunks,
+        )  # fmt: skip
+
+
+@njit(cache=True, fastmath=FLAGS, error_model="numpy")
+def _serial_kernel(
+    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
+    starts, proto,
+):  # fmt: skip
+    # `_kernel` on the calling thread alone: no OpenMP team to start, wake or join
+    _share(
+        logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
+        starts, proto, np.zeros(1, np.int64), 1,
+    )  # fmt: skip
+
+
+@njit(cache=True, fastmath=FLAGS, error_model="numpy")
+def _share(
+    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
+    starts, proto, taken, chunks,
+):  # fmt: skip
+    # one thread's part of `_kernel`: chunk after chunk of the blocks, from the counter `taken`
+    nblocks = starts.size - 1
+    grad = 2 if gy.size else (1 if gx.size else 0)
+    # a block is computed in pieces of PIECE elements, whose buffers stay in L1
+    lbuf = np.empty(PIECE, proto.dtype)
+    gbuf = np.empty(PIECE if grad else 1, proto.dtype)
+    hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
+    wbuf = np.empty(PIECE if wsums.size else 1)
+    lanes, wlanes = np.empty(LANES), np.empty(LANES)
+    chunk = next_chunk(taken)
+    while chunk < chunks:
+        _chunk(
+            logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd,
+            wsums, starts, chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks, grad,
+            lbuf, gbuf, hbuf, wbuf, lanes, wlanes,
+        )  # fmt: skip
         chunk = next_chunk(taken)
-        while chunk < chunks:
-            _chunk(
-                logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums,
-                wd, wsums, starts, chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks,
-                grad, lbuf, gbuf, hbuf, wbuf, lanes, wlanes,
-            )  # fmt: skip
-            chunk = next_chunk(taken)
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -591,9 +615,8 @@ class Plan:
 def _bits(a: np.ndarray) -> np.ndarray:
     """a, flat, read-only (one kernel type whatever the caller's flags), halves as bits."""
     bits = _BITS.get(_dtypes.dtype_name(a.dtype))
-    flat = a.reshape(-1) if bits is None else a.reshape(-1).view(bits)
-    flat = flat.view()
-    flat.flags.writeable = False
+    flat = a.reshape(-1) if bits is None else a.reshape(-1).view(bits)  # a new view, always
+    flat.setflags(write=False)
     return flat
 
 
@@ -653,7 +676,7 @@ def plan(call, min_size: int = 1) -> Plan | None:
         return None
     if call.where is None:
         keep, kept = None, n
-        starts = np.minimum(np.arange(-(-n // BLOCK) + 1) * BLOCK, n)
+        starts = _block_starts(n)
     else:
         # a broadcast mask is materialised: one byte an element
         keep = np.ascontiguousarray(np.broadcast_to(call.where, call.shape)).reshape(-1)
@@ -673,6 +696,13 @@ def plan(call, min_size: int = 1) -> Plan | None:
     return Plan(_bits(x), _bits(y), w, p, keep, wd, starts, int(kept), smooth, focal, ct, n)
 
 
+@functools.lru_cache(maxsize=64)
+def _block_starts(n: int) -> np.ndarray:
+    """Where each block of BLOCK elements begins, then n (remembered: a training loop asks
+    for the same sizes again and again; the kernels only read it)."""
+    return np.minimum(np.arange(-(-n // BLOCK) + 1) * BLOCK, n)
+
+
 def _maybe(ct, value):
     return None if value is None else ct(value)
 
@@ -684,10 +714,10 @@ def _storage(dtype):
 
 def _empty(dtype) -> np.ndarray:
     """A zero-size array standing for an output that is not wanted (the kernel's type)."""
-    key = _dtypes.dtype_name(dtype)
-    if key not in _EMPTY:
-        _EMPTY[key] = np.empty(0, _storage(dtype))
-    return _EMPTY[key]
+    empty = _EMPTY.get(dtype)
+    if empty is None:
+        empty = _EMPTY[dtype] = np.empty(0, _storage(dtype))
+    return empty
 
 
 _EMPTY: dict = {}
@@ -699,39 +729,51 @@ def _run(
     def flat(a, dtype):
         return _empty(dtype) if a is None else _bits_out(a)
 
-    with _threads_for(pl.n) as team:
-        _kernel(
-            call.logits,
-            pl.x,
-            pl.y,
-            pl.w,
-            pl.p,
-            pl.keep,
-            None if call.ignore_label is None else pl.ct(call.ignore_label),
-            pl.smooth,
-            pl.focal,
-            pl.ct(divisor),
-            flat(out, pl.ct if ct_out else call.dtype),
-            flat(gx, pl.ct if ct_out else call.input.dtype),
-            flat(gy, pl.ct if ct_out else _target_grad_dtype(call)),
-            _empty(np.float64) if sums is None else sums,
-            _empty(np.float64) if pl.wd is None else pl.wd,
-            _empty(np.float64) if wsums is None else wsums,
-            pl.starts,
-            _empty(pl.ct),
-            max(1, min(team, pl.starts.size - 1)),
-        )
+    args = (
+        call.logits,
+        pl.x,
+        pl.y,
+        pl.w,
+        pl.p,
+        pl.keep,
+        None if call.ignore_label is None else pl.ct(call.ignore_label),
+        pl.smooth,
+        pl.focal,
+        pl.ct(divisor),
+        flat(out, pl.ct if ct_out else call.dtype),
+        flat(gx, pl.ct if ct_out else call.input.dtype),
+        flat(gy, pl.ct if ct_out else _target_grad_dtype(call)),
+        _empty(np.float64) if sums is None else sums,
+        _empty(np.float64) if pl.wd is None else pl.wd,
+        _empty(np.float64) if wsums is None else wsums,
+        pl.starts,
+        _empty(pl.ct),
+    )
+    team = _team(pl.n, pl.starts.size - 1)
+    if team == 1:
+        _serial_kernel(*args)
+    else:
+        _kernel(*args, team)
+
+
+def _team(n: int, blocks: int) -> int:
+    """How many threads compute a call of n elements in `blocks` blocks: one up to
+    SERIAL_SIZE, else numba's setting for this Python thread, at most one a block."""
+    return 1 if n <= SERIAL_SIZE else max(1, min(numba.get_num_threads(), blocks))
 
 
 @contextlib.contextmanager
 def _threads_for(n: int):
-    """numba's thread count for a call of n elements (yielded): 1 up to SERIAL_SIZE, else
-    the caller's. It is numba's setting for this Python thread, restored on exit."""
+    """numba's thread count set to `_team`'s for a parallel function other than the
+    kernel (the mask's block count), restored on exit (the setting is per Python thread)."""
     before = numba.get_num_threads()
-    team = 1 if n <= SERIAL_SIZE else before
+    team = _team(n, n)
+    if team == before:
+        yield
+        return
     numba.set_num_threads(team)
     try:
-        yield team
+        yield
     finally:
         numba.set_num_threads(before)
 
@@ -764,10 +806,20 @@ def _denominator(call, pl: Plan):
 
 def _total(call, sums, denominator) -> np.ndarray:
     total = np.float64(_summation.combine(sums))
+    if call.reduction == "sum" or (type(denominator) is int and denominator > 0):
+        total = total if call.reduction == "sum" else total / denominator
+        if abs(total) <= _LARGEST.get(call.dtype, 0.0):  # the usual case: nothing to warn of
+            return np.asarray(total, dtype=call.dtype)
     with np.errstate(all="ignore"):  # nothing kept: NaN; a float16 sum may overflow to inf
         if call.reduction != "sum":
-            total = total / np.float64(denominator)
+            total = np.float64(_summation.combine(sums)) / np.float64(denominator)
         return np.asarray(total).astype(call.dtype)
+
+
+# the largest finite float32 and float64, by dtype and by scalar type
+_LARGEST = {
+    key: float(np.finfo(t).max) for t in (np.float32, np.float64) for key in (t, np.dtype(t))
+}
 
 
 def loss(call, pl: Plan):
@@ -817,56 +869,3 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
     _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=divisor)
     grads = {0: gx, 1: gy}
     return _total(call, sums, denominator), tuple(grads[i] for i in wrt)
-
-
-# --- PyTorch CPU tensors, zero-copy, for the autograd.Function of bceloss._autograd ------
-
-
-def _numpy_twin(call):
-    """The call on NumPy views of its PyTorch CPU tensors and its plan, or None."""
-    if call.input.device.type != "cpu" or _dtypes.dtype_name(call.dtype) not in (
-        "float32",
-        "float64",
-    ):
-        return None
-    arrays = {}
-    for name in ("input", "target", "weight", "pos_weight", "where"):
-        a = getattr(call, name)
-        if a is not None and _dtypes.dtype_name(a.dtype) == "bfloat16":
-            return None  # NumPy has no bfloat16 view of a tensor
-        arrays[name] = None if a is None else a.detach().numpy()
-    twin = dataclasses.replace(
-        call,
-        xp=array_api_compat.array_namespace(arrays["input"]),
-        dtype=np.dtype(_dtypes.dtype_name(call.dtype)),
-        **arrays,
-    )
-    pl = plan(twin)
-    return None if pl is None else (twin, pl)
-
-
-def torch_loss(call):
-    """The loss of a PyTorch CPU call through the kernel, or None where it does not run."""
-    twin = _numpy_twin(call)
-    if twin is None:
-        return None
-    import torch
-
-    return torch.from_numpy(loss(*twin))
-
-
-def torch_gradients(call, grad, needs):
-    """`grad` times d loss / d (input, target, weight, pos_weight) of a PyTorch CPU call with a
-    scalar loss, through the kernel; None where it does not run (a weight or pos_weight
-    gradient, or a second-order graph being built: the array-API formula does those)."""
-    import torch
-
-    if torch.is_grad_enabled() or needs[2] or needs[3] or grad.ndim != 0:
-        return None
-    wrt = tuple(i for i in (0, 1) if needs[i])
-    twin = _numpy_twin(call) if wrt else None
-    if twin is None:
-        return None
-    _, grads = loss_and_grad(*twin, wrt, seed=float(grad))
-    out = dict(zip(wrt, (torch.from_numpy(g) for g in grads), strict=True))
-    return out.get(0), out.get(1), None, None

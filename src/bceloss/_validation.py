@@ -19,6 +19,8 @@ from bceloss import _dtypes
 from bceloss._engine import LossCall
 
 REDUCTIONS = ("none", "mean", "sum")
+# the namespace of the arrays of each type met (array_api_compat's answer depends on the type)
+_NAMESPACES = {np.ndarray: array_api_compat.array_namespace(np.empty(0))}
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,11 @@ def _shape(x) -> tuple[int, ...]:
 def namespace(arrays: dict):
     """The array namespace of the named arrays (None values skipped); TypeError otherwise."""
     present = {name: a for name, a in arrays.items() if a is not None}
-    if all(type(a) is np.ndarray for a in present.values()):  # the common case, quickly
-        return array_api_compat.array_namespace(*present.values())
+    classes = {type(a) for a in present.values()}
+    if len(classes) == 1:  # the common case, quickly: one type, its namespace remembered
+        xp = _NAMESPACES.get(next(iter(classes)))
+        if xp is not None:
+            return xp
     for name, a in present.items():
         if not array_api_compat.is_array_api_obj(a) or isinstance(a, (bool, int, float, complex)):
             msg = (
@@ -76,7 +81,10 @@ def namespace(arrays: dict):
         (ka, na), (kb, nb) = list(kinds.items())[:2]
         msg = f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
         raise TypeError(msg)
-    return array_api_compat.array_namespace(*present.values())
+    xp = array_api_compat.array_namespace(*present.values())
+    if len(classes) == 1:
+        _NAMESPACES[next(iter(classes))] = xp
+    return xp
 
 
 def reduction(value, rules: Rules = CORE) -> str:
