@@ -210,10 +210,8 @@ def torch_backward(call, grad, needs):
     if fused:
         wrt = tuple(i for i in (0, 1) if needs[i])
         _, grads = _engine.loss_and_grad(twin, wrt, seed=seed)
-        by_position = dict(zip(wrt, grads, strict=True))
-        return tuple(
-            None if g is None else _tensor(g) for g in (*map(by_position.get, (0, 1)), None, None)
-        )
+        by_position = dict(zip(wrt, map(_tensor, grads), strict=True))
+        return by_position.get(0), by_position.get(1), None, None
     on = call if twin is None else twin
     seed = grad if twin is None else grad.numpy()
     with _engine._quiet(on.xp):

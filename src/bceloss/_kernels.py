@@ -807,12 +807,12 @@ def _denominator(call, pl: Plan):
 def _total(call, sums, denominator) -> np.ndarray:
     total = np.float64(_summation.combine(sums))
     if call.reduction == "sum" or (type(denominator) is int and denominator > 0):
-        total = total if call.reduction == "sum" else total / denominator
-        if abs(total) <= _LARGEST.get(call.dtype, 0.0):  # the usual case: nothing to warn of
-            return np.asarray(total, dtype=call.dtype)
+        value = total if call.reduction == "sum" else total / denominator
+        if abs(value) <= _LARGEST.get(call.dtype, 0.0):  # the usual case: nothing to warn of
+            return np.asarray(value, dtype=call.dtype)
     with np.errstate(all="ignore"):  # nothing kept: NaN; a float16 sum may overflow to inf
         if call.reduction != "sum":
-            total = np.float64(_summation.combine(sums)) / np.float64(denominator)
+            total = total / np.float64(denominator)
         return np.asarray(total).astype(call.dtype)
 
 
