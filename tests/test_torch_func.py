@@ -241,7 +241,7 @@ def test_the_kernel_runs_for_backward_but_not_under_vmap(monkeypatch):
     x, y, w, p, _ = _case(LARGE, seed=13)
     x.requires_grad_()
     BCEL(x, y, w, pos_weight=p).backward()
-    assert ran == ["torch_loss", "torch_gradients"]
+    assert ran == ["torch_gradients"]  # one pass: the forward computes the gradient too
     ran.clear()
     per_sample = vmap(grad(_logits(bceloss)), in_dims=(0, 0, 0, None))(x.detach(), y, w, p)
     assert not any(ran)
