@@ -307,6 +307,68 @@ def test_probabilities_kernel_matches_formula(dtype):
         _assert_close(g, h, dtype, scale)
 
 
+@njit
+def _encoded(values, dst):
+    for i in range(values.size):
+        dst[i] = _kernels.encode(values[i], dst)
+
+
+def _round_to_bits(v, bits):
+    """float64 v (finite, normal in the target format) rounded to `bits` significant bits, to
+    nearest even, computed exactly: the reference for float16 (11) and bfloat16 (8)."""
+    m, e = np.frexp(v)
+    return np.ldexp(np.rint(m * 2.0**bits), e - bits)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "storage", "bits"), [(np.float16, np.uint16, 11), (BF16, np.int16, 8)]
+)
+def test_float64_values_round_once_into_the_half_types(dtype, storage, bits):
+    # A float64 result stored as float16 or bfloat16 (the gradient of a half input under a
+    # float64 target) was rounded by LLVM's __truncdfhf2, which numba does not link: the
+    # process aborted. It goes through a float32 rounded to odd: one rounding, where a plain
+    # float32 would round twice (1 + 2^-11 + 2^-40 is above float16's midpoint 1 + 2^-11,
+    # which float32 rounds it to, and a tie rounds to even: down).
+    rng = np.random.default_rng(12)
+    ulp = 2.0 ** (1 - bits)
+    traps = [1 + ulp / 2 + 2.0**-40, 1 + ulp / 2 - 2.0**-40, 1 + 1.5 * ulp + 2.0**-40,
+             3 + 2 * ulp * 0.75 - 2.0**-45, 1 + ulp / 2, 1 + 1.5 * ulp]  # fmt: skip
+    top = 60000.0 if dtype == np.float16 else 1e38
+    wide = np.exp(rng.uniform(np.log(1e-4), np.log(top), 4000)) * rng.choice([-1, 1], 4000)
+    normal = np.concatenate([traps, np.negative(traps), wide, rng.uniform(-4, 4, 4000)])
+    got = np.empty(normal.size, storage)
+    _encoded(normal, got)
+    want = _round_to_bits(normal, bits).astype(dtype)  # exact: already representable
+    assert got.tobytes() == want.view(storage).tobytes()
+    assert _round_to_bits(np.float64(traps[0]), bits) != _round_to_bits(
+        np.float64(np.float32(traps[0])), bits
+    )  # the trap is one: rounding through a plain float32 gives the other neighbour
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1e300, -1e300, 1e-300, np.nan])
+    got = np.empty(special.size, storage)
+    _encoded(special, got)
+    with np.errstate(over="ignore"):  # 1e300 is inf in float32 already
+        want = special.astype(np.float32).astype(dtype)  # exact or far from every midpoint
+    np.testing.assert_array_equal(got.view(dtype).astype(np.float32), want.astype(np.float32))
+    assert np.signbit(got.view(dtype)).tolist() == np.signbit(want).tolist()
+
+
+def test_a_half_input_with_a_float64_target_runs_in_the_kernel():
+    # the loss is float64 and the input's gradient float16: the case that aborted
+    rng = np.random.default_rng(13)
+    x = rng.normal(0, 4, SHAPE).astype(np.float16)
+    y = rng.random(SHAPE)
+    for reduction in ("none", "mean"):
+        got, want = _both(BCEL, x, y, reduction=reduction)
+        assert got.dtype == np.float64
+        _assert_close(got, want, np.float64)
+    fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, reduction="sum")
+    slow = _engine.loss_and_grad(BCEL.__bceloss_bind__(x, y, reduction="sum"), (0, 1), fast=False)
+    assert fast[1][0].dtype == np.float16
+    scales = _logits_grad_scales(x, y, None, None)
+    for g, h, scale, dtype in zip(fast[1], slow[1], scales, (np.float16, np.float64), strict=True):
+        _assert_close(g, h, dtype, scale)
+
+
 def test_integer_target_and_ignore_label_match_formula():
     from bceloss.compat import paddle
 
@@ -344,7 +406,7 @@ def test_every_numpy_layout_runs_in_the_kernel():
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_fused_results_equal_a_stream_of_blocks_to_the_last_bit(dtype):
     # the fused kernel's block sums are `_summation.block_sums` of its elementwise loss, and its
-    # gradient is the elementwise one divided by n: a stream adding up `elementwise_loss`
+    # gradient is the elementwise one divided by n: a stream adding up `elementwise`'s loss
     # chunk by chunk (whole blocks) gets the library's bits
     rng = np.random.default_rng(16)
     n = 3 * _summation.BLOCK + 1234
@@ -358,7 +420,7 @@ def test_fused_results_equal_a_stream_of_blocks_to_the_last_bit(dtype):
         sums = []
         for start in range(0, n, 2 * _summation.BLOCK):  # chunks of two blocks
             part = _call(True, x[start : start + 2 * _summation.BLOCK], y[start:][:16384], None, p)
-            sums.append(_summation.block_sums(_engine.elementwise_loss(part, whole_size=n)))
+            sums.append(_summation.block_sums(_engine.elementwise(part, whole_size=n)[0]))
         streamed = _summation.combine(np.concatenate(sums))
         streamed = streamed / n if reduction == "mean" else streamed
         with np.errstate(over="ignore"):  # a float16 sum may round to inf
@@ -644,10 +706,10 @@ def test_a_streamed_piece_takes_the_path_of_its_whole_array(n):
     x = rng.normal(0, 6, n).astype(np.float32)
     y = rng.random(n).astype(np.float32)
     piece = _call(True, x[:500], y[:500], reduction="sum")
-    formula = _engine.elementwise_loss(piece, whole_size=_engine.KERNEL_MIN_SIZE - 1)
-    fused = _engine.elementwise_loss(piece, whole_size=_engine.KERNEL_MIN_SIZE)
+    formula = _engine.elementwise(piece, whole_size=_engine.KERNEL_MIN_SIZE - 1)[0]
+    fused = _engine.elementwise(piece, whole_size=_engine.KERNEL_MIN_SIZE)[0]
     assert formula.tobytes() != fused.tobytes()  # the two paths do differ in the last bits
-    streamed = _engine.elementwise_loss(_call(True, x, y, reduction="sum"), whole_size=n)
+    streamed = _engine.elementwise(_call(True, x, y, reduction="sum"), whole_size=n)[0]
     whole = _engine.evaluate(_call(True, x, y, reduction="sum"))
     assert np.float32(_summation.total(streamed)).tobytes() == whole.tobytes()
 

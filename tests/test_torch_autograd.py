@@ -237,30 +237,41 @@ def test_backward_scales_by_any_output_gradient(n, seed):
 
 @pytest.mark.parametrize("n", [300, 6000])  # below and above the NumPy kernel's threshold
 def test_cpu_forward_computes_the_gradient_for_one_backward(n):
-    # a recorded CPU forward computes d/dx and d/dy in the loss's pass; backward() returns
-    # them (NumPy's bits for an output gradient of 1), a retained graph's second backward
-    # computes them again, and an argument modified in place still raises as in PyTorch
+    # a recorded CPU forward computes d/dx in the loss's pass; backward() returns it (NumPy's
+    # bits for an output gradient of 1), a retained graph's second backward computes it
+    # again, reduction='none' scales it elementwise, and an argument modified in place still
+    # raises as in PyTorch. The loss's bits do not depend on what requires grad.
     rng = np.random.default_rng(n)
     x = rng.normal(0, 3, (n // 100, 100)).astype(np.float32)
     y = rng.random(x.shape).astype(np.float32)
     w = rng.random(100).astype(np.float32) + 0.5
-    X, Y = torch.from_numpy(x.copy()).requires_grad_(), torch.from_numpy(y).requires_grad_()
-    want_value, (want_gx, want_gy) = bceloss.value_and_grad(BCEL, (0, 1))(x, y, w, "sum")
-    loss = BCEL(X, Y, torch.from_numpy(w), "sum")
+    X, Y, W = (torch.from_numpy(a.copy()) for a in (x, y, w))
+    X.requires_grad_()
+    want_value, want_gx = bceloss.value_and_grad(BCEL)(x, y, w, "sum")
+    loss = BCEL(X, Y, W, "sum")
     assert loss.detach().numpy().tobytes() == want_value.tobytes()
     loss.backward(retain_graph=True)
     assert X.grad.numpy().tobytes() == want_gx.tobytes()
-    assert Y.grad.numpy().tobytes() == want_gy.tobytes()
     first = X.grad.clone()
-    loss.backward()  # the graph was retained: the gradients are computed again
+    loss.backward()  # the graph was retained: the gradient is computed again
     torch.testing.assert_close(X.grad, 2 * first, rtol=2e-7, atol=0)
-    # against PyTorch's own, scaled by an output gradient of 2.5
-    (gx,) = torch.autograd.grad(2.5 * BCEL(X, Y, reduction="mean"), X)
-    Xd = X.detach().double().requires_grad_()
-    (own,) = torch.autograd.grad(
-        2.5 * torch.nn.functional.binary_cross_entropy_with_logits(Xd, Y.detach().double()), Xd
-    )
-    torch.testing.assert_close(gx.double(), own, rtol=2e-6, atol=2.5 / n * 2e-7)
+    for target in (Y, Y.clone().requires_grad_()):  # the target's gradient: another path
+        for reduction in ("mean", "none"):
+            assert BCEL(X, target, W, reduction).detach().numpy().tobytes() == (
+                BCEL(x, y, w, reduction).tobytes()
+            )
+    # against PyTorch's own: scaled by an output gradient of 2.5, and elementwise
+    m = torch.rand(X.shape, generator=torch.Generator().manual_seed(n))
+    Xd, Yd = X.detach().double().requires_grad_(), Y.double()
+    own = torch.nn.functional.binary_cross_entropy_with_logits
+    for reduction, seed in (
+        ("mean", lambda l: 2.5 * l),
+        ("none", lambda l: 2.5 * l.mean()),
+        ("none", lambda l: (l * m).sum()),
+    ):
+        (gx,) = torch.autograd.grad(seed(BCEL(X, Y, reduction=reduction)), X)
+        (want,) = torch.autograd.grad(seed(own(Xd, Yd, reduction=reduction)), Xd)
+        torch.testing.assert_close(gx.double(), want, rtol=2e-6, atol=2e-7)
     loss = BCEL(X, Y)
     with torch.no_grad():
         X.add_(1.0)

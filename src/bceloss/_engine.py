@@ -300,9 +300,11 @@ def evaluate(call: LossCall, *, fast: bool = True):
         return _reduce(call, l)
 
 
-def elementwise_loss(call: LossCall, *, whole_size: int):
-    """The elementwise loss of a validated call in the computation dtype, before any rounding
-    to the result's dtype: what `_reduce` adds up. Streams add it up block by block.
+def elementwise(call: LossCall, *, whole_size: int, **wanted):
+    """(loss, d/dx, d/dy) elementwise for a validated NumPy call, in the computation dtype
+    before any rounding to the result's dtype (None where not `wanted`: `loss`, `grad_input`,
+    `grad_target`, as `_elementwise`): the loss is what `_reduce` adds up. Streams add it up
+    block by block; a recorded PyTorch forward with reduction='none' keeps the gradients.
 
     `call` is a piece of an array of `whole_size` elements: the piece takes the path (fused
     kernel or formula) the whole array would take, so a stream adds up to the last bit what
@@ -311,9 +313,9 @@ def elementwise_loss(call: LossCall, *, whole_size: int):
     if plan is not None:
         from bceloss import _kernels
 
-        return _kernels.elementwise(call, plan)[0]
+        return _kernels.elementwise(call, plan, **wanted)
     with _quiet(call.xp):
-        return _elementwise(call)[0]
+        return _elementwise(call, **wanted)
 
 
 def loss_and_grad(

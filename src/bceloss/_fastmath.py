@@ -136,14 +136,34 @@ def half_to_float32(typingctx, bits):
 
 @intrinsic
 def float_to_half(typingctx, value):
-    """The bit pattern (uint16) of a float32 or float64 rounded to float16 (to nearest even)."""
-    if value not in (types.float32, types.float64):
+    """The bit pattern (uint16) of a float32 rounded to float16 (to nearest even): one
+    instruction with F16C. (From float64 LLVM calls __truncdfhf2, which numba's JIT does not
+    link: the process aborts. `float32_round_to_odd` comes first there.)"""
+    if value != types.float32:
         return None
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
 
     return types.uint16(value), codegen
+
+
+@njit(cache=True)
+def float32_round_to_odd(value):
+    """float64 `value` as a float32 rounded to odd: truncated toward zero, its last bit set
+    when that was inexact. Rounding the result to a format of at most 22 significant bits
+    (float16: 11, bfloat16: 8) to nearest even rounds `value` itself correctly: no double
+    rounding (Boldo and Melquiond, "Emulation of FMA and correctly rounded sums: proved
+    algorithms using rounding to odd", 2008). Overflow keeps the largest float32, odd, which
+    rounds to inf."""
+    f = np.float32(value)
+    back = np.float64(f)
+    if back == value or np.isnan(value):
+        return f
+    bits = to_bits(f)
+    if abs(back) > abs(value):  # rounded away from zero: one step back (sign and magnitude)
+        bits = np.int32(bits - 1)  # (numba widens int32 arithmetic to int64)
+    return from_bits(np.int32(bits | 1))
 
 
 @njit(cache=True)

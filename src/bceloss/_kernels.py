@@ -47,6 +47,7 @@ from bceloss._fastmath import (
     bfloat16_to_float32,
     constants,
     exp_neg,
+    float32_round_to_odd,
     float32_to_bfloat16,
     float_to_half,
     half_to_float32,
@@ -114,10 +115,12 @@ def encode(value, dst):
 
 @overload(encode)
 def _encode(value, dst):
+    # float64 reaches the half types through a float32 rounded to odd: rounded once
+    narrow = float32_round_to_odd if value == types.float64 else np.float32
     if dst.dtype == types.uint16:
-        return lambda value, dst: float_to_half(value)
+        return lambda value, dst: float_to_half(narrow(value))
     if dst.dtype == types.int16:
-        return lambda value, dst: float32_to_bfloat16(np.float32(value))
+        return lambda value, dst: float32_to_bfloat16(narrow(value))
     conv = {types.float32: np.float32, types.float64: np.float64}.get(dst.dtype)
     return None if conv is None else (lambda value, dst: conv(value))
 

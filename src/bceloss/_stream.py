@@ -213,7 +213,7 @@ def evaluate_rows(
             hint = "; --dtype converts what the files hold" if isinstance(e, TypeError) else ""
             msg = f"{e}{where}{hint}"
             raise InputError(msg) from None
-        loss = _engine.elementwise_loss(call, whole_size=job.rows * job.width)
+        loss = _engine.elementwise(call, whole_size=job.rows * job.width)[0]
         sums.append(_summation.block_sums(loss))
         if job.per_label:
             columns = loss.reshape(len(x), -1)
