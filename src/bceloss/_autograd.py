@@ -173,13 +173,12 @@ def torch_forward(call, eager=None):
 
 def _eager(call) -> bool:
     """Whether a recorded CPU forward computes the input's gradient in its own pass: the
-    input requires grad and no other argument does (their gradients take passes of their
-    own, and the target's would move the loss by an ulp: the kernel's loss then fuses its
-    multiply-adds differently), outside forward-mode AD (a tangent of the input must reach
-    the backward's result: inside a Function's forward the tensors show none), the input of
-    the loss's shape under reduction='none' (a broadcast one sums its gradient back). A
-    forward whose backward never runs pays for it: about what forward and backward cost
-    together."""
+    input requires grad and no other argument does (the usual case; the others' gradients
+    are computed in the backward), outside forward-mode AD (a tangent of the input must
+    reach the backward's result: inside a Function's forward the tensors show none), the
+    input of the loss's shape under reduction='none' (a broadcast one sums its gradient
+    back). A forward whose backward never runs pays for it: about what forward and backward
+    cost together."""
     others = (call.target, call.weight, call.pos_weight)
     return (
         call.input.requires_grad

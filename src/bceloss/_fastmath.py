@@ -492,6 +492,37 @@ def _log1p_unit(e):
     return None
 
 
+def plus_log1p_unit(t, e):
+    """t + log1p(e) for e in [0, 1]: `log1p_unit`'s last product fused into the add, always.
+    (Left to LLVM, it fuses them where nothing else uses log1p(e) and not where the target's
+    gradient does: the loss would then depend, by an ulp, on the gradients asked for.)"""
+
+
+@overload(plus_log1p_unit, jit_options={"fastmath": FLAGS, "error_model": "numpy"})
+def _plus_log1p_unit(t, e):
+    if e == types.float32 and t == e:
+        return lambda t, e: mul_add(e, horner(e, _LOG1P_UNIT_F32), t)
+    if e == types.float64 and t == e:
+        return lambda t, e: t + log1p_small(e)
+    return None
+
+
+@intrinsic
+def mul_add(typingctx, a, b, c):
+    """a b + c (floats of one type) as llvm.fmuladd: one fused instruction wherever the CPU
+    has FMA, a multiply and an add elsewhere, the same in every loop it is compiled into."""
+    if a not in (types.float32, types.float64) or b != a or c != a:
+        return None
+
+    def codegen(context, builder, signature, args):
+        t = context.get_value_type(signature.return_type)
+        fnty = ir.FunctionType(t, [t, t, t])
+        fn = builder.module.declare_intrinsic("llvm.fmuladd", [t], fnty)
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
+
+
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
 def times(a, b, c):
     """a b for b >= 0 (not NaN), reading 0 * inf as 0: a limit as a logit goes to +-inf

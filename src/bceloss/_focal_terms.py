@@ -24,6 +24,7 @@ from bceloss._fastmath import (
     log1p_small,
     log1p_unit,
     log_parts,
+    plus_log1p_unit,
     scaling,
     times,
     to_bits,
@@ -143,7 +144,7 @@ def focal_terms(x, y, w, alpha, gamma):
     # max(-x, 0) + log1p(exp(-|x|)) makes (1 - y) max(x, 0) + y max(-x, 0) + log1p(exp(-|x|))
     # a sum of terms >= 0; d ce / d x = (1 - y) sigmoid(x) - y sigmoid(-x), as
     # 1 - sigmoid(x) = sigmoid(-x).
-    ce = times(q, relu_pos, c) + times(y, relu_neg, c) + log1p_e
+    ce = plus_log1p_unit(times(q, relu_pos, c) + times(y, relu_neg, c), e)
     inv = c.one / (c.one + e)
     er = e * inv
     sig_pos = inv if nonneg else er  # sigmoid(x)

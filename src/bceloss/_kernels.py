@@ -54,6 +54,7 @@ from bceloss._fastmath import (
     log,
     log1p_neg,
     log1p_unit,
+    plus_log1p_unit,
     times,
     weighted,
 )
@@ -189,8 +190,11 @@ def logits_terms(x, y, w, p, has_p, ignore, smooth=None):
     # (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y, one of
     # the first two terms 0: softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) makes every term
     # >= 0 for y in [0, 1].
-    lw = q + py if has_p else c.one
-    loss = times(q if nonneg else py, abs(x), c) + lw * log1p_e
+    relu_part = times(q if nonneg else py, abs(x), c)
+    if has_p:
+        loss = relu_part + (q + py) * log1p_e
+    else:  # lw = 1
+        loss = plus_log1p_unit(relu_part, e)
     # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x) (1 - sigmoid(x) = sigmoid(-x))
     r = c.one / (c.one + e)
     er = e * r
