@@ -194,12 +194,18 @@ def _scaled_eager(gx, grad, dtype):
     `dtype`, or `gx` itself when `grad` is a plain scalar 1 (autograd then takes it as the
     .grad, no copy). reduction='none''s gradient is elementwise, in the computation dtype:
     multiplied in it, then rounded once, as `torch_backward` does."""
-    import torch
-
-    batched = "Batched" in str(torch._C._dispatch_keys(grad))
-    if grad.ndim == 0 and not (batched or _transformed(grad)) and float(grad) == 1.0:
+    if grad.ndim == 0 and not (_batched(grad) or _transformed(grad)) and float(grad) == 1.0:
         return gx
     return (gx * grad).to(dtype)
+
+
+def _batched(grad) -> bool:
+    """Whether `grad` is a tensor of PyTorch's older vmap (gradcheck's batched checks run the
+    backward under it): a "Batched" dispatch key; NumPy cannot view it, float() cannot read
+    it."""
+    import torch
+
+    return "Batched" in str(torch._C._dispatch_keys(grad))
 
 
 def torch_loss_and_grad(call, wrt, *, out=None, seed=1.0):
@@ -240,10 +246,9 @@ def torch_backward(call, grad, needs):
     # gradient: a finite, nonzero one); NumPy's formula does the rest. Elsewhere the formula
     # runs in torch ops, which autograd differentiates again.
     twin = None
-    # (gradcheck's batched checks run the backward under PyTorch's older vmap: its grad is
-    # a "Batched" tensor, which NumPy cannot view either)
-    batched = "Batched" in str(torch._C._dispatch_keys(grad))
-    if not (torch.is_grad_enabled() or batched or _transformed(*_arrays(call, _TENSORS), grad)):
+    if not (
+        torch.is_grad_enabled() or _batched(grad) or _transformed(*_arrays(call, _TENSORS), grad)
+    ):
         twin = _engine.numpy_twin(call)
     seed = float(grad) if twin is not None and grad.ndim == 0 else math.nan
     fused = (

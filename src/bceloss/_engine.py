@@ -261,7 +261,7 @@ def numpy_twin(call: LossCall):
     ):
         return None
     arrays = {}
-    for name in ("input", "target", "weight", "pos_weight", "where"):
+    for name in _autograd._TENSORS:
         a = getattr(call, name)
         if a is not None and _dtypes.dtype_name(a.dtype) == "bfloat16":
             return None
