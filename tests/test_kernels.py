@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
+import subprocess
+import sys
 
 import ml_dtypes
 import numba
@@ -18,7 +21,7 @@ import samples
 from numba import njit
 
 import bceloss
-from bceloss import _engine, _fastmath, _kernels, _summation, _validation
+from bceloss import _engine, _fastmath, _helpers, _kernels, _summation, _validation
 
 BF16 = ml_dtypes.bfloat16
 BCE = bceloss.binary_cross_entropy
@@ -535,59 +538,133 @@ def test_sums_do_not_depend_on_the_thread_count():
         assert grad.tobytes() == results[0][1].tobytes()
 
 
+def _spy_on_teams(monkeypatch):
+    """Record (chunks, helpers asked for) of each kernel run."""
+    seen, submit, kernel = [], _helpers.submit, _kernels._kernel
+
+    def submitting(count, fn, args):
+        seen.append(("submit", count))
+        return submit(count, fn, args)
+
+    def running(*args):
+        seen.append(("kernel", args[-1]))
+        return kernel(*args)
+
+    monkeypatch.setattr(_helpers, "submit", submitting)
+    monkeypatch.setattr(_kernels, "_kernel", running)
+    return seen
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked):
-    # up to SERIAL_SIZE elements (or with numba set to one thread) the serial kernel runs,
-    # with no OpenMP team; above it the parallel kernel on the caller's numba setting, at most
-    # a thread a block. The mask's block count runs on a team of one thread for small calls,
-    # and numba's setting is restored, also when the kernel raises.
-    seen = []
-
-    def spy(name, fn):
-        def wrapper(*args):
-            team = args[-1] if name == "_kernel" else None
-            seen.append((name, numba.get_num_threads(), team))
-            return fn(*args)
-
-        return wrapper
-
-    for name in ("_kernel", "_serial_kernel", "_kept_blocks"):
-        monkeypatch.setattr(_kernels, name, spy(name, getattr(_kernels, name)))
+    # up to SERIAL_SIZE elements (or with numba set to one thread) the caller computes every
+    # block as one chunk and no helper is asked; above, numba's setting for the calling
+    # thread sizes the team, at most a thread a block, with CHUNKS_PER_THREAD chunks a thread
+    seen = _spy_on_teams(monkeypatch)
     rng = np.random.default_rng(13)
     small = _kernels.SERIAL_SIZE
     before = numba.get_num_threads()
     try:
         for caller in sorted({1, before}):
             numba.set_num_threads(caller)
-            for n in (small, small + 1, 5 * _summation.BLOCK):
+            for n in (small, small + 1, 40 * _summation.BLOCK):
                 x, y = rng.normal(0, 3, n), rng.random(n)
                 where = np.ones(n, bool) if masked else None
                 seen.clear()
                 value, _ = bceloss.value_and_grad(BCEL)(x, y, where=where)
-                team = 1 if n <= small else caller
                 blocks = -(-n // _summation.BLOCK)
-                kernels = [s for s in seen if s[0] != "_kept_blocks"]
-                if team == 1:  # loss and gradient, one pass
-                    assert kernels == [("_serial_kernel", caller, None)]
-                else:
-                    assert kernels == [("_kernel", caller, min(team, blocks))]
-                counts = [s for s in seen if s[0] == "_kept_blocks"]
-                assert counts == ([("_kept_blocks", team, None)] if masked else [])
-                assert numba.get_num_threads() == caller
+                team = 1 if n <= small else min(caller, blocks)
+                chunks = 1 if team == 1 else min(_kernels.CHUNKS_PER_THREAD * team, blocks)
+                helpers = [("submit", team - 1)] if team > 1 else []
+                assert seen == [*helpers, ("kernel", chunks)]  # loss and gradient, one pass
                 expected = np.mean(np.logaddexp(0, x) - x * y)  # NumPy's, in float64
                 assert abs(float(value) - expected) <= 1e-12 * expected
-
-            def failing(*args):
-                msg = "kernel failed"
-                raise RuntimeError(msg)
-
-            with monkeypatch.context() as m:
-                m.setattr(_kernels, "_serial_kernel", failing)
-                with pytest.raises(RuntimeError, match="kernel failed"):
-                    BCEL(rng.normal(0, 3, small), rng.random(small), where=np.ones(small, bool))
-            assert numba.get_num_threads() == caller
     finally:
         numba.set_num_threads(before)
+
+
+def _parallel_case():
+    rng = np.random.default_rng(14)
+    n = 3 * _kernels.SERIAL_SIZE + 5
+    x = rng.normal(0, 3, n).astype(np.float32)
+    return x, rng.random(n).astype(np.float32), rng.random(n) < 0.9
+
+
+@pytest.mark.parametrize("helper", ["never starts", "starts after the call", "does it all"])
+def test_a_call_does_not_wait_for_helpers_that_take_no_chunk(monkeypatch, helper):
+    # The caller takes chunks until none is left and waits only for those a helper took:
+    # a helper that the system holds up costs the call nothing (OpenMP's join waited for
+    # it), and one that comes late finds nothing left to do and writes nothing.
+    x, y, where = _parallel_case()
+    step = bceloss.value_and_grad(BCEL)
+    want = [step(x, y, where=where), step(x, y, reduction="sum")]
+    late = []
+
+    def submit(count, fn, args):
+        assert count == 1  # (this test asks numba for two threads)
+        if helper == "does it all":
+            fn(*args)  # every chunk is taken before the caller starts
+        else:
+            late.append((fn, args))
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    monkeypatch.setattr(_helpers, "submit", submit)
+    try:
+        got = [step(x, y, where=where), step(x, y, reduction="sum")]
+    finally:
+        numba.set_num_threads(before)
+    if helper == "starts after the call":
+        written = [g.copy() for _, g in got]
+        for fn, args in late:
+            fn(*args)
+        counters = late[0][1][-2]
+        assert counters[_kernels.DONE] == late[0][1][-1]  # no chunk done twice
+        assert all(g.tobytes() == w.tobytes() for (_, g), w in zip(got, written, strict=True))
+    assert [len(late)] == [0 if helper == "does it all" else 2]
+    for (value, grad), (value0, grad0) in zip(got, want, strict=True):
+        assert value.tobytes() == value0.tobytes()
+        assert grad.tobytes() == grad0.tobytes()
+
+
+def test_finished_waits_for_chunks_taken_and_not_done():
+    counters = np.zeros(2, np.int64)
+    counters[_kernels.TAKEN], counters[_kernels.DONE] = 4, 3
+    assert not _kernels.finished(counters, 4)  # a helper is still in its chunk
+    counters[_kernels.DONE] = 4
+    assert _kernels.finished(counters, 4)
+
+
+FORKED = """
+import multiprocessing, sys, warnings
+import numpy as np, bceloss
+warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
+x = np.random.default_rng(0).normal(0, 3, {n}).astype(np.float32)
+y = (x > 0.5).astype(np.float32)
+parent = bceloss.binary_cross_entropy_with_logits(x, y).tobytes()
+def child(queue):
+    queue.put(bceloss.binary_cross_entropy_with_logits(x, y).tobytes())
+queue = multiprocessing.get_context("fork").SimpleQueue()
+process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+process.start()
+process.join(120)
+assert process.exitcode == 0, process.exitcode
+assert queue.get() == parent
+"""
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform"
+)
+def test_a_process_forked_after_a_parallel_call_computes_in_parallel_too():
+    # (a PyTorch DataLoader's workers, a multiprocessing pool.) numba's OpenMP layer
+    # terminated such a child on its first parallel call; the helpers are started anew.
+    n = 4 * _kernels.SERIAL_SIZE
+    script = FORKED.format(n=n)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_float32_mean_accumulates_exactly():

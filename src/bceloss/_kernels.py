@@ -1,4 +1,5 @@
-"""Fused single-pass kernels for the BCE family on NumPy arrays, on every core (numba).
+"""Fused single-pass kernels for the BCE family on NumPy arrays, on every core (numba; the
+threads are `_helpers`').
 
 One pass over memory computes the elementwise loss and, for `value_and_grad`, both
 gradients, with weight and pos_weight read in place (the usual layouts are never
@@ -28,20 +29,19 @@ views (`_engine.numpy_twin`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
+import os
 from collections import namedtuple
 from dataclasses import dataclass
 
 import array_api_compat
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core.extending import intrinsic, overload
 
-from bceloss import _dtypes, _formulas, _summation
+from bceloss import _dtypes, _formulas, _helpers, _summation
 from bceloss._fastmath import (
     FLAGS,
     bfloat16_to_float32,
@@ -63,12 +63,12 @@ from bceloss._focal_terms import focal_terms
 BLOCK = _summation.BLOCK
 LANES = _summation.LANES
 CHUNKS_PER_THREAD = 8
-# Calls of at most this many elements run on a team of one thread: starting and joining
-# the other threads costs about what they save there, and far more where other processes
-# keep the cores busy (OpenMP's threads spin as they wait; see the README).
-SERIAL_SIZE = 2 * BLOCK
+# Calls of at most this many elements run on the calling thread alone: waking a helper
+# thread (and handing the GIL to it and back) costs about what it saves there.
+SERIAL_SIZE = 12 * BLOCK
 PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
 ROWS = PIECE // LANES
+GROUP = 256  # mask elements `_kept_blocks` counts at a time as it looks for a block's start
 # A weight that repeats with a short period is tiled to at least this many elements, so the
 # inner loop runs over long stretches.
 MIN_PERIOD = 1024
@@ -441,59 +441,62 @@ def _flush(dst, start, buf, count):
 
 
 @intrinsic
-def next_chunk(typingctx, taken):
-    """taken[0] += 1 atomically (int64): the value before, a chunk for the calling thread."""
-    if not (isinstance(taken, types.Array) and taken.dtype == types.int64):
+def fetch_add(typingctx, counters, index, value):
+    """counters[index] += value atomically (int64 array), with acquire and release ordering:
+    the value before. What a thread wrote before adding is seen by one that reads after."""
+    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
         return None
 
     def codegen(context, builder, signature, args):
-        counter = context.make_array(signature.args[0])(context, builder, args[0])
-        one = ir.Constant(ir.IntType(64), 1)
-        return builder.atomic_rmw("add", counter.data, one, "monotonic")
+        counters, index, value = args
+        array = context.make_array(signature.args[0])(context, builder, counters)
+        slot = builder.gep(array.data, [index])
+        return builder.atomic_rmw("add", slot, value, "acq_rel")
 
-    return types.int64(taken), codegen
+    return types.int64(counters, types.intp, types.int64), codegen
 
 
-@njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
+TAKEN, DONE = 0, 1  # the counters of a call: chunks taken, chunks finished
+SPINS = 1 << 14  # counter reads (about 10 ns each) before `finished` hands back to Python
+
+
+@njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
 def _kernel(
     logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, proto, threads,
+    starts, proto, counters, chunks,
 ):  # fmt: skip
     # Block b covers the elements starts[b] .. starts[b + 1]: BLOCK of them, or BLOCK kept ones
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
     # 'weighted_mean'. out, gx, gy: the elementwise loss and gradients (0 where not kept),
     # the gradients divided by `divisor`. Zero-size outputs are not computed.
-    # The blocks go in CHUNKS_PER_THREAD chunks a thread, each thread taking the next chunk
-    # as it comes free: a thread the system holds up (a shared machine) delays a chunk or
-    # two, not its whole share. (numba's OpenMP and workqueue layers split a prange evenly
-    # up front, whatever its chunk size.)
-    chunks = min(CHUNKS_PER_THREAD * threads, starts.size - 1)
-    taken = np.zeros(1, np.int64)
-    for _ in prange(threads):
-        _share(
-            logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd,
-            wsums, starts, proto, taken, chunks,
-        )  # fmt: skip
-
-
-@njit(cache=True, fastmath=FLAGS, error_model="numpy")
-def _serial_kernel(
-    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, proto,
-):  # fmt: skip
-    # `_kernel` on the calling thread alone: no OpenMP team to start, wake or join
+    # The blocks go in `chunks` chunks: the calling thread and the helpers (`_helpers`) each
+    # take the next chunk as they come free, counted in `counters`. Without the GIL, so that
+    # the helpers run beside it. True when every chunk is finished (see `finished`).
     _share(
         logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-        starts, proto, np.zeros(1, np.int64), 1,
+        starts, proto, counters, chunks,
     )  # fmt: skip
+    return finished(counters, chunks)
 
 
-@njit(cache=True, fastmath=FLAGS, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
+def finished(counters, chunks):
+    """Whether all `chunks` are finished, waiting (spinning) a little for chunks a helper
+    is still computing: the writes of a finished chunk are visible after True."""
+    spins = 0
+    while fetch_add(counters, DONE, 0) != chunks:
+        spins += 1
+        if spins == SPINS:
+            return False
+    return True
+
+
+@njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
 def _share(
     logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, proto, taken, chunks,
+    starts, proto, counters, chunks,
 ):  # fmt: skip
-    # one thread's part of `_kernel`: chunk after chunk of the blocks, from the counter `taken`
+    # one thread's part of `_kernel`, a helper's whole: chunk after chunk of the blocks
     nblocks = starts.size - 1
     grad = 2 if gy.size else (1 if gx.size else 0)
     # a block is computed in pieces of PIECE elements, whose buffers stay in L1
@@ -502,14 +505,15 @@ def _share(
     hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
     wbuf = np.empty(PIECE if wsums.size else 1)
     lanes, wlanes = np.empty(LANES), np.empty(LANES)
-    chunk = next_chunk(taken)
+    chunk = fetch_add(counters, TAKEN, 1)
     while chunk < chunks:
         _chunk(
             logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd,
             wsums, starts, chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks, grad,
             lbuf, gbuf, hbuf, wbuf, lanes, wlanes,
         )  # fmt: skip
-        chunk = next_chunk(taken)
+        fetch_add(counters, DONE, 1)
+        chunk = fetch_add(counters, TAKEN, 1)
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -570,14 +574,14 @@ def _chunk(
             wsums[b] = _fold(wlanes)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)
 def _kept_blocks(keep):
     """(starts, kept): where each block of BLOCK kept elements begins in the flat mask
     `keep` (uint8), the first at 0 and a last entry n, and how many elements are kept."""
     n = keep.size
     chunks = (n + BLOCK - 1) // BLOCK
     before = np.zeros(chunks + 1, np.int64)  # kept elements before each BLOCK of the input
-    for j in prange(chunks):
+    for j in range(chunks):
         part = keep[j * BLOCK : min(n, (j + 1) * BLOCK)]
         count = 0
         for k in range(part.size):
@@ -589,11 +593,19 @@ def _kept_blocks(keep):
     nblocks = max(1, (kept + BLOCK - 1) // BLOCK)
     starts = np.empty(nblocks + 1, np.int64)
     starts[0], starts[nblocks] = 0, n
-    for b in prange(1, nblocks):
+    for b in range(1, nblocks):
         # the (b BLOCK)-th kept element: in input block j, after `rank` kept ones there
         j = np.searchsorted(before, b * BLOCK, side="right") - 1
         rank = b * BLOCK - before[j]
         k = j * BLOCK
+        while k + GROUP <= n:  # past whole groups holding no more than `rank` kept ones
+            group, count = keep[k : k + GROUP], 0  # (a slice: the count vectorises)
+            for i in range(GROUP):
+                count += group[i]
+            if count > rank:
+                break
+            rank -= count
+            k += GROUP
         while rank or not keep[k]:
             rank -= keep[k]
             k += 1
@@ -688,8 +700,7 @@ def plan(call, min_size: int = 1) -> Plan | None:
         # a broadcast mask is materialised: one byte an element
         keep = np.ascontiguousarray(np.broadcast_to(call.where, call.shape)).reshape(-1)
         keep = keep.view(np.uint8)
-        with _threads_for(n):
-            starts, kept = _kept_blocks(keep)
+        starts, kept = _kept_blocks(keep)
         if kept < min_size:
             return None
     # a strided input is copied (the one temporary the size of the input it costs)
@@ -756,33 +767,21 @@ def _run(
         pl.starts,
         _empty(pl.ct),
     )
-    team = _team(pl.n, pl.starts.size - 1)
-    if team == 1:
-        _serial_kernel(*args)
-    else:
-        _kernel(*args, team)
+    blocks = pl.starts.size - 1
+    team = _team(pl.n, blocks)
+    chunks = 1 if team == 1 else min(CHUNKS_PER_THREAD * team, blocks)
+    work = (*args, np.zeros(2, np.int64), chunks)
+    if team > 1:
+        _helpers.submit(team - 1, _share, work)
+    if not _kernel(*work):
+        while not finished(work[-2], chunks):  # a helper was held up in its last chunk
+            os.sched_yield()
 
 
 def _team(n: int, blocks: int) -> int:
     """How many threads compute a call of n elements in `blocks` blocks: one up to
-    SERIAL_SIZE, else numba's setting for this Python thread, at most one a block."""
+    SERIAL_SIZE, else numba's thread setting for this Python thread, at most one a block."""
     return 1 if n <= SERIAL_SIZE else max(1, min(numba.get_num_threads(), blocks))
-
-
-@contextlib.contextmanager
-def _threads_for(n: int):
-    """numba's thread count set to `_team`'s for a parallel function other than the
-    kernel (the mask's block count), restored on exit (the setting is per Python thread)."""
-    before = numba.get_num_threads()
-    team = _team(n, n)
-    if team == before:
-        yield
-        return
-    numba.set_num_threads(team)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
 
 
 def _bits_out(a: np.ndarray) -> np.ndarray:
