@@ -401,6 +401,22 @@ def test_the_loss_does_not_depend_on_the_gradients_asked_for(dtype):
             assert _kernels.elementwise(call, plan, **wanted)[0].tobytes() == alone.tobytes()
 
 
+def test_a_subnormal_pos_weight_or_target_does_not_underflow_the_loss():
+    # p y |x| (x < 0) is computed as p (y |x|): p y first underflowed for a subnormal p or
+    # y, and |x| scaled the loss's error up (x = -85, y = 0.5, p = 1e-45: 10.9 ulp, found by
+    # hypothesis). The kernel and the array-API formula alike.
+    rng = np.random.default_rng(15)
+    x = -rng.uniform(80, 88, SHAPE).astype(np.float32)
+    y = rng.random(SHAPE).astype(np.float32)
+    p = rng.choice(np.float32([1e-45, 3e-45, 1e-42, 2e-40, 1e-39]), SHAPE)
+    tiny_y = rng.random(SHAPE) < 0.3
+    y[tiny_y], p[tiny_y] = np.float32(1e-44), np.float32(3.0)
+    x.flat[0], y.flat[0], p.flat[0] = -85, 0.5, 1e-45
+    exact = _oracle_at(oracle.logits_terms, x, y, 1.0, p)[0]
+    for got in _both(BCEL, x, y, reduction="none", pos_weight=p):
+        assert (oracle.ulp_error(got.reshape(-1)[PICK], exact, np.float32) <= MAX_ULP).all()
+
+
 def test_integer_target_and_ignore_label_match_formula():
     from bceloss.compat import paddle
 

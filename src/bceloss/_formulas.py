@@ -79,9 +79,13 @@ def logits(
         # softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) turns (1 - y) x + lw softplus(-x) into
         #   (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)),  lw = (1 - y) + p y,
         # a sum of terms >= 0 for y in [0, 1] and p >= 0: nothing cancels. One of the first
-        # two is 0: they are c |x|, c = 1 - y where x >= 0 and p y elsewhere.
+        # two is 0: they are (1 - y) |x| where x >= 0 and p (y |x|) elsewhere (p y first
+        # would underflow for a subnormal p or y, and |x| then scale up the loss).
         body = log1p_e if p is None else (q + py) * log1p_e
-        l = _mul_limit(xp, xp.where(nonneg, q, py), abs_x) + body
+        relu_part = _mul_limit(xp, xp.where(nonneg, q, y), abs_x)
+        if p is not None:
+            relu_part = xp.where(nonneg, relu_part, _mul_limit(xp, p, relu_part))
+        l = relu_part + body
     if grad_input:
         # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x), since
         # 1 - sigmoid(x) = sigmoid(-x): no 1 - sigmoid(x) computed for large x.

@@ -54,6 +54,7 @@ from bceloss._fastmath import (
     log,
     log1p_neg,
     log1p_unit,
+    mul_add,
     plus_log1p_unit,
     times,
     weighted,
@@ -189,10 +190,14 @@ def logits_terms(x, y, w, p, has_p, ignore, smooth=None):
     nonneg = x >= c.zero
     # (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y, one of
     # the first two terms 0: softplus(-x) = max(-x, 0) + log1p(exp(-|x|)) makes every term
-    # >= 0 for y in [0, 1].
-    relu_part = times(q if nonneg else py, abs(x), c)
+    # >= 0 for y in [0, 1]. p (y |x|): p y first would underflow for a subnormal p or y.
+    relu_part = times(q if nonneg else ys, abs(x), c)
     if has_p:
-        loss = relu_part + (q + py) * log1p_e
+        relu_part = relu_part if nonneg else times(p, relu_part, c)
+        # lw = q + p y fused in every loop: LLVM fuses a product into an add only where
+        # nothing else uses it, and p y is used again with the gradient (the loss would
+        # move by an ulp with the gradients computed beside it)
+        loss = relu_part + mul_add(p, ys, q) * log1p_e
     else:  # lw = 1
         loss = plus_log1p_unit(relu_part, e)
     # lw sigmoid(x) - p y = (1 - y) sigmoid(x) - p y sigmoid(-x) (1 - sigmoid(x) = sigmoid(-x))
