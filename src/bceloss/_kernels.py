@@ -371,16 +371,22 @@ def _add_lanes(lanes, buf, count):
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
-def _add_kept(lanes, buf, keep, count, kept):
+def _add_kept(lanes, buf, keep, count, kept, packed):
     # the kept elements of buf, in order, into the lanes from lane `kept` % LANES on: the
     # lanes `_add_lanes` gives buf[keep] (a masked sum is the sum of the kept elements).
-    # Returns the new number kept.
-    width = lanes.size
+    # Returns the new number kept. They are packed into `packed` (float64, PIECE + LANES)
+    # without a branch (each element is written, and overwritten by the next when dropped:
+    # a branch on a random mask costs twice as much), behind kept % LANES zeros, then added
+    # as `_add_lanes` adds: +0.0 leaves a lane as it is (a lane starts at +0.0, so it never
+    # holds -0.0).
+    phase = kept % lanes.size
+    packed[:phase] = 0.0
+    j = phase
     for k in range(count):
-        if keep[k]:
-            lanes[kept % width] += np.float64(buf[k])
-            kept += 1
-    return kept
+        packed[j] = buf[k]
+        j += keep[k]
+    _add_lanes(lanes, packed, j)
+    return kept + j - phase
 
 
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
@@ -510,12 +516,13 @@ def _share(
     hbuf = np.empty(PIECE if grad == 2 else 1, proto.dtype)
     wbuf = np.empty(PIECE if wsums.size else 1)
     lanes, wlanes = np.empty(LANES), np.empty(LANES)
+    packed = np.empty(PIECE + LANES if keep is not None else 1)
     chunk = fetch_add(counters, TAKEN, 1)
     while chunk < chunks:
         _chunk(
             logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd,
             wsums, starts, chunk * nblocks // chunks, (chunk + 1) * nblocks // chunks, grad,
-            lbuf, gbuf, hbuf, wbuf, lanes, wlanes,
+            lbuf, gbuf, hbuf, wbuf, lanes, wlanes, packed,
         )  # fmt: skip
         fetch_add(counters, DONE, 1)
         chunk = fetch_add(counters, TAKEN, 1)
@@ -524,7 +531,7 @@ def _share(
 @njit(fastmath=FLAGS, cache=True, error_model="numpy")
 def _chunk(
     logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
-    starts, first, last, grad, lbuf, gbuf, hbuf, wbuf, lanes, wlanes,
+    starts, first, last, grad, lbuf, gbuf, hbuf, wbuf, lanes, wlanes, packed,
 ):  # fmt: skip
     # blocks first .. last of `_kernel`, with a thread's buffers
     terms = sums.size or out.size or grad
@@ -556,9 +563,9 @@ def _chunk(
             if keep is not None:  # (pruned at compile time without a mask)
                 kw = keep[start:stop]
                 if sums.size:
-                    kept = _add_kept(lanes, ls, kw, count, kept)
+                    kept = _add_kept(lanes, ls, kw, count, kept, packed)
                 if wsums.size:
-                    wkept = _add_kept(wlanes, wbuf, kw, count, wkept)
+                    wkept = _add_kept(wlanes, wbuf, kw, count, wkept, packed)
                 if out.size:
                     _zero_dropped(ls, kw, count, zero)
                 if grad:
