@@ -622,6 +622,7 @@ def test_a_call_does_not_wait_for_helpers_that_take_no_chunk(monkeypatch, helper
             fn(*args)  # every chunk is taken before the caller starts
         else:
             late.append((fn, args))
+        return [args]
 
     before = numba.get_num_threads()
     numba.set_num_threads(2)
@@ -644,7 +645,7 @@ def test_a_call_does_not_wait_for_helpers_that_take_no_chunk(monkeypatch, helper
 
 
 def test_finished_waits_for_chunks_taken_and_not_done():
-    counters = np.zeros(2, np.int64)
+    counters = np.zeros(_kernels.COUNTERS, np.int64)
     counters[_kernels.TAKEN], counters[_kernels.DONE] = 4, 3
     assert not _kernels.finished(counters, 4)  # a helper is still in its chunk
     counters[_kernels.DONE] = 4
@@ -654,18 +655,26 @@ def test_finished_waits_for_chunks_taken_and_not_done():
 FORKED = """
 import multiprocessing, sys, warnings
 import numpy as np, bceloss
+from numba import njit, prange
 warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
 x = np.random.default_rng(0).normal(0, 3, {n}).astype(np.float32)
 y = (x > 0.5).astype(np.float32)
 parent = bceloss.binary_cross_entropy_with_logits(x, y).tobytes()
+@njit(parallel=True)
+def users_own(a):
+    total = 0.0
+    for i in prange(a.size):
+        total += a[i]
+    return total
 def child(queue):
-    queue.put(bceloss.binary_cross_entropy_with_logits(x, y).tobytes())
+    loss = bceloss.binary_cross_entropy_with_logits(x, y).tobytes()
+    queue.put((loss, users_own(np.ones(1000))))
 queue = multiprocessing.get_context("fork").SimpleQueue()
 process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
 process.start()
 process.join(120)
 assert process.exitcode == 0, process.exitcode
-assert queue.get() == parent
+assert queue.get() == (parent, 1000.0)
 """
 
 
@@ -675,6 +684,7 @@ assert queue.get() == parent
 def test_a_process_forked_after_a_parallel_call_computes_in_parallel_too():
     # (a PyTorch DataLoader's workers, a multiprocessing pool.) numba's OpenMP layer
     # terminated such a child on its first parallel call; the helpers are started anew.
+    # bceloss does not start that layer either: the child's own numba parallel code runs.
     n = 4 * _kernels.SERIAL_SIZE
     script = FORKED.format(n=n)
     done = subprocess.run(
@@ -955,6 +965,26 @@ def test_a_mask_in_the_kernel_equals_indexing_bit_for_bit(dtype):
     elementwise = BCEL(x, y, w, "none", p, where=m)
     assert elementwise[m].tobytes() == BCEL(x[m], y[m], w[m], "none", p[m]).tobytes()
     assert (elementwise[~m] == 0).all()
+
+
+def test_a_mask_whose_true_bytes_are_not_1_is_read_as_numpy_reads_it():
+    # NumPy reads any nonzero byte of a bool array as True (a view of other bytes, a mask
+    # from C code): the kernel counted the bytes themselves, and packing the kept elements
+    # then wrote past its buffer (the process aborted)
+    rng = np.random.default_rng(16)
+    n = 3 * _kernels.SERIAL_SIZE + 7
+    x, y = rng.normal(0, 3, n).astype(np.float32), rng.random(n).astype(np.float32)
+    m = rng.random(n) < 0.7
+    odd = (m.view(np.uint8) * rng.integers(1, 255, n, dtype=np.uint8)).view(bool)
+    assert (odd.view(np.uint8) > 1).any()
+    assert np.array_equal(odd, m)  # the same mask to NumPy
+    vg = bceloss.value_and_grad(BCEL)
+    for reduction in ("mean", "sum"):
+        value, grad = vg(x, y, reduction=reduction, where=odd)
+        value0, grad0 = vg(x, y, reduction=reduction, where=m)
+        assert value.tobytes() == value0.tobytes()
+        assert grad.tobytes() == grad0.tobytes()
+        assert BCEL(x, y, reduction=reduction, where=odd).tobytes() == value0.tobytes()
 
 
 def test_masked_sums_do_not_depend_on_the_thread_count():

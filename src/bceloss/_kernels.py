@@ -40,6 +40,7 @@ import numba
 import numpy as np
 from numba import njit, types
 from numba.core.extending import intrinsic, overload
+from numba.np.ufunc import parallel as numba_parallel
 
 from bceloss import _dtypes, _formulas, _helpers, _summation
 from bceloss._fastmath import (
@@ -384,7 +385,7 @@ def _add_kept(lanes, buf, keep, count, kept, packed):
     j = phase
     for k in range(count):
         packed[j] = buf[k]
-        j += keep[k]
+        j += keep[k] != 0  # (a bool array's True may be any byte but 0)
     _add_lanes(lanes, packed, j)
     return kept + j - phase
 
@@ -467,8 +468,24 @@ def fetch_add(typingctx, counters, index, value):
     return types.int64(counters, types.intp, types.int64), codegen
 
 
-TAKEN, DONE = 0, 1  # the counters of a call: chunks taken, chunks finished
-SPINS = 1 << 14  # counter reads (about 10 ns each) before `finished` hands back to Python
+@intrinsic
+def load_acquire(typingctx, counters, index):
+    """counters[index] (int64 array), read with acquire ordering: what the thread that
+    last added to it (`fetch_add`) wrote before is seen after."""
+    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        counters, index = args
+        array = context.make_array(signature.args[0])(context, builder, counters)
+        return builder.load_atomic(builder.gep(array.data, [index]), "acquire", 8)
+
+    return types.int64(counters, types.intp), codegen
+
+
+# The counters of a call, a cache line apart (64 bytes): chunks taken, chunks finished.
+TAKEN, DONE, COUNTERS = 0, 8, 16
+SPINS = 1 << 14  # counter reads before `finished` hands back to Python (to yield the core)
 
 
 @njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
@@ -495,7 +512,7 @@ def finished(counters, chunks):
     """Whether all `chunks` are finished, waiting (spinning) a little for chunks a helper
     is still computing: the writes of a finished chunk are visible after True."""
     spins = 0
-    while fetch_add(counters, DONE, 0) != chunks:
+    while load_acquire(counters, DONE) != chunks:
         spins += 1
         if spins == SPINS:
             return False
@@ -597,7 +614,7 @@ def _kept_blocks(keep):
         part = keep[j * BLOCK : min(n, (j + 1) * BLOCK)]
         count = 0
         for k in range(part.size):
-            count += part[k]
+            count += part[k] != 0  # (a bool array's True may be any byte but 0)
         before[j + 1] = count
     for j in range(chunks):
         before[j + 1] += before[j]
@@ -613,13 +630,13 @@ def _kept_blocks(keep):
         while k + GROUP <= n:  # past whole groups holding no more than `rank` kept ones
             group, count = keep[k : k + GROUP], 0  # (a slice: the count vectorises)
             for i in range(GROUP):
-                count += group[i]
+                count += group[i] != 0
             if count > rank:
                 break
             rank -= count
             k += GROUP
         while rank or not keep[k]:
-            rank -= keep[k]
+            rank -= keep[k] != 0
             k += 1
         starts[b] = k
     return starts, kept
@@ -782,18 +799,38 @@ def _run(
     blocks = pl.starts.size - 1
     team = _team(pl.n, blocks)
     chunks = 1 if team == 1 else min(CHUNKS_PER_THREAD * team, blocks)
-    work = (*args, np.zeros(2, np.int64), chunks)
-    if team > 1:
-        _helpers.submit(team - 1, _share, work)
-    if not _kernel(*work):
-        while not finished(work[-2], chunks):  # a helper was held up in its last chunk
-            os.sched_yield()
+    counters = np.zeros(COUNTERS, np.int64)
+    work = (*args, counters, chunks)
+    if team == 1:
+        _kernel(*work)
+        return
+    box = _helpers.submit(team - 1, _share, work)
+    try:
+        if not _kernel(*work):
+            while not finished(counters, chunks):  # a helper was held up in its last chunk
+                os.sched_yield()
+    except BaseException:
+        # (a KeyboardInterrupt in the wait) the helpers still write into the arrays: the
+        # caller's, with `out=`, which it may reuse at once
+        while not finished(counters, chunks):
+            pass
+        raise
+    finally:
+        box.clear()
 
 
 def _team(n: int, blocks: int) -> int:
     """How many threads compute a call of n elements in `blocks` blocks: one up to
-    SERIAL_SIZE, else numba's thread setting for this Python thread, at most one a block."""
-    return 1 if n <= SERIAL_SIZE else max(1, min(numba.get_num_threads(), blocks))
+    SERIAL_SIZE, else numba's thread setting for this Python thread, at most one a block.
+    (Read without starting numba's OpenMP layer when nothing has started it yet: a process
+    forked after that is terminated by numba on its first parallel region.)"""
+    if n <= SERIAL_SIZE:
+        return 1
+    if getattr(numba_parallel, "_is_initialized", True):
+        threads = numba.get_num_threads()  # (numba.set_num_threads starts the layer)
+    else:
+        threads = numba.config.NUMBA_NUM_THREADS
+    return max(1, min(threads, blocks))
 
 
 def _bits_out(a: np.ndarray) -> np.ndarray:
