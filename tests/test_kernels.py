@@ -555,30 +555,38 @@ def test_sums_do_not_depend_on_the_thread_count():
 
 
 def _spy_on_teams(monkeypatch):
-    """Record (chunks, helpers asked for) of each kernel run."""
-    seen, submit, kernel = [], _helpers.submit, _kernels._kernel
+    """Record each kernel run: the chunks (and threads) of an OpenMP team, the helpers asked
+    for, the chunks of the calling thread's `_kernel`."""
+    seen = []
 
-    def submitting(count, fn, args):
-        seen.append(("submit", count))
-        return submit(count, fn, args)
+    def spy(name, fn):
+        def wrapper(*args):
+            if name == "submit":  # (count, fn, work)
+                seen.append((name, args[0]))
+            else:
+                seen.append((name, *args[-2:]) if name == "team" else (name, args[-1]))
+            return fn(*args)
 
-    def running(*args):
-        seen.append(("kernel", args[-1]))
-        return kernel(*args)
+        return wrapper
 
-    monkeypatch.setattr(_helpers, "submit", submitting)
-    monkeypatch.setattr(_kernels, "_kernel", running)
+    monkeypatch.setattr(_helpers, "submit", spy("submit", _helpers.submit))
+    monkeypatch.setattr(_kernels, "_kernel", spy("kernel", _kernels._kernel))
+    monkeypatch.setattr(_kernels, "_team_kernel", spy("team", _kernels._team_kernel))
     return seen
 
 
+@pytest.mark.parametrize("forked", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked):
-    # up to SERIAL_SIZE elements (or with numba set to one thread) the caller computes every
-    # block as one chunk and no helper is asked; above, numba's setting for the calling
-    # thread sizes the team, at most a thread a block, with CHUNKS_PER_THREAD chunks a thread
+def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked, forked):
+    # up to SERIAL_SIZE elements (HELPED_SIZE in a forked process), or with numba set to one
+    # thread, the caller computes every block as one chunk; above, numba's setting for the
+    # calling thread sizes the team, at most a thread a block, with CHUNKS_PER_THREAD chunks
+    # a thread: numba's OpenMP team, or in a forked process the caller and team - 1 helpers
     seen = _spy_on_teams(monkeypatch)
+    if forked:
+        monkeypatch.setattr(_kernels, "_OPENMP_PID", -1)
     rng = np.random.default_rng(13)
-    small = _kernels.SERIAL_SIZE
+    small = _kernels.HELPED_SIZE if forked else _kernels.SERIAL_SIZE
     before = numba.get_num_threads()
     try:
         for caller in sorted({1, before}):
@@ -591,8 +599,12 @@ def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked):
                 blocks = -(-n // _summation.BLOCK)
                 team = 1 if n <= small else min(caller, blocks)
                 chunks = 1 if team == 1 else min(_kernels.CHUNKS_PER_THREAD * team, blocks)
-                helpers = [("submit", team - 1)] if team > 1 else []
-                assert seen == [*helpers, ("kernel", chunks)]  # loss and gradient, one pass
+                if team == 1:  # loss and gradient, one pass
+                    assert seen == [("kernel", 1)]
+                elif forked:
+                    assert seen == [("submit", team - 1), ("kernel", chunks)]
+                else:
+                    assert seen == [("team", chunks, team)]
                 expected = np.mean(np.logaddexp(0, x) - x * y)  # NumPy's, in float64
                 assert abs(float(value) - expected) <= 1e-12 * expected
     finally:
@@ -601,16 +613,16 @@ def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked):
 
 def _parallel_case():
     rng = np.random.default_rng(14)
-    n = 3 * _kernels.SERIAL_SIZE + 5
+    n = 3 * _kernels.HELPED_SIZE + 5
     x = rng.normal(0, 3, n).astype(np.float32)
     return x, rng.random(n).astype(np.float32), rng.random(n) < 0.9
 
 
 @pytest.mark.parametrize("helper", ["never starts", "starts after the call", "does it all"])
 def test_a_call_does_not_wait_for_helpers_that_take_no_chunk(monkeypatch, helper):
-    # The caller takes chunks until none is left and waits only for those a helper took:
-    # a helper that the system holds up costs the call nothing (OpenMP's join waited for
-    # it), and one that comes late finds nothing left to do and writes nothing.
+    # (In a forked process.) The caller takes chunks until none is left and waits only for
+    # those a helper took: a helper that the system holds up costs the call nothing, and
+    # one that comes late finds nothing left to do and writes nothing.
     x, y, where = _parallel_case()
     step = bceloss.value_and_grad(BCEL)
     want = [step(x, y, where=where), step(x, y, reduction="sum")]
@@ -626,6 +638,7 @@ def test_a_call_does_not_wait_for_helpers_that_take_no_chunk(monkeypatch, helper
 
     before = numba.get_num_threads()
     numba.set_num_threads(2)
+    monkeypatch.setattr(_kernels, "_OPENMP_PID", -1)  # as in a forked process
     monkeypatch.setattr(_helpers, "submit", submit)
     try:
         got = [step(x, y, where=where), step(x, y, reduction="sum")]
@@ -655,26 +668,18 @@ def test_finished_waits_for_chunks_taken_and_not_done():
 FORKED = """
 import multiprocessing, sys, warnings
 import numpy as np, bceloss
-from numba import njit, prange
 warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
 x = np.random.default_rng(0).normal(0, 3, {n}).astype(np.float32)
 y = (x > 0.5).astype(np.float32)
 parent = bceloss.binary_cross_entropy_with_logits(x, y).tobytes()
-@njit(parallel=True)
-def users_own(a):
-    total = 0.0
-    for i in prange(a.size):
-        total += a[i]
-    return total
 def child(queue):
-    loss = bceloss.binary_cross_entropy_with_logits(x, y).tobytes()
-    queue.put((loss, users_own(np.ones(1000))))
+    queue.put(bceloss.binary_cross_entropy_with_logits(x, y).tobytes())
 queue = multiprocessing.get_context("fork").SimpleQueue()
 process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
 process.start()
 process.join(120)
 assert process.exitcode == 0, process.exitcode
-assert queue.get() == (parent, 1000.0)
+assert queue.get() == parent
 """
 
 
@@ -683,9 +688,8 @@ assert queue.get() == (parent, 1000.0)
 )
 def test_a_process_forked_after_a_parallel_call_computes_in_parallel_too():
     # (a PyTorch DataLoader's workers, a multiprocessing pool.) numba's OpenMP layer
-    # terminated such a child on its first parallel call; the helpers are started anew.
-    # bceloss does not start that layer either: the child's own numba parallel code runs.
-    n = 4 * _kernels.SERIAL_SIZE
+    # terminated such a child on its first parallel call: it takes `_helpers`' threads.
+    n = 4 * _kernels.HELPED_SIZE
     script = FORKED.format(n=n)
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False

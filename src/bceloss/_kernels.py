@@ -1,5 +1,5 @@
-"""Fused single-pass kernels for the BCE family on NumPy arrays, on every core (numba; the
-threads are `_helpers`').
+"""Fused single-pass kernels for the BCE family on NumPy arrays, on every core (numba's
+OpenMP threads, or `_helpers`' in a forked process).
 
 One pass over memory computes the elementwise loss and, for `value_and_grad`, both
 gradients, with weight and pos_weight read in place (the usual layouts are never
@@ -38,9 +38,8 @@ from dataclasses import dataclass
 import array_api_compat
 import numba
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
-from numba.np.ufunc import parallel as numba_parallel
 
 from bceloss import _dtypes, _formulas, _helpers, _summation
 from bceloss._fastmath import (
@@ -65,9 +64,12 @@ from bceloss._focal_terms import focal_terms
 BLOCK = _summation.BLOCK
 LANES = _summation.LANES
 CHUNKS_PER_THREAD = 8
-# Calls of at most this many elements run on the calling thread alone: waking a helper
-# thread (and handing the GIL to it and back) costs about what it saves there.
-SERIAL_SIZE = 12 * BLOCK
+# Calls of at most this many elements run on the calling thread alone: starting and joining
+# the other threads costs about what they save there (OpenMP's threads spin as they wait;
+# see the README); with `_helpers`' threads, which sleep, up to HELPED_SIZE (waking one, and
+# handing the GIL to it and back, costs 15 to 20 us).
+SERIAL_SIZE = 2 * BLOCK
+HELPED_SIZE = 12 * BLOCK
 PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
 ROWS = PIECE // LANES
 GROUP = 256  # mask elements `_kept_blocks` counts at a time as it looks for a block's start
@@ -497,9 +499,10 @@ def _kernel(
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
     # 'weighted_mean'. out, gx, gy: the elementwise loss and gradients (0 where not kept),
     # the gradients divided by `divisor`. Zero-size outputs are not computed.
-    # The blocks go in `chunks` chunks: the calling thread and the helpers (`_helpers`) each
-    # take the next chunk as they come free, counted in `counters`. Without the GIL, so that
-    # the helpers run beside it. True when every chunk is finished (see `finished`).
+    # The blocks go in `chunks` chunks: the calling thread and the helpers (`_helpers`, in a
+    # forked process) each take the next chunk as they come free, counted in `counters`.
+    # Without the GIL, so that the helpers run beside it. True when every chunk is finished
+    # (see `finished`).
     _share(
         logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
         starts, proto, counters, chunks,
@@ -517,6 +520,22 @@ def finished(counters, chunks):
         if spins == SPINS:
             return False
     return True
+
+
+@njit(parallel=True, cache=True, fastmath=FLAGS, error_model="numpy")
+def _team_kernel(
+    logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
+    starts, proto, counters, chunks, threads,
+):  # fmt: skip
+    # `_kernel` on a team of numba's OpenMP threads, each taking the next chunk as it comes
+    # free: a thread the system holds up (a shared machine) delays a chunk or two, not its
+    # whole share (numba's OpenMP and workqueue layers split a prange evenly up front,
+    # whatever its chunk size). The join waits for every thread of the team.
+    for _ in prange(threads):
+        _share(
+            logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd,
+            wsums, starts, proto, counters, chunks,
+        )  # fmt: skip
 
 
 @njit(cache=True, fastmath=FLAGS, error_model="numpy", nogil=True)
@@ -797,13 +816,32 @@ def _run(
         _empty(pl.ct),
     )
     blocks = pl.starts.size - 1
-    team = _team(pl.n, blocks)
+    openmp = _openmp()
+    team = _team(pl.n, blocks, SERIAL_SIZE if openmp else HELPED_SIZE)
     chunks = 1 if team == 1 else min(CHUNKS_PER_THREAD * team, blocks)
     counters = np.zeros(COUNTERS, np.int64)
     work = (*args, counters, chunks)
     if team == 1:
         _kernel(*work)
-        return
+    elif openmp:
+        _team_kernel(*work, team)
+    else:
+        _helped(team, work)
+
+
+def _openmp() -> bool:
+    """Whether numba's OpenMP layer runs the team: in the process that imported this module,
+    not in one forked from it (once a process has run an OpenMP region, numba terminates a
+    child forked from it on the child's first: GNU OpenMP is not fork-safe)."""
+    return os.getpid() == _OPENMP_PID
+
+
+_OPENMP_PID = os.getpid()
+
+
+def _helped(team: int, work: tuple) -> None:
+    """`_kernel` on the calling thread and team - 1 of `_helpers`' threads."""
+    counters, chunks = work[-2], work[-1]
     box = _helpers.submit(team - 1, _share, work)
     try:
         if not _kernel(*work):
@@ -819,18 +857,10 @@ def _run(
         box.clear()
 
 
-def _team(n: int, blocks: int) -> int:
+def _team(n: int, blocks: int, serial_size: int) -> int:
     """How many threads compute a call of n elements in `blocks` blocks: one up to
-    SERIAL_SIZE, else numba's thread setting for this Python thread, at most one a block.
-    (Read without starting numba's OpenMP layer when nothing has started it yet: a process
-    forked after that is terminated by numba on its first parallel region.)"""
-    if n <= SERIAL_SIZE:
-        return 1
-    if getattr(numba_parallel, "_is_initialized", True):
-        threads = numba.get_num_threads()  # (numba.set_num_threads starts the layer)
-    else:
-        threads = numba.config.NUMBA_NUM_THREADS
-    return max(1, min(threads, blocks))
+    `serial_size`, else numba's thread setting for this Python thread, at most one a block."""
+    return 1 if n <= serial_size else max(1, min(numba.get_num_threads(), blocks))
 
 
 def _bits_out(a: np.ndarray) -> np.ndarray:
