@@ -559,19 +559,18 @@ def _spy_on_teams(monkeypatch):
     for, the chunks of the calling thread's `_kernel`."""
     seen = []
 
-    def spy(name, fn):
+    def spy(name, fn, recorded):
         def wrapper(*args):
-            if name == "submit":  # (count, fn, work)
-                seen.append((name, args[0]))
-            else:
-                seen.append((name, *args[-2:]) if name == "team" else (name, args[-1]))
+            seen.append((name, *recorded(args)))
             return fn(*args)
 
         return wrapper
 
-    monkeypatch.setattr(_helpers, "submit", spy("submit", _helpers.submit))
-    monkeypatch.setattr(_kernels, "_kernel", spy("kernel", _kernels._kernel))
-    monkeypatch.setattr(_kernels, "_team_kernel", spy("team", _kernels._team_kernel))
+    # submit(count, fn, work); the kernels' last arguments: ..., chunks[, threads]
+    monkeypatch.setattr(_helpers, "submit", spy("submit", _helpers.submit, lambda a: a[:1]))
+    monkeypatch.setattr(_kernels, "_kernel", spy("kernel", _kernels._kernel, lambda a: a[-1:]))
+    team = spy("team", _kernels._team_kernel, lambda a: a[-2:])
+    monkeypatch.setattr(_kernels, "_team_kernel", team)
     return seen
 
 
