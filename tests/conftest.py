@@ -4,6 +4,10 @@
 skipping with a reason where the library is not installed; `xp` is its array namespace;
 `typed` runs it once per (library, dtype) the library supports. JAX runs with 64-bit
 types enabled for the test (a context, not a global switch), so float64 means float64.
+
+Hypothesis draws the same examples on every run (seeded by each test), so that a failure is
+reproducible and a run, CI's included, cannot fail on an example no other run draws.
+`python -m pytest --hypothesis-profile=explore` draws new random examples instead.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ import array_api_compat
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import settings
+
+settings.register_profile("reproducible", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("reproducible")
 
 ALL_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
