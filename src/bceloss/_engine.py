@@ -131,9 +131,7 @@ def _by_block(call: LossCall, **wanted):
     count = sum(map(bool, wanted.values()))
     # the blocks take the path NumPy takes for the whole array (kernel or formula), so that
     # the elementwise numbers are NumPy's: not below KERNEL_MIN_SIZE, nor for a Paddle weight
-    # that widens the loss. (Under a mask NumPy counts the elements kept: a lazy count that
-    # every block waited for would hold every chunk the mask depends on in memory until the
-    # count is done, so a mask keeping fewer than KERNEL_MIN_SIZE still takes the kernel.)
+    # that widens the loss (a mask keeping fewer than KERNEL_MIN_SIZE is not known here)
     kernel = math.prod(call.shape) >= KERNEL_MIN_SIZE and tuple(call.input.shape) == call.shape
 
     def block(*blocks):
