@@ -129,10 +129,6 @@ def _by_block(call: LossCall, **wanted):
     names = [n for n in names if getattr(call, n) is not None]
     arrays = da.broadcast_arrays(*(getattr(call, n) for n in names))
     count = sum(map(bool, wanted.values()))
-    # the blocks take the path NumPy takes for the whole array (kernel or formula), so that
-    # the elementwise numbers are NumPy's: not below KERNEL_MIN_SIZE, nor for a Paddle weight
-    # that widens the loss (a mask keeping fewer than KERNEL_MIN_SIZE is not known here)
-    kernel = math.prod(call.shape) >= KERNEL_MIN_SIZE and tuple(call.input.shape) == call.shape
 
     def block(*blocks):
         inner = call.replace(
@@ -140,8 +136,7 @@ def _by_block(call: LossCall, **wanted):
             **dict(zip(names, blocks, strict=True)),
         )
         with _quiet(inner.xp):
-            parts = _block_elementwise(inner, kernel=kernel, **wanted)
-            return inner.xp.stack([v for v in parts if v is not None])
+            return inner.xp.stack([v for v in _block_elementwise(inner, **wanted) if v is not None])
 
     stacked = da.map_blocks(
         block,
@@ -154,11 +149,11 @@ def _by_block(call: LossCall, **wanted):
     return tuple(stacked[next(rows)] if want else None for want in wanted.values())
 
 
-def _block_elementwise(call: LossCall, *, kernel: bool, **wanted):
-    """`_elementwise` of one block; on NumPy the fused kernel's (at every block size) where
-    `kernel`, so that Dask gets the numbers NumPy gets for the whole array."""
+def _block_elementwise(call: LossCall, **wanted):
+    """`_elementwise` of one block; on NumPy the fused kernel's (at every size), so that Dask
+    gets the numbers NumPy gets for the whole array."""
     block = call.replace(shape=tuple(call.input.shape))
-    plan = _kernel_plan(block, min_size=1) if kernel else None
+    plan = _kernel_plan(block, min_size=1)
     if plan is None:
         return _elementwise(call, **wanted)
     from bceloss import _kernels
@@ -199,8 +194,6 @@ def reduced(call: LossCall, l):
         # only the kept elements, in order: the same blocks, so the same sum, as l[where]
         kept = l if call.where is None else l[xp.broadcast_to(call.where, call.shape)]
         total = xp.asarray(_summation.total(kept), dtype=acc)
-    elif _numpy_chunks(xp, l):  # NumPy's blocks: NumPy's sum
-        total = _summation.lazy_total(l, call.where)
     else:
         total = xp.sum(l, dtype=acc)
     if call.reduction == "sum":
@@ -209,13 +202,6 @@ def reduced(call: LossCall, l):
     if isinstance(n, int) and n == 0:
         return xp.full((), math.nan, dtype=acc, device=array_api_compat.device(l))
     return total / n  # 'weighted_mean' with weights adding up to 0: 0 / 0 = NaN
-
-
-def _numpy_chunks(xp, a) -> bool:
-    """Whether `a` is a Dask array of NumPy chunks (CuPy's are summed as Dask sums them)."""
-    import numpy as np
-
-    return array_api_compat.is_dask_namespace(xp) and isinstance(a._meta, np.ndarray)
 
 
 def _denominator(call: LossCall, acc):
@@ -235,30 +221,18 @@ def _denominator(call: LossCall, acc):
     w = xp.broadcast_to(xp.astype(call.weight, acc), call.shape)
     if on_numpy:
         return _summation.total(w if keep is None else w[keep])
-    if _numpy_chunks(xp, w):
-        return _summation.lazy_total(w, keep)
     return xp.sum(w if keep is None else xp.where(keep, w, xp.zeros_like(w)))
-
-
-def _divided(xp, g, n):
-    """g / n, n rounded to g's dtype first: as NumPy divides by a Python number (and the
-    kernels by their divisor), also where n is a 0-d float64 array (lazy on Dask)."""
-    if isinstance(n, int | float):
-        return g / n
-    return g / xp.astype(n, g.dtype)
 
 
 def _reduce_gradient(call: LossCall, g, like, dtype):
     """The gradient of the reduced loss, summed back to the shape of `like`, in `dtype`."""
     xp = call.xp
     if call.reduction == "weighted_mean":
-        g = _divided(xp, g, _denominator(call, _accumulator(xp, g)))
+        g = g / _denominator(call, _accumulator(xp, g))
     elif call.reduction == "mean":
         n = _denominator(call, _accumulator(xp, g))
         # nothing kept: every gradient is 0
-        g = _divided(
-            xp, g, max(n, 1) if isinstance(n, int) else xp.where(n > 0, n, xp.ones_like(n))
-        )
+        g = g / (max(n, 1) if isinstance(n, int) else xp.where(n > 0, n, xp.ones_like(n)))
     extra = len(call.shape) - like.ndim
     if extra:
         g = xp.sum(g, axis=tuple(range(extra)))
