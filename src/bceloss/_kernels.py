@@ -501,13 +501,12 @@ def _kernel(
     # the gradients divided by `divisor`. Zero-size outputs are not computed.
     # The blocks go in `chunks` chunks: the calling thread and the helpers (`_helpers`, in a
     # forked process) each take the next chunk as they come free, counted in `counters`.
-    # Without the GIL, so that the helpers run beside it. True when every chunk is finished
-    # (see `finished`).
+    # Without the GIL, so that the helpers run beside it; `_helped` then waits for the
+    # chunks they took (`finished`).
     _share(
         logits, x, y, w, p, keep, ignore, smooth, focal, divisor, out, gx, gy, sums, wd, wsums,
         starts, proto, counters, chunks,
     )  # fmt: skip
-    return finished(counters, chunks)
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -844,16 +843,13 @@ def _helped(team: int, work: tuple) -> None:
     counters, chunks = work[-2], work[-1]
     box = _helpers.submit(team - 1, _share, work)
     try:
-        if not _kernel(*work):
-            while not finished(counters, chunks):  # a helper was held up in its last chunk
-                os.sched_yield()
-    except BaseException:
-        # (a KeyboardInterrupt in the wait) the helpers still write into the arrays: the
-        # caller's, with `out=`, which it may reuse at once
-        while not finished(counters, chunks):
-            pass
-        raise
+        _kernel(*work)
     finally:
+        # the chunks the helpers took finish before the call returns or raises (a
+        # KeyboardInterrupt in the wait): they write into the caller's arrays (with `out=`,
+        # which it may reuse at once); one may have been held up in its last chunk
+        while not finished(counters, chunks):
+            os.sched_yield()
         box.clear()
 
 
