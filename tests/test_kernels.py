@@ -21,7 +21,16 @@ import samples
 from numba import njit
 
 import bceloss
-from bceloss import _engine, _fastmath, _helpers, _kernels, _summation, _validation
+from bceloss import (
+    _dispatch,
+    _evaluate,
+    _fastmath,
+    _kernels,
+    _reduce,
+    _summation,
+    _threads,
+    _validation,
+)
 
 BF16 = ml_dtypes.bfloat16
 BCE = bceloss.binary_cross_entropy
@@ -237,9 +246,9 @@ TOL = {np.float32: 2e-6, np.float64: 4e-15}
 
 def _both(fn, *args, **kwargs):
     """fn's result through the kernel and through the array-API formula (fast=False)."""
-    call = fn.__bceloss_bind__(*args, **kwargs)
-    assert _engine._kernel_plan(call) is not None
-    return _engine.evaluate(call), _engine.evaluate(call, fast=False)
+    call = fn._bceloss_bind(*args, **kwargs)
+    assert _dispatch.kernel_plan(call) is not None
+    return _evaluate.evaluate(call), _evaluate.evaluate(call, fast=False)
 
 
 def _assert_close(got, want, dtype, scale=None):
@@ -287,8 +296,8 @@ def test_logits_kernel_matches_formula(dtype, layout):
     for reduction in ("none", "mean", "sum"):
         _assert_close(*_both(BCEL, x, y, w, reduction, p), dtype)
     fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, w, "mean", p)
-    call = BCEL.__bceloss_bind__(x, y, w, "mean", p)
-    slow = _engine.loss_and_grad(call, (0, 1), fast=False)
+    call = BCEL._bceloss_bind(x, y, w, "mean", p)
+    slow = _evaluate.loss_and_grad(call, (0, 1), fast=False)
     _assert_close(fast[0], slow[0], dtype)
     scales = _logits_grad_scales(x, y, w, p)
     for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
@@ -304,7 +313,7 @@ def test_probabilities_kernel_matches_formula(dtype):
     for reduction in ("none", "mean", "sum"):
         _assert_close(*_both(BCE, x, y, w, reduction), dtype)
     fast = bceloss.value_and_grad(BCE, argnums=(0, 1))(x, y, w, "sum")
-    slow = _engine.loss_and_grad(BCE.__bceloss_bind__(x, y, w, "sum"), (0, 1), fast=False)
+    slow = _evaluate.loss_and_grad(BCE._bceloss_bind(x, y, w, "sum"), (0, 1), fast=False)
     scales = oracle.probs_grad_scales(x, y, np.broadcast_to(w, SHAPE))
     for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
         _assert_close(g, h, dtype, scale)
@@ -365,7 +374,7 @@ def test_a_half_input_with_a_float64_target_runs_in_the_kernel():
         assert got.dtype == np.float64
         _assert_close(got, want, np.float64)
     fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, reduction="sum")
-    slow = _engine.loss_and_grad(BCEL.__bceloss_bind__(x, y, reduction="sum"), (0, 1), fast=False)
+    slow = _evaluate.loss_and_grad(BCEL._bceloss_bind(x, y, reduction="sum"), (0, 1), fast=False)
     assert fast[1][0].dtype == np.float16
     scales = _logits_grad_scales(x, y, None, None)
     for g, h, scale, dtype in zip(fast[1], slow[1], scales, (np.float16, np.float64), strict=True):
@@ -384,14 +393,14 @@ def test_the_loss_does_not_depend_on_the_gradients_asked_for(dtype):
     w = (rng.random(80) + 0.5).astype(dtype)
     q = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(dtype)
     calls = [
-        BCEL.__bceloss_bind__(x, y, reduction="none"),
-        BCEL.__bceloss_bind__(x, y, w, reduction="none", label_smoothing=0.1),
-        BCEL.__bceloss_bind__(x, y, reduction="none", pos_weight=w),
-        BCE.__bceloss_bind__(q, y, w, reduction="none"),
-        bceloss.sigmoid_focal_loss.__bceloss_bind__(x, y, reduction="none"),
+        BCEL._bceloss_bind(x, y, reduction="none"),
+        BCEL._bceloss_bind(x, y, w, reduction="none", label_smoothing=0.1),
+        BCEL._bceloss_bind(x, y, reduction="none", pos_weight=w),
+        BCE._bceloss_bind(q, y, w, reduction="none"),
+        bceloss.sigmoid_focal_loss._bceloss_bind(x, y, reduction="none"),
     ]
     for call in calls:
-        plan = _engine._kernel_plan(call)
+        plan = _dispatch.kernel_plan(call)
         alone = _kernels.elementwise(call, plan)[0]
         for wanted in (
             {"grad_input": True},
@@ -427,9 +436,9 @@ def test_integer_target_and_ignore_label_match_formula():
     label = rng.integers(0, 2, SHAPE).astype(np.float32)
     label[::3] = -100  # Paddle's ignored label
     got = paddle.binary_cross_entropy_with_logits(x, label, reduction="none")
-    call = paddle.binary_cross_entropy_with_logits.__bceloss_bind__(x, label, reduction="none")
-    assert _engine._kernel_plan(call) is not None
-    _assert_close(got, _engine.evaluate(call, fast=False), np.float32)
+    call = paddle.binary_cross_entropy_with_logits._bceloss_bind(x, label, reduction="none")
+    assert _dispatch.kernel_plan(call) is not None
+    _assert_close(got, _evaluate.evaluate(call, fast=False), np.float32)
     assert (got[::3] == 0).all()
 
 
@@ -448,7 +457,7 @@ def test_every_numpy_layout_runs_in_the_kernel():
     assert by_rows.reshape(-1).tobytes() == flat.tobytes()
     assert BCEL(x.T, y.T, reduction="none").tobytes() == BCEL(x, y, reduction="none").T.tobytes()
     # below the threshold the formula runs (the kernel would not be faster)
-    assert _engine._kernel_plan(_call(True, x[:1, :3], y[:1, :3])) is None
+    assert _dispatch.kernel_plan(_call(True, x[:1, :3], y[:1, :3])) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -463,12 +472,12 @@ def test_fused_results_equal_a_stream_of_blocks_to_the_last_bit(dtype):
     p = rng.uniform(0.5, 3, (1,)).astype(dtype)
     for reduction in ("sum", "mean"):
         call = _call(True, x, y, None, p, reduction)
-        value, (grad,) = _engine.loss_and_grad(call, (0,))
-        assert _engine.evaluate(call).tobytes() == value.tobytes()
+        value, (grad,) = _evaluate.loss_and_grad(call, (0,))
+        assert _evaluate.evaluate(call).tobytes() == value.tobytes()
         sums = []
         for start in range(0, n, 2 * _summation.BLOCK):  # chunks of two blocks
             part = _call(True, x[start : start + 2 * _summation.BLOCK], y[start:][:16384], None, p)
-            sums.append(_summation.block_sums(_engine.elementwise(part, whole_size=n)[0]))
+            sums.append(_summation.block_sums(_evaluate.elementwise(part, whole_size=n)[0]))
         streamed = _summation.combine(np.concatenate(sums))
         streamed = streamed / n if reduction == "mean" else streamed
         with np.errstate(over="ignore"):  # a float16 sum may round to inf
@@ -476,7 +485,7 @@ def test_fused_results_equal_a_stream_of_blocks_to_the_last_bit(dtype):
         assert value.tobytes() == want.tobytes()
         pl = _kernels.plan(call)
         _, gx, _ = _kernels.elementwise(call, pl, grad_input=True)
-        assert grad.tobytes() == _engine._reduce_gradient(call, gx, x, x.dtype).tobytes()
+        assert grad.tobytes() == _reduce.gradient(call, gx, x, x.dtype).tobytes()
 
 
 def test_read_only_inputs_are_accepted_and_untouched():
@@ -488,7 +497,7 @@ def test_read_only_inputs_are_accepted_and_untouched():
     _value, grad = bceloss.value_and_grad(BCEL)(x, y, w, "mean", p)
     for a, c in zip((x, y, w, p), copies, strict=True):
         np.testing.assert_array_equal(a, c)
-    want = _engine.loss_and_grad(BCEL.__bceloss_bind__(x, y, w, "mean", p), (0,), fast=False)
+    want = _evaluate.loss_and_grad(BCEL._bceloss_bind(x, y, w, "mean", p), (0,), fast=False)
     _assert_close(grad, want[1][0], np.float32, _logits_grad_scales(x, y, w, p)[0] / x.size)
 
 
@@ -527,7 +536,7 @@ def test_block_sums_follow_the_documented_order(n):
         assert got.tobytes() == _block_sums_by_definition(values).tobytes()
         assert got[0] != np.sum(values[: _summation.BLOCK], dtype=np.float64)
     # the kernel sums its own elementwise loss in the same order (float64: every bit shows)
-    if n >= _engine.KERNEL_MIN_SIZE:
+    if n >= _dispatch.KERNEL_MIN_SIZE:
         x, y = rng.random(n), rng.random(n)
         elementwise = bceloss.binary_cross_entropy(x, y, reduction="none")
         total = bceloss.binary_cross_entropy(x, y, reduction="sum")
@@ -567,7 +576,7 @@ def _spy_on_teams(monkeypatch):
         return wrapper
 
     # submit(count, fn, work); the kernels' last arguments: ..., chunks[, threads]
-    monkeypatch.setattr(_helpers, "submit", spy("submit", _helpers.submit, lambda a: a[:1]))
+    monkeypatch.setattr(_threads, "submit", spy("submit", _threads.submit, lambda a: a[:1]))
     monkeypatch.setattr(_kernels, "_kernel", spy("kernel", _kernels._kernel, lambda a: a[-1:]))
     team = spy("team", _kernels._team_kernel, lambda a: a[-2:])
     monkeypatch.setattr(_kernels, "_team_kernel", team)
@@ -638,7 +647,7 @@ def test_a_call_does_not_wait_for_helpers_that_take_no_chunk(monkeypatch, helper
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     monkeypatch.setattr(_kernels, "_OPENMP_PID", -1)  # as in a forked process
-    monkeypatch.setattr(_helpers, "submit", submit)
+    monkeypatch.setattr(_threads, "submit", submit)
     try:
         got = [step(x, y, where=where), step(x, y, reduction="sum")]
     finally:
@@ -687,7 +696,7 @@ assert queue.get() == parent
 )
 def test_a_process_forked_after_a_parallel_call_computes_in_parallel_too():
     # (a PyTorch DataLoader's workers, a multiprocessing pool.) numba's OpenMP layer
-    # terminated such a child on its first parallel call: it takes `_helpers`' threads.
+    # terminated such a child on its first parallel call: it takes `_threads`' threads.
     n = 4 * _kernels.HELPED_SIZE
     script = FORKED.format(n=n)
     done = subprocess.run(
@@ -709,7 +718,7 @@ def test_float32_mean_accumulates_exactly():
     assert BCEL(x, y) == np.float32(exact)
     # and against the float64 computation: the float32 elementwise rounding errors average out
     reference = float(
-        _engine.evaluate(_call(True, x.astype(np.float64), y.astype(np.float64))).mean()
+        _evaluate.evaluate(_call(True, x.astype(np.float64), y.astype(np.float64))).mean()
     )
     assert abs(exact / reference - 1) < 1e-9
 
@@ -801,8 +810,8 @@ def test_a_callers_out_at_any_address_holds_what_a_fresh_array_holds(dtype, offs
         assert (out[~where] == 0).all()
         assert (out[where] != 0).any()
     # against the formula, which the kernel must follow (a few ulp)
-    call = BCEL.__bceloss_bind__(x, y, where=where)
-    slow = _engine.loss_and_grad(call, (0,), fast=False)[1][0]
+    call = BCEL._bceloss_bind(x, y, where=where)
+    slow = _evaluate.loss_and_grad(call, (0,), fast=False)[1][0]
     kept = n if where is None else int(where.sum())
     _assert_close(out, slow, dtype, _logits_grad_scales(x, y, None, None)[0] / kept)
 
@@ -812,12 +821,14 @@ def test_a_callers_out_at_any_address_holds_what_a_fresh_array_holds(dtype, offs
 
 def test_torch_cpu_tensors_run_the_kernel_with_autograd():
     torch = pytest.importorskip("torch", reason="PyTorch is optional")
+    from bceloss import _torch
+
     x, y, w, p = _logits_sample(15, np.float32)
     x.flat[:6] = 0.5
     xt = torch.from_numpy(x.copy()).requires_grad_()
     yt, wt, pt = (torch.from_numpy(a) for a in (y, w, p))
-    call = BCEL.__bceloss_bind__(xt.detach(), yt, wt, "mean", pt)
-    assert _kernels.plan(_engine.numpy_twin(call)) is not None  # the kernel, zero-copy
+    call = BCEL._bceloss_bind(xt.detach(), yt, wt, "mean", pt)
+    assert _kernels.plan(_torch.numpy_twin(call)) is not None  # the kernel, zero-copy
     loss = BCEL(xt, yt, wt, "mean", pt)
     (3 * loss).backward()
     value, grad = bceloss.value_and_grad(BCEL)(x, y, w, "mean", p)
@@ -841,11 +852,11 @@ def test_a_streamed_piece_takes_the_path_of_its_whole_array(n):
     x = rng.normal(0, 6, n).astype(np.float32)
     y = rng.random(n).astype(np.float32)
     piece = _call(True, x[:500], y[:500], reduction="sum")
-    formula = _engine.elementwise(piece, whole_size=_engine.KERNEL_MIN_SIZE - 1)[0]
-    fused = _engine.elementwise(piece, whole_size=_engine.KERNEL_MIN_SIZE)[0]
+    formula = _evaluate.elementwise(piece, whole_size=_dispatch.KERNEL_MIN_SIZE - 1)[0]
+    fused = _evaluate.elementwise(piece, whole_size=_dispatch.KERNEL_MIN_SIZE)[0]
     assert formula.tobytes() != fused.tobytes()  # the two paths do differ in the last bits
-    streamed = _engine.elementwise(_call(True, x, y, reduction="sum"), whole_size=n)[0]
-    whole = _engine.evaluate(_call(True, x, y, reduction="sum"))
+    streamed = _evaluate.elementwise(_call(True, x, y, reduction="sum"), whole_size=n)[0]
+    whole = _evaluate.evaluate(_call(True, x, y, reduction="sum"))
     assert np.float32(_summation.total(streamed)).tobytes() == whole.tobytes()
 
 
@@ -899,9 +910,9 @@ def test_options_in_the_kernel_match_the_formula(dtype, option):
         _assert_close(*_both(BCE, probs, y, w, reduction, **kwargs), dtype)
         if reduction == "none":
             continue
-        call = BCEL.__bceloss_bind__(x, y, w, reduction, p, **kwargs)
+        call = BCEL._bceloss_bind(x, y, w, reduction, p, **kwargs)
         fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, w, reduction, p, **kwargs)
-        slow = _engine.loss_and_grad(call, (0, 1), fast=False)
+        slow = _evaluate.loss_and_grad(call, (0, 1), fast=False)
         _assert_close(fast[0], slow[0], dtype)
         scales = _gradient_scales(x, y, w, p, kwargs, reduction)
         for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
@@ -933,10 +944,10 @@ def test_weighted_mean_gradients_at_extreme_weight_sums_match_the_formula(dtype,
     # formula has it)
     keep = np.arange(n) % 7 != 5
     for (fn, first), where in itertools.product(((BCEL, x), (BCE, probs)), (None, keep)):
-        call = fn.__bceloss_bind__(first, y, w, "weighted_mean", where=where)
-        assert _engine._kernel_plan(call) is not None
+        call = fn._bceloss_bind(first, y, w, "weighted_mean", where=where)
+        assert _dispatch.kernel_plan(call) is not None
         fast = bceloss.value_and_grad(fn)(first, y, w, "weighted_mean", where=where)[1]
-        slow = _engine.loss_and_grad(call, (0,), fast=False)[1][0]
+        slow = _evaluate.loss_and_grad(call, (0,), fast=False)[1][0]
         g, h = fast.astype(np.float64), slow.astype(np.float64)
         np.testing.assert_array_equal(np.isnan(g), np.isnan(h))
         np.testing.assert_array_equal(np.isinf(g), np.isinf(h))
@@ -956,7 +967,7 @@ def test_a_mask_in_the_kernel_equals_indexing_bit_for_bit(dtype):
     m = rng.random(n) < 0.6
     dropped = np.flatnonzero(~m)
     x[dropped[::5]], x[dropped[1::5]] = np.inf, np.nan  # masked out: nothing leaks
-    assert _engine._kernel_plan(BCEL.__bceloss_bind__(x, y, where=m)) is not None
+    assert _dispatch.kernel_plan(BCEL._bceloss_bind(x, y, where=m)) is not None
     vg = bceloss.value_and_grad(BCEL, argnums=(0, 1))
     for reduction in ("mean", "sum", "weighted_mean"):
         masked = vg(x, y, w, reduction, p, where=m)
@@ -1006,7 +1017,7 @@ def test_masked_sums_do_not_depend_on_the_thread_count():
     assert len(set(results)) == 1
 
 
-@pytest.mark.parametrize("kept", [0, _engine.KERNEL_MIN_SIZE - 1, _engine.KERNEL_MIN_SIZE])
+@pytest.mark.parametrize("kept", [0, _dispatch.KERNEL_MIN_SIZE - 1, _dispatch.KERNEL_MIN_SIZE])
 def test_a_mask_keeping_few_elements_takes_the_formula(kept):
     # the path follows the number of elements kept, so that f(x, y, where=m) and
     # f(x[m], y[m]) take the same one
@@ -1015,8 +1026,8 @@ def test_a_mask_keeping_few_elements_takes_the_formula(kept):
     x, y = rng.normal(0, 4, n), rng.random(n)
     m = np.zeros(n, bool)
     m[rng.choice(n, kept, replace=False)] = True
-    call = BCEL.__bceloss_bind__(x, y, where=m)
-    assert (_engine._kernel_plan(call) is not None) == (kept >= _engine.KERNEL_MIN_SIZE)
+    call = BCEL._bceloss_bind(x, y, where=m)
+    assert (_dispatch.kernel_plan(call) is not None) == (kept >= _dispatch.KERNEL_MIN_SIZE)
     got = BCEL(x, y, where=m, reduction="sum")
     assert got.tobytes() == BCEL(x[m], y[m], reduction="sum").tobytes()
     if kept == 0:
@@ -1025,11 +1036,13 @@ def test_a_mask_keeping_few_elements_takes_the_formula(kept):
 
 def test_torch_cpu_tensors_take_the_options_through_the_kernel():
     torch = pytest.importorskip("torch", reason="PyTorch is optional")
+    from bceloss import _torch
+
     x, _, y, w, p, kwargs, _ = _options_case(20, np.float32, "all")
     X, Y, W, P, M = (torch.from_numpy(a) for a in (x, y, w, p, kwargs["where"]))
     options = {"label_smoothing": 0.3, "where": M}
-    call = BCEL.__bceloss_bind__(X, Y, W, "weighted_mean", P, **options)
-    assert _kernels.plan(_engine.numpy_twin(call)) is not None
+    call = BCEL._bceloss_bind(X, Y, W, "weighted_mean", P, **options)
+    assert _kernels.plan(_torch.numpy_twin(call)) is not None
     Xg = X.clone().requires_grad_()
     loss = BCEL(Xg, Y, W, "weighted_mean", P, **options)
     loss.backward()
@@ -1053,9 +1066,9 @@ def test_focal_loss_in_the_kernel_matches_the_formula(dtype):
         for reduction in ("none", "mean", "sum"):
             _assert_close(*_both(focal, x, y, alpha, gamma, reduction), dtype)
         _assert_close(*_both(focal, x, y, alpha, gamma, "mean", where=m), dtype)
-        call = focal.__bceloss_bind__(x, y, alpha, gamma, "sum", where=m)
+        call = focal._bceloss_bind(x, y, alpha, gamma, "sum", where=m)
         fast = bceloss.value_and_grad(focal, argnums=(0, 1))(x, y, alpha, gamma, "sum", where=m)
-        slow = _engine.loss_and_grad(call, (0, 1), fast=False)
+        slow = _evaluate.loss_and_grad(call, (0, 1), fast=False)
         _assert_close(fast[0], slow[0], dtype)
         for g, h in zip(fast[1], slow[1], strict=True):
             _assert_close(g, h, dtype, np.full(SHAPE, np.abs(h.astype(np.float64)).max()))
@@ -1071,7 +1084,7 @@ def test_paddle_focal_loss_in_the_kernel_matches_the_formula(dtype):
     label[::3] = -100  # Paddle's ignored label, and its normalizer
     normalizer = np.array([7.0], dtype)
     got = paddle.sigmoid_focal_loss(x, label, normalizer, reduction="none")
-    call = paddle.sigmoid_focal_loss.__bceloss_bind__(x, label, normalizer, reduction="none")
-    assert _engine._kernel_plan(call) is not None
-    _assert_close(got, _engine.evaluate(call, fast=False), dtype)
+    call = paddle.sigmoid_focal_loss._bceloss_bind(x, label, normalizer, reduction="none")
+    assert _dispatch.kernel_plan(call) is not None
+    _assert_close(got, _evaluate.evaluate(call, fast=False), dtype)
     assert (got[::3] == 0).all()

@@ -12,8 +12,8 @@ from bceloss._functional import (
     binary_cross_entropy_with_logits,
     sigmoid_focal_loss,
 )
-from bceloss._grad import value_and_grad
 from bceloss._modules import BCELoss, BCEWithLogitsLoss
+from bceloss._value_and_grad import value_and_grad
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bceloss import _validation
-from bceloss._engine import loss_function
+from bceloss._call import loss_function
 
 
 @loss_function

@@ -1,5 +1,5 @@
 """Fused single-pass kernels for the BCE family on NumPy arrays, on every core (numba's
-OpenMP threads, or `_helpers`' in a forked process).
+OpenMP threads, or the helper threads of `_threads` in a forked process).
 
 One pass over memory computes the elementwise loss and, for `value_and_grad`, both
 gradients, with weight and pos_weight read in place (the usual layouts are never
@@ -21,10 +21,10 @@ included, except a Paddle weight that widens the loss. Weight and pos_weight of 
 shape, of a trailing part of it, or scalar are read in place; any other broadcast is
 materialised once, and strided inputs are copied. Under a mask (`where`) a block is BLOCK
 *kept* elements (`_kept_blocks` finds where each begins), so a masked sum adds up exactly what
-the sum of the kept elements alone adds up. `loss` and `loss_and_grad` (from `_engine`,
-above its size threshold) and `elementwise` (at every size, for streams and Dask blocks, so
-that they add up to the library's bits) then run it; PyTorch CPU tensors come here as NumPy
-views (`_engine.numpy_twin`).
+the sum of the kept elements alone adds up. `loss` and `loss_and_grad` (from `_evaluate`,
+above `_dispatch`'s size threshold) and `elementwise` (at every size, for streams and Dask
+blocks, so that they add up to the library's bits) then run it; PyTorch CPU tensors come here
+as NumPy views (`_torch.numpy_twin`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ import os
 from collections import namedtuple
 from dataclasses import dataclass
 
-import array_api_compat
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.core.extending import intrinsic, overload
 
-from bceloss import _dtypes, _formulas, _helpers, _summation
+from bceloss import _dtypes, _formulas, _reduce, _summation, _threads
 from bceloss._fastmath import (
     FLAGS,
     bfloat16_to_float32,
@@ -66,8 +65,8 @@ LANES = _summation.LANES
 CHUNKS_PER_THREAD = 8
 # Calls of at most this many elements run on the calling thread alone: starting and joining
 # the other threads costs about what they save there (OpenMP's threads spin as they wait;
-# see the README); with `_helpers`' threads, which sleep, up to HELPED_SIZE (waking one, and
-# handing the GIL to it and back, costs 15 to 20 us).
+# see the README); with the helper threads of `_threads`, which sleep, up to HELPED_SIZE
+# (waking one, and handing the GIL to it and back, costs 15 to 20 us).
 SERIAL_SIZE = 2 * BLOCK
 HELPED_SIZE = 12 * BLOCK
 PIECE = 1024  # elements of a summation block computed at a time (a multiple of LANES)
@@ -499,7 +498,7 @@ def _kernel(
     # under a mask `keep`. sums[b]: its loss's sum; wsums[b]: its weights' (wd), for
     # 'weighted_mean'. out, gx, gy: the elementwise loss and gradients (0 where not kept),
     # the gradients divided by `divisor`. Zero-size outputs are not computed.
-    # The blocks go in `chunks` chunks: the calling thread and the helpers (`_helpers`, in a
+    # The blocks go in `chunks` chunks: the calling thread and the helpers (`_threads`, in a
     # forked process) each take the next chunk as they come free, counted in `counters`.
     # Without the GIL, so that the helpers run beside it; `_helped` then waits for the
     # chunks they took (`finished`).
@@ -720,14 +719,13 @@ def _periodic(a, shape, n, ct):
 
 
 def plan(call, min_size: int = 1) -> Plan | None:
-    """The kernel's plan for a validated call, or None when the array-API formula runs:
-    another library, a Paddle weight widening the loss, or fewer than `min_size` elements
-    kept."""
+    """The kernel's plan for a validated NumPy call (`_dispatch.kernel_plan` asks), or None
+    when the array-API formula runs: a Paddle weight widening the loss, an array NumPy cannot
+    store here, or fewer than `min_size` elements kept."""
     x, y = call.input, call.target
     n = math.prod(call.shape)
     if (
-        not array_api_compat.is_numpy_namespace(call.xp)
-        or n < max(min_size, 1)
+        n < max(min_size, 1)
         or tuple(x.shape) != call.shape  # a Paddle weight widening the loss
         or not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray))
         or not (_storable(x) and _storable(y))
@@ -839,9 +837,9 @@ _OPENMP_PID = os.getpid()
 
 
 def _helped(team: int, work: tuple) -> None:
-    """`_kernel` on the calling thread and team - 1 of `_helpers`' threads."""
+    """`_kernel` on the calling thread and team - 1 of the helper threads of `_threads`."""
     counters, chunks = work[-2], work[-1]
-    box = _helpers.submit(team - 1, _share, work)
+    box = _threads.submit(team - 1, _share, work)
     try:
         _kernel(*work)
     finally:
@@ -875,7 +873,7 @@ def _block_array(pl: Plan) -> np.ndarray:
 
 def _denominator(call, pl: Plan):
     """What the sum is divided by: 1 ('sum'), the number kept ('mean'), or the sum of their
-    weights ('weighted_mean'; the number kept without a weight), as `_engine._denominator`."""
+    weights ('weighted_mean'; the number kept without a weight), as `_reduce.denominator`."""
     if call.reduction == "sum":
         return 1
     if pl.wd is None:
@@ -886,21 +884,7 @@ def _denominator(call, pl: Plan):
 
 
 def _total(call, sums, denominator) -> np.ndarray:
-    total = np.float64(_summation.combine(sums))
-    if call.reduction == "sum" or (type(denominator) is int and denominator > 0):
-        value = total if call.reduction == "sum" else total / denominator
-        if abs(value) <= _LARGEST.get(call.dtype, 0.0):  # the usual case: nothing to warn of
-            return np.asarray(value, dtype=call.dtype)
-    with np.errstate(all="ignore"):  # nothing kept: NaN; a float16 sum may overflow to inf
-        if call.reduction != "sum":
-            total = total / np.float64(denominator)
-        return np.asarray(total).astype(call.dtype)
-
-
-# the largest finite float32 and float64, by dtype and by scalar type
-_LARGEST = {
-    key: float(np.finfo(t).max) for t in (np.float32, np.float64) for key in (t, np.dtype(t))
-}
+    return _reduce.finish(_summation.combine(sums), denominator, call.reduction, call.dtype)
 
 
 def loss(call, pl: Plan):
@@ -917,7 +901,7 @@ def loss(call, pl: Plan):
 
 def elementwise(call, pl: Plan, *, loss=True, grad_input=False, grad_target=False):
     """(loss, d/dx, d/dy) elementwise, in the computation dtype and the loss's shape (None
-    where not asked for; 0 where a mask drops the element): what `_engine._elementwise`
+    where not asked for; 0 where a mask drops the element): what `_evaluate.formula`
     returns, computed by the kernel."""
 
     def array(wanted):
@@ -938,7 +922,7 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
     if 1 in wrt:
         gy = np.empty(call.shape, _target_grad_dtype(call))
     # d/dx of a mean is the elementwise gradient over the denominator in the computation
-    # dtype (as _engine._reduce_gradient divides; nothing kept divides by 1). A
+    # dtype (as _reduce.gradient divides; nothing kept divides by 1). A
     # 'weighted_mean' needs its weights' sum first: a pass reading the weight alone. A
     # backward pass's seed joins the divisor.
     denominator = _denominator(call, pl)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from bceloss import _engine, _functional, _validation
+from bceloss import _call, _functional, _validation
 
 
 class _Loss:
     """A loss that holds its options; call it as loss(input, target)."""
 
     def __call__(self, input, target):
-        return _engine.loss(self.__bceloss_bind__(input, target))
+        return _call.run(self._bceloss_bind(input, target))
 
     def __repr__(self):
         shown = (  # the options set: not None, and label_smoothing not 0
@@ -84,8 +84,8 @@ class BCELoss(_Loss):
             "where": self.where,
         }
 
-    def __bceloss_bind__(self, input, target):
-        return _functional.binary_cross_entropy.__bceloss_bind__(input, target, **self._options())
+    def _bceloss_bind(self, input, target):
+        return _functional.binary_cross_entropy._bceloss_bind(input, target, **self._options())
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -147,7 +147,7 @@ class BCEWithLogitsLoss(_Loss):
             "where": self.where,
         }
 
-    def __bceloss_bind__(self, input, target):
-        return _functional.binary_cross_entropy_with_logits.__bceloss_bind__(
+    def _bceloss_bind(self, input, target):
+        return _functional.binary_cross_entropy_with_logits._bceloss_bind(
             input, target, **self._options()
         )

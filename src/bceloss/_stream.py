@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bceloss import _engine, _summation
+from bceloss import _evaluate, _summation
 from bceloss._io import InputError, Source
+from bceloss._reduce import finish as finish_sums
 
 FLAVORS = {
     "torch": "bceloss",
@@ -165,7 +166,7 @@ def _loss_function(job: Job):
         msg = f"the {job.flavor} flavour ({FLAVORS[job.flavor]}) is not available"
         raise InputError(msg) from None
     name = "binary_cross_entropy" if job.probs else "binary_cross_entropy_with_logits"
-    return getattr(module, name).__bceloss_bind__
+    return getattr(module, name)._bceloss_bind
 
 
 def _cast(a: np.ndarray, job: Job) -> np.ndarray:
@@ -213,7 +214,7 @@ def evaluate_rows(
             hint = "; --dtype converts what the files hold" if isinstance(e, TypeError) else ""
             msg = f"{e}{where}{hint}"
             raise InputError(msg) from None
-        loss = _engine.elementwise(call, whole_size=job.rows * job.width)[0]
+        loss = _evaluate.elementwise(call, whole_size=job.rows * job.width)[0]
         sums.append(_summation.block_sums(loss))
         if job.per_label:
             columns = loss.reshape(len(x), -1)
@@ -242,13 +243,9 @@ class Result:
 
 
 def _reduce(sums, count: int, reduction: str, dtype) -> np.ndarray:
-    # As `_engine._reduce` does on NumPy: the exact combination of the block sums, divided
-    # by the element count for 'mean' (NaN when empty), rounded once to the result's dtype.
-    total = _summation.combine(sums)
-    if reduction == "mean":
-        total = total / count if count else math.nan
-    with np.errstate(over="ignore"):  # a float16 sum may round to inf, as in the library
-        return np.asarray(total, np.float64).astype(dtype)
+    # as the library finishes: the exact combination of the block sums, divided by the
+    # element count for 'mean' (NaN when empty), rounded once to the result's dtype
+    return finish_sums(_summation.combine(sums), count, reduction, dtype)
 
 
 def finish(job: Job, part: Partial) -> Result:

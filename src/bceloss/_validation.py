@@ -7,20 +7,16 @@ Messages name the argument, what was expected and what arrived.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from dataclasses import dataclass
 
 import array_api_compat
-import numpy as np
 
-from bceloss import _dtypes
-from bceloss._engine import LossCall
+from bceloss import _dispatch, _dtypes
+from bceloss._call import LossCall
 
 REDUCTIONS = ("none", "mean", "sum")
-# the namespace of the arrays of each type met (array_api_compat's answer depends on the type)
-_NAMESPACES = {np.ndarray: array_api_compat.array_namespace(np.empty(0))}
 
 
 @dataclass(frozen=True)
@@ -49,9 +45,7 @@ class Rules:
 CORE = Rules(reductions=(*REDUCTIONS, "weighted_mean"))
 
 
-def _type_name(obj) -> str:
-    cls = type(obj)
-    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+_type_name = _dispatch.type_name
 
 
 def _shape(x) -> tuple[int, ...]:
@@ -60,31 +54,7 @@ def _shape(x) -> tuple[int, ...]:
 
 def namespace(arrays: dict):
     """The array namespace of the named arrays (None values skipped); TypeError otherwise."""
-    present = {name: a for name, a in arrays.items() if a is not None}
-    classes = {type(a) for a in present.values()}
-    if len(classes) == 1:  # the common case, quickly: one type, its namespace remembered
-        xp = _NAMESPACES.get(next(iter(classes)))
-        if xp is not None:
-            return xp
-    for name, a in present.items():
-        if not array_api_compat.is_array_api_obj(a) or isinstance(a, (bool, int, float, complex)):
-            msg = (
-                f"{name} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got {_type_name(a)}"
-            )
-            raise TypeError(msg)
-    kinds = {}
-    for name, a in present.items():
-        # 'array_api_compat.torch' -> 'torch', 'jax.numpy' -> 'jax', 'array_api_strict'
-        library = array_api_compat.array_namespace(a).__name__.removeprefix("array_api_compat.")
-        kinds.setdefault(library.split(".")[0], name)
-    if len(kinds) > 1:
-        (ka, na), (kb, nb) = list(kinds.items())[:2]
-        msg = f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
-        raise TypeError(msg)
-    xp = array_api_compat.array_namespace(*present.values())
-    if len(classes) == 1:
-        _NAMESPACES[next(iter(classes))] = xp
-    return xp
+    return _dispatch.namespace(arrays)
 
 
 def reduction(value, rules: Rules = CORE) -> str:
@@ -215,27 +185,9 @@ def _broadcast_to_input(a, name: str, shape, may_expand: bool):
     return joint
 
 
-def is_concrete(x) -> bool:
-    """True where values can be read without tracing or computing a lazy graph."""
-    if array_api_compat.is_jax_array(x):
-        import jax
-
-        return not isinstance(x, jax.core.Tracer)
-    return not array_api_compat.is_dask_array(x)
-
-
-def _probabilities(xp, x, name: str):
-    """`x`, checked to hold probabilities where its values are concrete (see `is_concrete`).
-
-    A Dask array comes back with the check embedded in its graph: it runs chunk by chunk
-    as the loss is computed, and the error names the range found in the offending chunk.
-    """
-    if array_api_compat.is_dask_array(x):
-        return x.map_blocks(functools.partial(_checked_block, name=name), dtype=x.dtype)
-    if not is_concrete(x) or math.prod(_shape(x)) == 0:
-        return x
-    values = _unwrapped(x)
-    # NaN compares False both ways: it passes and propagates to the loss.
+def probabilities_in_range(xp, values, name: str) -> None:
+    """ValueError when `values` (concrete) hold anything outside [0, 1]; NaN passes (it
+    compares False both ways) and propagates to the loss."""
     outside = (values < 0) | (values > 1)
     if bool(xp.any(outside)):
         # the range of the offending values only: the others are filled with +-inf
@@ -243,25 +195,6 @@ def _probabilities(xp, x, name: str):
         high = float(xp.max(xp.where(outside, values, xp.full_like(values, -math.inf))))
         msg = f"{name} must hold probabilities in [0, 1]; got values from {low:g} to {high:g}"
         raise ValueError(msg)
-    return x
-
-
-def _unwrapped(x):
-    """A PyTorch tensor under `torch.func` transforms (vmap, grad, jvp) as the plain tensor
-    they wrap: `vmap` cannot branch on a value, and checking every batch element at once is
-    the same check. Any other array as it is."""
-    if not array_api_compat.is_torch_array(x):
-        return x
-    import torch
-
-    functorch = torch._C._functorch
-    while functorch.is_functorch_wrapped_tensor(x):
-        x = functorch.get_unwrapped(x)
-    return x
-
-
-def _checked_block(block, name: str):
-    return _probabilities(array_api_compat.array_namespace(block), block, name)
 
 
 def validate(
@@ -285,7 +218,8 @@ def validate(
     """
     iname, tname = names
     arrays = {iname: input, tname: target, "weight": weight, "pos_weight": pos_weight}
-    xp = namespace({**arrays, "where": where})
+    xp = _dispatch.namespace({**arrays, "where": where})
+    backend = _dispatch.backend(xp)
     red = reduction(reduction_name, rules)
     _floating_input(xp, input, iname, rules)
     dtype = _target_dtype(xp, input, target, names, rules)
@@ -304,15 +238,17 @@ def validate(
         _mask(where, shape)
     label_smoothing = smoothing(label_smoothing)
     if not logits and where is None:
-        input = _probabilities(xp, input, iname)
+        # an array whose values cannot be read yet (Dask) comes back with the check inside
+        input = backend.checked_probabilities(xp, input, iname)
     elif not logits:
         # masked-out elements may hold anything (padding): only the kept ones are checked
         kept = xp.where(xp.broadcast_to(where, shape), input, xp.ones_like(input) / 2)
-        kept = _probabilities(xp, kept, iname)
-        input = kept if array_api_compat.is_dask_array(kept) else input  # Dask: checked lazily
+        checked = backend.checked_probabilities(xp, kept, iname)
+        input = input if checked is kept else checked  # Dask: checked lazily, in the graph
     alpha, gamma = (None, None) if focal is None else focal
     return LossCall(
         xp=xp,
+        backend=backend,
         logits=logits,
         input=input,
         target=target,
@@ -330,8 +266,8 @@ def validate(
 
 
 def loss_bind(fn):
-    """The bind function of a loss of the library (`__bceloss_bind__`); TypeError otherwise."""
-    bind = getattr(fn, "__bceloss_bind__", None)
+    """The bind function of a loss of the library (`_bceloss_bind`); TypeError otherwise."""
+    bind = getattr(fn, "_bceloss_bind", None)
     if bind is None:
         msg = f"fn must be a loss function of bceloss; got {fn!r}"
         raise TypeError(msg)
@@ -365,9 +301,8 @@ def gradient_out(out, call: LossCall, wrt: tuple[int, ...]) -> None:
         msg = f"out receives d loss / d input: argnums must include 0; got {wrt!r}"
         raise ValueError(msg)
     xp = call.xp
-    mutable = array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_torch_namespace(xp)
     if (
-        not mutable
+        not call.backend.writable_out
         or not array_api_compat.is_array_api_obj(out)
         or array_api_compat.array_namespace(out) is not xp
     ):
@@ -386,13 +321,10 @@ def gradient_out(out, call: LossCall, wrt: tuple[int, ...]) -> None:
             f"got {_dtypes.dtype_name(out.dtype)}"
         )
         raise TypeError(msg)
-    if array_api_compat.is_numpy_namespace(xp):
-        import numpy as np
-
-        if not out.flags.writeable:
-            msg = "out must be writeable; got a read-only array"
-            raise ValueError(msg)
-        arrays = (call.input, call.target, call.weight, call.pos_weight, call.where)
-        if any(a is not None and np.may_share_memory(out, a) for a in arrays):
-            msg = "out must not share memory with input, target, weight, pos_weight or where"
-            raise ValueError(msg)
+    if not call.backend.writeable(out):
+        msg = "out must be writeable; got a read-only array"
+        raise ValueError(msg)
+    arrays = (call.input, call.target, call.weight, call.pos_weight, call.where)
+    if any(a is not None and call.backend.shares_memory(out, a) for a in arrays):
+        msg = "out must not share memory with input, target, weight, pos_weight or where"
+        raise ValueError(msg)

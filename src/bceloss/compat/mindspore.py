@@ -11,8 +11,8 @@ case ('MEAN' is 'mean'). The numbers are the core's; see `bceloss.BCEWithLogitsL
 
 from __future__ import annotations
 
-from bceloss import _engine, _modules, _validation
-from bceloss._engine import loss_function
+from bceloss import _call, _modules, _validation
+from bceloss._call import loss_function
 
 __all__ = [
     "BCELoss",
@@ -119,9 +119,9 @@ class BCEWithLogitsLoss(_modules._Loss):
         return {"reduction": self.reduction, "weight": self.weight, "pos_weight": self.pos_weight}
 
     def __call__(self, logits, labels):
-        return _engine.loss(self.__bceloss_bind__(logits, labels))
+        return _call.run(self._bceloss_bind(logits, labels))
 
-    def __bceloss_bind__(self, logits, labels):
+    def _bceloss_bind(self, logits, labels):
         return _validation.validate(
             logits=True,
             input=logits,
@@ -159,9 +159,9 @@ class BCELoss(_modules._Loss):
         return {"weight": self.weight, "reduction": self.reduction}
 
     def __call__(self, logits, labels):
-        return _engine.loss(self.__bceloss_bind__(logits, labels))
+        return _call.run(self._bceloss_bind(logits, labels))
 
-    def __bceloss_bind__(self, logits, labels):
+    def _bceloss_bind(self, logits, labels):
         return _validation.validate(
             logits=False,
             input=logits,

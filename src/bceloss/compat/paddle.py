@@ -19,10 +19,8 @@ The numbers are the core's; see `bceloss.BCEWithLogitsLoss` and `bceloss.BCELoss
 
 from __future__ import annotations
 
-import array_api_compat
-
-from bceloss import _engine, _modules, _validation
-from bceloss._engine import loss_function
+from bceloss import _call, _dispatch, _modules, _validation
+from bceloss._call import loss_function
 
 __all__ = [
     "BCELoss",
@@ -152,9 +150,8 @@ def sigmoid_focal_loss(
     if normalizer is not None:
         xp = _validation.namespace({"logit": logit, "normalizer": normalizer})
         _validation.normalizer(xp, normalizer, tuple(logit.shape))
-        weight = 1 / normalizer
-        if array_api_compat.is_numpy_namespace(xp):
-            weight = xp.asarray(weight)  # a 0-d array, not a NumPy scalar
+        # a 0-d array where the library would give a scalar (NumPy)
+        weight = _dispatch.backend(xp).as_result(xp, 1 / normalizer)
     return _validation.validate(
         logits=True,
         input=logit,
@@ -200,10 +197,10 @@ class BCEWithLogitsLoss(_modules._Loss):
         }
 
     def __call__(self, logit, label):
-        return _engine.loss(self.__bceloss_bind__(logit, label))
+        return _call.run(self._bceloss_bind(logit, label))
 
-    def __bceloss_bind__(self, logit, label):
-        return binary_cross_entropy_with_logits.__bceloss_bind__(
+    def _bceloss_bind(self, logit, label):
+        return binary_cross_entropy_with_logits._bceloss_bind(
             logit, label, self.weight, self.reduction, self.pos_weight
         )
 
@@ -234,7 +231,7 @@ class BCELoss(_modules._Loss):
         return {"weight": self.weight, "reduction": self.reduction, "name": self.name}
 
     def __call__(self, input, label):
-        return _engine.loss(self.__bceloss_bind__(input, label))
+        return _call.run(self._bceloss_bind(input, label))
 
-    def __bceloss_bind__(self, input, label):
-        return binary_cross_entropy.__bceloss_bind__(input, label, self.weight, self.reduction)
+    def _bceloss_bind(self, input, label):
+        return binary_cross_entropy._bceloss_bind(input, label, self.weight, self.reduction)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from bceloss import _engine, _validation
+from bceloss import _evaluate, _validation
 
 
 def value_and_grad(fn, argnums=0):
@@ -47,7 +47,7 @@ def value_and_grad(fn, argnums=0):
         if out is not None:
             _validation.gradient_out(out, call, wrt)
         fused = out is not None and getattr(getattr(out, "flags", None), "c_contiguous", False)
-        value, grads = _engine.loss_and_grad(call, wrt, out=out if fused else None)
+        value, grads = _evaluate.loss_and_grad(call, wrt, out=out if fused else None)
         if out is not None and grads[wrt.index(0)] is not out:
             out[...] = grads[wrt.index(0)]  # the kernel did not run: copy the gradient in
             grads = tuple(out if i == 0 else g for i, g in zip(wrt, grads, strict=True))

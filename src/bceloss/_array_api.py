@@ -1,0 +1,105 @@
+"""The adapters of libraries without a framework of their own: the generic array API one
+(CuPy, any standard library), array-api-strict's, and NumPy's, which the fused kernel reads.
+
+`ArrayAPI` lists everything the package asks of a library; the framework adapters
+(`_torch`, `_jax`, `_dask`) override what differs for theirs. `_dispatch` picks the adapter
+from the arrays' namespace; the rest of the package only calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+from bceloss import _evaluate, _summation, _validation
+
+
+class ArrayAPI:
+    """A library of the array API standard: the formulas in its own ops, sums in float64."""
+
+    fused_kernel = False  # whether the fused NumPy kernel can read its arrays
+    writable_out = False  # whether value_and_grad's `out=` can be one of its arrays
+
+    def quiet(self):
+        """A context in which the formulas' expected overflows and log(0) stay silent."""
+        return contextlib.nullcontext()
+
+    def accumulator(self, xp, like):
+        """The dtype sums run in: float64 where the library and device have it."""
+        return xp.float64
+
+    def total(self, xp, a, keep, acc):
+        """The sum of `a`'s elements where `keep` (None: all), in `acc`."""
+        return xp.sum(a if keep is None else xp.where(keep, a, xp.zeros_like(a)), dtype=acc)
+
+    def count(self, xp, keep, acc):
+        """The number of True elements of `keep`."""
+        return xp.sum(xp.astype(keep, acc))
+
+    def round(self, xp, a, dtype):
+        """`a` in the result's `dtype`."""
+        return xp.astype(a, dtype, copy=False)
+
+    def as_result(self, xp, value):
+        """`value` as the library's result (a 0-d array where the library returns scalars)."""
+        return value
+
+    def elementwise(self, call, **wanted):
+        """(loss, d/dx, d/dy) elementwise, as `_evaluate.formula`."""
+        return _evaluate.formula(call, **wanted)
+
+    def loss(self, call):
+        """The loss of a validated call (differentiable where the library records)."""
+        return _evaluate.evaluate(call)
+
+    def native_loss_and_grad(self, call, wrt, *, out, seed):
+        """The library's own route to `_evaluate.loss_and_grad`, or None: the generic one."""
+
+    def checked_probabilities(self, xp, x, name):
+        """`x`, checked to hold probabilities where its values can be read (concrete)."""
+        if math.prod(tuple(x.shape)) == 0:
+            return x
+        _validation.probabilities_in_range(xp, x, name)
+        return x
+
+    def shares_memory(self, a, b) -> bool:
+        """Whether `a` and `b` may share memory (for `out=`)."""
+        return False
+
+    def writeable(self, a) -> bool:
+        """Whether `a` can be written (for `out=`)."""
+        return True
+
+
+class NumPyBacked(ArrayAPI):
+    """array-api-strict: NumPy computes in this thread, and warns."""
+
+    def quiet(self):
+        return np.errstate(all="ignore")
+
+
+class NumPy(NumPyBacked):
+    """NumPy: sums in `_summation`'s fixed blocks (any chunking adds up to the same bits),
+    the fused kernel from `_dispatch.KERNEL_MIN_SIZE` elements, 0-d arrays for scalars."""
+
+    fused_kernel = True
+    writable_out = True
+
+    def total(self, xp, a, keep, acc):
+        # only the kept elements, in order: the same blocks, so the same sum, as a[keep]
+        return _summation.total(a if keep is None else a[keep])
+
+    def count(self, xp, keep, acc):
+        return int(xp.count_nonzero(keep))
+
+    def as_result(self, xp, value):
+        # NumPy returns scalars from 0-d operations; the contract is a 0-d array
+        return xp.asarray(value)
+
+    def shares_memory(self, a, b) -> bool:
+        return np.may_share_memory(a, b)
+
+    def writeable(self, a) -> bool:
+        return a.flags.writeable

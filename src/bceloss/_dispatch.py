@@ -1,0 +1,98 @@
+"""Which library an array comes from, and whether the fused kernel runs: asked here only.
+
+`namespace` finds the arrays' namespace (array-api-compat) and refuses mixed kinds;
+`backend` gives the namespace's adapter, the object through which everything below asks what
+differs from one library to the next (`_array_api.ArrayAPI` lists the questions). The
+adapters are looked up by module name, so that they can import the modules that follow this
+one's decisions (an adapter computes through `_evaluate`, which asks `kernel_plan`), and a
+framework's adapter is imported only when its arrays arrive: `import bceloss` imports no
+framework. `kernel_plan` is the one place the kernel-or-formula policy lives.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import array_api_compat
+import numpy as np
+
+# array-api-compat's namespace module name (its top package) -> the adapter: module, class
+_ADAPTERS = {
+    "numpy": ("bceloss._array_api", "NumPy"),
+    "array_api_strict": ("bceloss._array_api", "NumPyBacked"),
+    "torch": ("bceloss._torch", "Torch"),
+    "jax": ("bceloss._jax", "Jax"),
+    "dask": ("bceloss._dask", "Dask"),
+}
+_GENERIC = ("bceloss._array_api", "ArrayAPI")  # CuPy and any other array API library
+_BACKENDS: dict = {}  # namespace -> adapter instance
+# the namespace of the arrays of each type met (array_api_compat's answer depends on the type)
+_NAMESPACES = {np.ndarray: array_api_compat.array_namespace(np.empty(0))}
+
+KERNEL_MIN_SIZE = 4096  # elements (kept, under a mask); see docs/performance.md
+
+
+def type_name(obj) -> str:
+    cls = type(obj)
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+
+
+def _library(xp) -> str:
+    # 'array_api_compat.torch' -> 'torch', 'jax.numpy' -> 'jax', 'array_api_strict'
+    return xp.__name__.removeprefix("array_api_compat.").split(".")[0]
+
+
+def namespace(arrays: dict):
+    """The array namespace of the named arrays (None values skipped); TypeError otherwise."""
+    present = {name: a for name, a in arrays.items() if a is not None}
+    classes = {type(a) for a in present.values()}
+    if len(classes) == 1:  # the common case, quickly: one type, its namespace remembered
+        xp = _NAMESPACES.get(next(iter(classes)))
+        if xp is not None:
+            return xp
+    for name, a in present.items():
+        if not array_api_compat.is_array_api_obj(a) or isinstance(a, (bool, int, float, complex)):
+            msg = f"{name} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got {type_name(a)}"
+            raise TypeError(msg)
+    kinds = {}
+    for name, a in present.items():
+        kinds.setdefault(_library(array_api_compat.array_namespace(a)), name)
+    if len(kinds) > 1:
+        (ka, na), (kb, nb) = list(kinds.items())[:2]
+        msg = f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
+        raise TypeError(msg)
+    xp = array_api_compat.array_namespace(*present.values())
+    if len(classes) == 1:
+        _NAMESPACES[next(iter(classes))] = xp
+    return xp
+
+
+def backend(xp):
+    """The adapter of namespace `xp`'s library (one instance a namespace)."""
+    adapter = _BACKENDS.get(xp)
+    if adapter is None:
+        module, name = _ADAPTERS.get(_library(xp), _GENERIC)
+        adapter = _BACKENDS[xp] = getattr(importlib.import_module(module), name)()
+    return adapter
+
+
+def backend_of(*arrays):
+    """(namespace, adapter) of arrays of one library (a block, a NumPy view)."""
+    xp = array_api_compat.array_namespace(*arrays)
+    return xp, backend(xp)
+
+
+def kernel_plan(call, min_size: int = KERNEL_MIN_SIZE):
+    """The fused kernel's plan for `call` (see `_kernels.plan`), or None: the formula runs.
+
+    The kernel reads NumPy arrays (PyTorch CPU tensors reach it as NumPy views, through
+    their adapter). Below `min_size` elements (kept, under a mask) the formula runs and the
+    kernels are not imported: both take tens of microseconds there, and a program computing
+    only small losses is spared the kernels' import and first compilation.
+    """
+    if not call.backend.fused_kernel or math.prod(call.shape) < min_size:
+        return None
+    from bceloss import _kernels
+
+    return _kernels.plan(call, min_size)
