@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
-from bceloss import _validation
-from bceloss._call import loss_function
+import functools
+import inspect
+
+from bceloss import _call, _dispatch, _validation
+
+
+def loss_function(bind):
+    """`_call.loss_function(bind)`, and inside a graph that PyTorch is compiling
+    (`torch.compile`, `torch.export`) one `bceloss::loss` operator (`_torch.compiled_loss`):
+    the compiler never reads the validation's Python, which runs in the operator instead."""
+    eager = _call.loss_function(bind)
+    params = tuple(inspect.signature(bind).parameters)
+    name = f"{bind.__module__}.{bind.__name__}"  # the operator finds `bind` again by it
+
+    @functools.wraps(bind)
+    def loss(*args, **kwargs):
+        if _dispatch.torch_compiling():
+            from bceloss import _torch
+
+            return _torch.compiled_loss(name, params, args, kwargs)
+        return eager(*args, **kwargs)
+
+    loss._bceloss_bind = bind
+    return loss
 
 
 @loss_function

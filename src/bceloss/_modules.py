@@ -1,15 +1,46 @@
-"""Loss classes: they hold settings and call the functional form (torch.nn style)."""
+"""Loss classes: they hold settings and call the functional form (torch.nn style).
+
+A loss class takes its framework's module type (`torch.nn.Module` for the core's) when that
+framework is imported in the process as the loss is made: its array options become the
+module's buffers (in `state_dict`, moved and cast by `.to()`), and it sits in a model as
+PyTorch's own losses do. Without the framework it is a plain class, and `import bceloss`
+imports no framework either way.
+"""
 
 from __future__ import annotations
 
-from bceloss import _call, _functional, _validation
+from bceloss import _call, _dispatch, _functional, _validation
 
 
 class _Loss:
     """A loss that holds its options; call it as loss(input, target)."""
 
-    def __call__(self, input, target):
+    framework = "torch"  # whose module type the class takes, once that framework is imported
+    arrays = ("weight", "pos_weight", "where")  # the options that are arrays: a module's buffers
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(_dispatch.module_type(cls) or cls)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, input, target):
+        """The loss of `input` against `target`, with the options held."""
         return _call.run(self._bceloss_bind(input, target))
+
+
+class _CoreLoss(_Loss):
+    """A core loss class: its forward is the functional form with the options held, which a
+    compiler traces as one operator (`_functional.loss_function`)."""
+
+    function = None  # the functional form
+
+    def forward(self, input, target):
+        """The loss of `input` against `target`, with the options held."""
+        return type(self).function(input, target, **self._options())
+
+    def _bceloss_bind(self, input, target):
+        return type(self).function._bceloss_bind(input, target, **self._options())
 
     def __repr__(self):
         shown = (  # the options set: not None, and label_smoothing not 0
@@ -20,7 +51,7 @@ class _Loss:
         return f"{type(self).__name__}({', '.join(shown)})"
 
 
-class BCELoss(_Loss):
+class BCELoss(_CoreLoss):
     """Binary cross-entropy between probabilities and targets.
 
     For input x in [0, 1], target y, weight w (1 when None), elementwise
@@ -68,6 +99,8 @@ class BCELoss(_Loss):
       0.38240483
     """
 
+    function = _functional.binary_cross_entropy
+
     def __init__(self, weight=None, reduction="mean", *, label_smoothing=0.0, where=None):
         _validation.reduction(reduction)
         _validation.smoothing(label_smoothing)
@@ -84,11 +117,8 @@ class BCELoss(_Loss):
             "where": self.where,
         }
 
-    def _bceloss_bind(self, input, target):
-        return _functional.binary_cross_entropy._bceloss_bind(input, target, **self._options())
 
-
-class BCEWithLogitsLoss(_Loss):
+class BCEWithLogitsLoss(_CoreLoss):
     """Binary cross-entropy between sigmoid(logits) and targets, computed from the logits.
 
     For logits x, target y, weight w and pos_weight p (1 when None), lw = 1 + (p - 1) y,
@@ -127,6 +157,8 @@ class BCEWithLogitsLoss(_Loss):
       1.6534557
     """
 
+    function = _functional.binary_cross_entropy_with_logits
+
     def __init__(
         self, weight=None, reduction="mean", pos_weight=None, *, label_smoothing=0.0, where=None
     ):
@@ -146,8 +178,3 @@ class BCEWithLogitsLoss(_Loss):
             "label_smoothing": self.label_smoothing,
             "where": self.where,
         }
-
-    def _bceloss_bind(self, input, target):
-        return _functional.binary_cross_entropy_with_logits._bceloss_bind(
-            input, target, **self._options()
-        )

@@ -17,7 +17,9 @@ tensor gets NumPy's bits. Gradients flow to input, target, weight and pos_weight
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib
 import inspect
 import math
 
@@ -47,6 +49,7 @@ class Torch(_array_api.ArrayAPI):
         return xp.float32 if like.device.type == "mps" else xp.float64  # MPS has no float64
 
     def loss(self, call):
+        call = _autocast(call)
         if records(call):
             unbound = _bind(call, (None,) * len(_TENSORS), _TENSORS)
             # the last argument, a list, carries the gradient a CPU forward computes (`_eager`)
@@ -76,6 +79,21 @@ class Torch(_array_api.ArrayAPI):
         if math.prod(tuple(values.shape)):
             _validation.probabilities_in_range(xp, values, name)
         return x
+
+
+def _autocast(call):
+    """The call as PyTorch's BCE runs under autocast: float16 and bfloat16 operands in
+    float32 (autograd records the casts), the result float32."""
+    if call.dtype not in (torch.float16, torch.bfloat16) or not torch.is_autocast_enabled(
+        call.input.device.type
+    ):
+        return call
+
+    def widened(a):
+        return a.float() if a is not None and a.dtype in (torch.float16, torch.bfloat16) else a
+
+    arrays = (widened(a) for a in _arrays(call))
+    return _bind(call, tuple(arrays)).replace(dtype=torch.float32)
 
 
 def records(call) -> bool:
@@ -288,3 +306,144 @@ def _function():
     fwd = BCELossFunction.forward
     fwd.__signature__ = inspect.signature(fwd)
     return BCELossFunction
+
+
+@functools.cache
+def module_type(cls):
+    """The loss class `cls` as a `torch.nn.Module`: its array options (`cls.arrays`) that are
+    tensors or None are buffers (in `state_dict`, moved and cast by `.to()`), others plain
+    attributes; calling it runs `forward` through `Module.__call__` (hooks, compile)."""
+
+    class Module(cls, torch.nn.Module):
+        _bceloss_plain = cls  # the plain class, which `_dispatch.module_type` stops at
+        __call__ = torch.nn.Module.__call__
+
+        def __init__(self, *args, **kwargs):
+            torch.nn.Module.__init__(self)
+            cls.__init__(self, *args, **kwargs)
+
+        def __setattr__(self, name, value):
+            if name in cls.arrays:
+                self.__dict__.pop(name, None)
+                self._buffers.pop(name, None)
+                if value is None or isinstance(value, torch.Tensor):
+                    self.register_buffer(name, value)
+                    return
+            torch.nn.Module.__setattr__(self, name, value)
+
+        def __reduce_ex__(self, protocol):
+            # pickled as the plain class's module, made again from it on loading
+            return (_module_of, (cls,), self.__getstate__())
+
+    Module.__name__, Module.__qualname__ = cls.__name__, cls.__qualname__
+    Module.__module__, Module.__doc__ = cls.__module__, cls.__doc__
+    return Module
+
+
+def _module_of(cls):
+    """An empty instance of `cls`'s module type, for pickle to fill (`Module.__setstate__`)."""
+    return object.__new__(module_type(cls))
+
+
+# --- the registered operator: one graph node for torch.compile and torch.export ----------
+
+_OPERANDS = ("input", "target", "weight", "pos_weight", "where")  # the operator's tensors
+
+
+def compiled_loss(fn: str, params: tuple, args: tuple, kwargs: dict):
+    """A core loss called inside a graph being compiled: one `bceloss::loss` operator.
+
+    Written for the compiler to trace (plain Python on the arguments, no validation): the
+    tensors are the operator's operands, the other arguments (str, numbers, None) its
+    options, as their `repr`. The operator validates and computes when the graph runs, and
+    its fake implementation validates shapes and dtypes when the graph is traced.
+    """
+    bound = dict(zip(params, args, strict=False))  # positional arguments, then keywords
+    bound.update(kwargs)
+    tensors = [bound.pop(name, None) for name in _OPERANDS]
+    return torch.ops.bceloss.loss(fn, *tensors, repr(tuple(bound.items())))
+
+
+@functools.cache
+def _bind_of(fn: str):
+    module, name = fn.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)._bceloss_bind
+
+
+@functools.cache
+def _options_of(options: str) -> dict:
+    return dict(ast.literal_eval(options))
+
+
+def _operator_call(fn, tensors, options):
+    """The validated call of the operator's arguments (on fake tensors: shapes and dtypes)."""
+    arrays = {n: t for n, t in zip(_OPERANDS, tensors, strict=True) if t is not None}
+    return _bind_of(fn)(**arrays, **_options_of(options))
+
+
+@torch.library.custom_op("bceloss::loss", mutates_args=())
+def _loss_operator(
+    fn: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    where: torch.Tensor | None,
+    options: str,
+) -> torch.Tensor:
+    """The loss of a core function `fn`, as eager PyTorch computes it (`forward`)."""
+    call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+    with torch.no_grad():
+        return forward(call).contiguous()
+
+
+@_loss_operator.register_fake
+def _(fn, input, target, weight, pos_weight, where, options):
+    call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+    return input.new_empty(call.shape if call.reduction == "none" else (), dtype=call.dtype)
+
+
+@torch.library.custom_op("bceloss::loss_backward", mutates_args=())
+def _loss_backward_operator(
+    grad: torch.Tensor,
+    fn: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    where: torch.Tensor | None,
+    options: str,
+    needs: list[bool],
+) -> list[torch.Tensor]:
+    """`grad` times the gradients of the loss wrt the arrays `needs` asks for, in order, as
+    eager PyTorch's backward computes them (`backward`)."""
+    call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+    with torch.no_grad():
+        grads = backward(call, grad, tuple(needs))
+    return [g.contiguous() for g in grads if g is not None]
+
+
+@_loss_backward_operator.register_fake
+def _(grad, fn, input, target, weight, pos_weight, where, options, needs):
+    arrays = (input, target, weight, pos_weight)
+    return [a.new_empty(a.shape) for a, need in zip(arrays, needs, strict=True) if need]
+
+
+def _setup_operator(ctx, inputs, output):
+    fn, *tensors, options = inputs
+    ctx.fn, ctx.options = fn, options
+    ctx.save_for_backward(*tensors)
+
+
+def _operator_backward(ctx, grad):
+    needs = [bool(n) for n in ctx.needs_input_grad[1:5]]
+    grads = iter(
+        torch.ops.bceloss.loss_backward(grad, ctx.fn, *ctx.saved_tensors, ctx.options, needs)
+    )
+    return (None, *(next(grads) if need else None for need in needs), None, None)
+
+
+_loss_operator.register_autograd(_operator_backward, setup_context=_setup_operator)
+# PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
+torch.library.register_autocast("bceloss::loss", "cpu", torch.float32)
+torch.library.register_autocast("bceloss::loss", "cuda", torch.float32)

@@ -94,7 +94,13 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     )
 
 
-class BCEWithLogitsLoss(_modules._Loss):
+class _Loss(_modules._Loss):
+    """A MindSpore flavour's loss class: MindSpore's module type once mindspore is imported."""
+
+    framework = "mindspore"
+
+
+class BCEWithLogitsLoss(_Loss):
     """`mindspore.nn.BCEWithLogitsLoss`: reduction first, called as loss(logits, labels).
 
     The math is that of `bceloss.BCEWithLogitsLoss`; the checks those of this module.
@@ -118,7 +124,8 @@ class BCEWithLogitsLoss(_modules._Loss):
     def _options(self):
         return {"reduction": self.reduction, "weight": self.weight, "pos_weight": self.pos_weight}
 
-    def __call__(self, logits, labels):
+    def forward(self, logits, labels):
+        """The loss of `logits` against `labels`, with the options held."""
         return _call.run(self._bceloss_bind(logits, labels))
 
     def _bceloss_bind(self, logits, labels):
@@ -134,7 +141,7 @@ class BCEWithLogitsLoss(_modules._Loss):
         )
 
 
-class BCELoss(_modules._Loss):
+class BCELoss(_Loss):
     """`mindspore.nn.BCELoss` on probabilities, called as loss(logits, labels).
 
     MindSpore names the probabilities `logits`. The math is that of `bceloss.BCELoss`;
@@ -158,7 +165,8 @@ class BCELoss(_modules._Loss):
     def _options(self):
         return {"weight": self.weight, "reduction": self.reduction}
 
-    def __call__(self, logits, labels):
+    def forward(self, logits, labels):
+        """The loss of `logits` against `labels`, with the options held."""
         return _call.run(self._bceloss_bind(logits, labels))
 
     def _bceloss_bind(self, logits, labels):

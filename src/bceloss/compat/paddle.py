@@ -165,7 +165,13 @@ def sigmoid_focal_loss(
     )
 
 
-class BCEWithLogitsLoss(_modules._Loss):
+class _Loss(_modules._Loss):
+    """A Paddle flavour's loss class: Paddle's module type once paddle is imported."""
+
+    framework = "paddle"
+
+
+class BCEWithLogitsLoss(_Loss):
     """`paddle.nn.BCEWithLogitsLoss`, called as loss(logit, label).
 
     The math is that of `bceloss.BCEWithLogitsLoss`; the checks, the weight's broadcasting
@@ -196,7 +202,8 @@ class BCEWithLogitsLoss(_modules._Loss):
             "name": self.name,
         }
 
-    def __call__(self, logit, label):
+    def forward(self, logit, label):
+        """The loss of `logit` against `label`, with the options held."""
         return _call.run(self._bceloss_bind(logit, label))
 
     def _bceloss_bind(self, logit, label):
@@ -205,7 +212,7 @@ class BCEWithLogitsLoss(_modules._Loss):
         )
 
 
-class BCELoss(_modules._Loss):
+class BCELoss(_Loss):
     """`paddle.nn.BCELoss` on probabilities, called as loss(input, label).
 
     The math is that of `bceloss.BCELoss`; the checks and the weight's broadcasting those
@@ -230,7 +237,8 @@ class BCELoss(_modules._Loss):
     def _options(self):
         return {"weight": self.weight, "reduction": self.reduction, "name": self.name}
 
-    def __call__(self, input, label):
+    def forward(self, input, label):
+        """The loss of `input` against `label`, with the options held."""
         return _call.run(self._bceloss_bind(input, label))
 
     def _bceloss_bind(self, input, label):
