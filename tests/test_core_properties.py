@@ -62,6 +62,7 @@ def _reduce(values, reduction):
     return total / values.size if values.size else np.nan
 
 
+@pytest.mark.slow  # 2 s: 150 examples against the oracle
 @settings(max_examples=150, deadline=None)
 @given(logits_cases())
 def test_logits_loss_matches_the_oracle(case):

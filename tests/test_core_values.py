@@ -70,7 +70,8 @@ def test_probabilities_elementwise_within_8_ulp(dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("form", ["logits", "probabilities"])
+# slow: the oracle of 500 logits up to 6e4 (tens of thousands of digits), 5 s a dtype
+@pytest.mark.parametrize("form", [pytest.param("logits", marks=pytest.mark.slow), "probabilities"])
 def test_half_types_are_rounded_once(dtype, form):
     # Computed in float32 and rounded once: within 1 ulp of the half type at the exact value.
     rng = np.random.default_rng(7)

@@ -241,6 +241,7 @@ def test_no_leak_through_torch_autograd_first_and_second_order():
     np.testing.assert_allclose(Y.grad.numpy(), vy, rtol=1e-14)
 
 
+@pytest.mark.slow  # 3.5 s: JAX traces a gradient and a second derivative
 def test_no_leak_through_jax_grad():
     jax = pytest.importorskip("jax", reason="JAX is not installed")
     x, y, w, p, m = _poisoned(seed=12)
