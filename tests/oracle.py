@@ -2,14 +2,13 @@
 makes them exact (the naive logits form cancels |x| / ln 10 digits, so it gets that many more).
 
 Values come back as float64 arrays of the correctly rounded result (or, with `exact=True`,
-as lists of mpf), together with helpers that measure errors in ulp of a dtype.
+as lists of mpf); `tolerances` measures how far a result may be from them.
 """
 
 from __future__ import annotations
 
 import math
 
-import ml_dtypes
 import mpmath as mp
 import numpy as np
 
@@ -55,6 +54,14 @@ def _inf_limit(x, y, w, p):
     return loss, dx, dy
 
 
+def _clamped_logs(x, X):
+    """log x and log(1 - x) of a probability (float x, mpf X), clamped at -100 as PyTorch's
+    BCE clamps them (log 0 included), at the working precision of the caller."""
+    log_x = max(mp.log(X), -100) if x > 0 else mp.mpf(-100)
+    log_q = max(mp.log(1 - X), -100) if x < 1 else mp.mpf(-100)
+    return log_x, log_q
+
+
 def probs_terms(x, y, w=1.0):
     """(loss, d/dx, d/dy) of BCE on a probability x, logs clamped at -100, exact."""
     x, y, w = float(x), float(y), float(w)
@@ -62,24 +69,11 @@ def probs_terms(x, y, w=1.0):
         return math.nan, math.nan, math.nan
     with mp.workdps(GUARD_DIGITS + 330):  # 1 - x is exact for every float64 x in [0, 1]
         X, Y, W = _mpf(x), _mpf(y), _mpf(w)
-        log_x = max(mp.log(X), -100) if x > 0 else mp.mpf(-100)
-        log_q = max(mp.log(1 - X), -100) if x < 1 else mp.mpf(-100)
+        log_x, log_q = _clamped_logs(x, X)
         loss = -W * (Y * log_x + (1 - Y) * log_q)
         dx = W * (X - Y) / max(X * (1 - X), mp.mpf(1e-12))
         dy = W * (log_q - log_x)
         return float(loss), float(dx), float(dy)
-
-
-def probs_grad_scales(x, y, w):
-    """The largest terms of BCE on probabilities' d/dx = w (x - y) / max(x (1 - x), 1e-12) and
-    d/dy = w (max(log1p(-x), -100) - max(log x, -100)), in float64: what a gradient's error
-    is measured against where its terms cancel."""
-    X, Y, W = (np.asarray(a, np.float64) for a in (x, y, w))
-    with np.errstate(divide="ignore"):
-        logs = np.maximum(
-            np.abs(np.maximum(np.log(X), -100)), np.abs(np.maximum(np.log1p(-X), -100))
-        )
-    return W * np.maximum(X, Y) / np.maximum(X * (1 - X), 1e-12), W * logs
 
 
 def elementwise(fn, *arrays):
@@ -96,25 +90,6 @@ def elementwise(fn, *arrays):
 def exact_sum(values) -> float:
     """The correctly rounded sum of float64 values (math.fsum)."""
     return math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist())
-
-
-def ulp(value, dtype) -> np.ndarray:
-    """The spacing of `dtype` at |value| (its smallest subnormal at 0)."""
-    v = np.abs(np.asarray(value, dtype=np.float64))
-    info = ml_dtypes.finfo(dtype)
-    with np.errstate(divide="ignore"):
-        e = np.floor(np.log2(np.maximum(v, float(info.smallest_normal))))
-    return np.exp2(e - info.nmant)
-
-
-def ulp_error(got, exact, dtype) -> np.ndarray:
-    """|got - exact| in ulp of `dtype` at exact; equal infinities and NaNs count as 0."""
-    got = np.asarray(got, dtype=np.float64)
-    exact = np.asarray(exact, dtype=np.float64)
-    same = (got == exact) | (np.isnan(got) & np.isnan(exact))
-    with np.errstate(invalid="ignore"):
-        err = np.abs(got - exact) / ulp(exact, dtype)
-    return np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
 
 
 def focal_terms(x, y, alpha=0.25, gamma=2.0, w=1.0):
@@ -165,8 +140,7 @@ def smoothed_terms(x, y, s, w=1.0, p=1.0, *, logits=True):
             dx = W * (lw * _sigmoid(X) - P * Ys)
             dys = W * ((P - 1) * sp_neg - X)
         else:
-            log_x = max(mp.log(X), -100) if x > 0 else mp.mpf(-100)
-            log_q = max(mp.log(1 - X), -100) if x < 1 else mp.mpf(-100)
+            log_x, log_q = _clamped_logs(x, X)
             loss = -W * (Ys * log_x + (1 - Ys) * log_q)
             dx = W * (X - Ys) / max(X * (1 - X), mp.mpf(1e-12))
             dys = W * (log_q - log_x)

@@ -1,5 +1,5 @@
-"""Samples every dtype holds exactly, with their mpmath oracle values, and the tolerances
-of SPEC §3 that the backend tests hold each library to.
+"""Samples every dtype holds exactly, with their mpmath oracle values, that the backend
+tests hold each library to (with `tolerances.assert_values` and `assert_gradient`).
 
 Values are rounded to bfloat16 and kept within float16's normal range (|x| in [1e-4, 1e4],
 or 0, or +-inf), so the same numbers are exact in float16, bfloat16, float32 and float64
@@ -17,17 +17,11 @@ import oracle
 import samples
 
 BF16 = ml_dtypes.bfloat16
-MAX_ULP = 8  # SPEC §3, full-precision dtypes
-HALF = ("float16", "bfloat16")
 
 
 def _portable(a, low=1e-4):
     a = np.where(np.abs(a) < low, 0.0, a)
     return a.astype(BF16).astype(np.float64)
-
-
-def np_dtype(name):
-    return np.dtype(BF16) if name == "bfloat16" else np.dtype(name)
 
 
 def grad_pos_weight(x, y, w):
@@ -80,42 +74,3 @@ def probabilities_case(n=96, seed=1):
     loss, dx, dy = oracle.elementwise(oracle.probs_terms, x, y, w)
     dw, _, _ = oracle.elementwise(oracle.probs_terms, x, y, 1.0)
     return (x, y, w), (loss, dx, dy, dw)
-
-
-def assert_values(got, exact, dtype: str, *, reduced=False):
-    """Elementwise within 8 ulp of `exact` (half types: 1 ulp, being rounded once from
-    float32); a reduced value gets one more ulp for its final rounding."""
-    got = np.asarray(got, dtype=np.float64)
-    exact = np.asarray(exact, dtype=np.float64)
-    dt = np_dtype(dtype)
-    top = float(ml_dtypes.finfo(dt).max)
-    over = np.abs(exact) > top  # float16 cannot hold the value: it rounds to inf
-    assert (np.isinf(got[over]) & (np.sign(got[over]) == np.sign(exact[over]))).all()
-    tol = 1.0 if dtype in HALF else MAX_ULP + reduced
-    err = oracle.ulp_error(got[~over], exact[~over], dt)
-    assert err.max(initial=0) <= tol, (dtype, err.max(), got[~over][err.argmax()])
-
-
-def assert_gradient(got, exact, largest, dtype: str):
-    """Within 8 ulp of the largest term of the gradient's formula (half types: 1 ulp)."""
-    got = np.asarray(got, dtype=np.float64)
-    dt = np_dtype(dtype)
-    over = np.abs(exact) > float(ml_dtypes.finfo(dt).max)  # float16: rounds to inf
-    assert (got[over] == np.sign(exact[over]) * np.inf).all()
-    ulps = 1.0 if dtype in HALF else MAX_ULP
-    with np.errstate(invalid="ignore"):
-        tol = ulps * oracle.ulp(largest, dt)
-        bad = ~(np.abs(got - exact) <= tol) & ~(got == exact) & ~over
-    assert not bad.any(), (dtype, got[bad][:5], exact[bad][:5])
-
-
-def logits_largest_terms(x, y, w, p):
-    """The largest term of SPEC §2's d/dx = w (lw sigmoid(x) - p y) and of
-    d/dy = w ((p - 1) softplus(-x) - x): what a gradient's error is measured against."""
-    X, Y, W, P = np.broadcast_arrays(x, y, w, p)
-    with np.errstate(over="ignore", invalid="ignore"):
-        sig = 1 / (1 + np.exp(-X))
-        lw = 1 + (P - 1) * Y
-        dx = W * np.maximum(lw * sig, P * Y)
-        dy = W * np.maximum(np.abs(P - 1) * np.logaddexp(0, -X), np.abs(X))
-    return dx, dy

@@ -203,6 +203,7 @@ def test_empty_files_give_nan_mean_and_zero_sum(tmp_path, capsys):
     assert (got["loss"], got["elements"]) == (0.0, 0)
 
 
+@pytest.mark.slow  # 4 s: starts a local Dask cluster
 def test_distributed_run_equals_the_in_process_run(data, tmp_path, capsys):
     distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
     srcs = [write(tmp_path, "csv", n, data[n]) for n in ("x", "y")]

@@ -18,7 +18,9 @@ import numpy as np
 import oracle
 import pytest
 import samples
+import tolerances
 from numba import njit
+from tolerances import MAX_ULP, assert_close
 
 import bceloss
 from bceloss import (
@@ -35,7 +37,6 @@ from bceloss import (
 BF16 = ml_dtypes.bfloat16
 BCE = bceloss.binary_cross_entropy
 BCEL = bceloss.binary_cross_entropy_with_logits
-MAX_ULP = 8  # SPEC §3
 SHAPE = (64, 80)  # 5120 elements: above the kernel's threshold, cheap for the oracle
 
 
@@ -81,15 +82,6 @@ def _apply(which, a, out):
             out[i] = _fastmath.log1p_neg(v)
 
 
-def _ulps(got, exact, dtype):
-    """|got - exact| in ulp of dtype at exact (np.longdouble reference)."""
-    exact_r = exact.astype(dtype)
-    same = got == exact_r
-    spacing = np.spacing(np.abs(exact_r)).astype(np.longdouble)
-    err = np.abs(got.astype(np.longdouble) - exact) / spacing
-    return np.where(same, 0, err).astype(np.float64)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fastmath_within_2_ulp(dtype):
     rng = np.random.default_rng(0)
@@ -116,7 +108,7 @@ def test_fastmath_within_2_ulp(dtype):
         _apply(which, a, out)
         exact = exact_fns[which](a.astype(np.longdouble))
         finite = np.isfinite(exact)
-        err = _ulps(out[finite], exact[finite], dtype)
+        err = tolerances.ulp_error_longdouble(out[finite], exact[finite], dtype)
         assert err.max() <= 2, (which, err.max(), a[finite][np.argmax(err)])
 
 
@@ -159,7 +151,7 @@ def test_logits_elementwise_against_oracle(dtype, w_shape, p_shape):
     ones = np.ones(1)
     args = [_f64(x), _f64(y), ones if w is None else _f64(w), ones if p is None else _f64(p)]
     exact, _, _ = _oracle_at(oracle.logits_terms, *args)
-    err = oracle.ulp_error(got.reshape(-1)[PICK], exact, dtype)
+    err = tolerances.ulp_error(got.reshape(-1)[PICK], exact, dtype)
     assert err.max() <= MAX_ULP, (err.max(), x.flat[PICK[np.argmax(err)]])
     assert np.isnan(got.flat[4])
     assert np.isinf(got.flat[0])
@@ -178,15 +170,9 @@ def test_probabilities_elementwise_against_oracle(dtype):
     assert _runs_in_kernel(False, x, y, w)
     got = BCE(x, y, w, "none")
     exact, _, _ = _oracle_at(oracle.probs_terms, x, y, w)
-    err = oracle.ulp_error(got.reshape(-1)[PICK], exact, dtype)
+    err = tolerances.ulp_error(got.reshape(-1)[PICK], exact, dtype)
     assert err.max() <= MAX_ULP, (err.max(), x.flat[PICK[np.argmax(err)]])
     assert np.isnan(got.flat[0])
-
-
-def _within_8_ulp_of_largest_term(got, exact, largest, dtype):
-    tol = MAX_ULP * oracle.ulp(largest, dtype)
-    bad = ~(np.abs(got - exact) <= tol) & ~(got == exact)
-    assert not bad.any(), (got[bad][:5], exact[bad][:5])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -201,13 +187,9 @@ def test_logits_gradients_against_oracle(dtype):
     )
     gx, gy = gx.reshape(-1)[PICK], gy.reshape(-1)[PICK]
     finite = np.isfinite(X)
-    with np.errstate(all="ignore"):
-        sig = 1 / (1 + np.exp(-X))
-        lw = 1 + (P - 1) * Y
-        dx_terms = W * np.maximum(lw * sig, P * Y)
-        dy_terms = W * np.maximum(np.abs(P - 1) * np.logaddexp(0, -X), np.abs(X))
-    _within_8_ulp_of_largest_term(gx[finite], dx[finite], dx_terms[finite], dtype)
-    _within_8_ulp_of_largest_term(gy[finite], dy[finite], dy_terms[finite], dtype)
+    dx_terms, dy_terms = tolerances.logits_grad_scales(X, Y, W, P)
+    tolerances.assert_within_ulp_of_largest_term(gx[finite], dx[finite], dx_terms[finite], dtype)
+    tolerances.assert_within_ulp_of_largest_term(gy[finite], dy[finite], dy_terms[finite], dtype)
     # infinite logits: the limits of SPEC §2 (the oracle's), NaN for NaN
     inf = ~finite & ~np.isnan(X)
     np.testing.assert_array_equal(gx[inf], dx[inf].astype(dtype))
@@ -217,7 +199,7 @@ def test_logits_gradients_against_oracle(dtype):
     assert np.isnan(value)  # the NaN logit
     rows = x[1:3], y[1:3]  # two rows without the special values
     exact = oracle.exact_sum(oracle.elementwise(oracle.logits_terms, *rows, w, p)[0])
-    assert oracle.ulp_error(BCEL(*rows, w, "sum", p), exact, dtype) <= MAX_ULP + 1
+    assert tolerances.ulp_error(BCEL(*rows, w, "sum", p), exact, dtype) <= MAX_ULP + 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -228,9 +210,9 @@ def test_probability_gradients_against_oracle(dtype):
     w = rng.uniform(0, 3, SHAPE).astype(dtype)
     _, (gx, gy) = bceloss.value_and_grad(BCE, argnums=(0, 1))(x, y, w, "sum")
     _, dx, dy = _oracle_at(oracle.probs_terms, x, y, w)
-    sx, sy = oracle.probs_grad_scales(*(a.reshape(-1)[PICK] for a in (x, y, w)))
-    _within_8_ulp_of_largest_term(gx.reshape(-1)[PICK], dx, sx, dtype)
-    _within_8_ulp_of_largest_term(gy.reshape(-1)[PICK], dy, sy, dtype)
+    sx, sy = tolerances.probs_grad_scales(*(a.reshape(-1)[PICK] for a in (x, y, w)))
+    tolerances.assert_within_ulp_of_largest_term(gx.reshape(-1)[PICK], dx, sx, dtype)
+    tolerances.assert_within_ulp_of_largest_term(gy.reshape(-1)[PICK], dy, sy, dtype)
 
 
 # --- the kernels against the array-API formula -------------------------------------------
@@ -241,7 +223,6 @@ LAYOUTS = {
     "same shape": (SHAPE, SHAPE),
     "trailing vector": ((80,), (80,)),
 }
-TOL = {np.float32: 2e-6, np.float64: 4e-15}
 
 
 def _both(fn, *args, **kwargs):
@@ -249,36 +230,6 @@ def _both(fn, *args, **kwargs):
     call = fn._bceloss_bind(*args, **kwargs)
     assert _dispatch.kernel_plan(call) is not None
     return _evaluate.evaluate(call), _evaluate.evaluate(call, fast=False)
-
-
-def _assert_close(got, want, dtype, scale=None):
-    """got within a few ulp of want (of `scale`, the largest term, where terms cancel)."""
-    assert got.dtype == want.dtype
-    assert got.shape == want.shape
-    g, w = got.astype(np.float64), want.astype(np.float64)
-    with np.errstate(invalid="ignore"):  # inf - inf where both overflowed
-        if dtype in (np.float16, BF16):
-            # both round float32 values a few float32 ulp apart: at most 1 ulp apart
-            if scale is None:
-                err = oracle.ulp_error(g, w, dtype)
-            else:
-                err = np.abs(g - w) / oracle.ulp(scale, dtype)
-            bad = ~(err <= 1.01) & ~(g == w)
-        else:
-            scale = np.abs(w) if scale is None else np.maximum(np.abs(w), np.abs(scale))
-            bad = ~(np.abs(g - w) <= TOL[dtype] * scale) & ~(g == w)
-    assert not bad.any(), (g[bad][:5], w[bad][:5])
-
-
-def _logits_grad_scales(x, y, w, p):
-    """The largest terms of d/dx = w (lw sigmoid(x) - p y), d/dy = w ((p - 1) softplus(-x) - x)."""
-    one = np.float64(1)
-    X, Y, W, P = (one if a is None else a.astype(np.float64) for a in (x, y, w, p))
-    lw = 1 + (P - 1) * Y
-    with np.errstate(over="ignore"):
-        sig = 1 / (1 + np.exp(-X))
-    softplus = np.logaddexp(0, -X)
-    return W * np.maximum(lw * sig, P * Y), W * np.maximum(np.abs(P - 1) * softplus, np.abs(X))
 
 
 # every layout in float32 and float64; the half types (converted on the fly) in two of them,
@@ -294,14 +245,14 @@ def test_logits_kernel_matches_formula(dtype, layout):
     x, y, w, p = _logits_sample(7, dtype, w_shape, p_shape)
     x.flat[:6] = 1.5  # compared without the special values (the oracle covers them)
     for reduction in ("none", "mean", "sum"):
-        _assert_close(*_both(BCEL, x, y, w, reduction, p), dtype)
+        assert_close(*_both(BCEL, x, y, w, reduction, p), dtype)
     fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, w, "mean", p)
     call = BCEL._bceloss_bind(x, y, w, "mean", p)
     slow = _evaluate.loss_and_grad(call, (0, 1), fast=False)
-    _assert_close(fast[0], slow[0], dtype)
-    scales = _logits_grad_scales(x, y, w, p)
+    assert_close(fast[0], slow[0], dtype)
+    scales = tolerances.logits_grad_scales(x, y, w, p)
     for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
-        _assert_close(g, h, dtype, scale / x.size)
+        assert_close(g, h, dtype, scale / x.size)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, BF16, np.float32, np.float64])
@@ -311,12 +262,12 @@ def test_probabilities_kernel_matches_formula(dtype):
     y = samples.targets(rng, SHAPE).astype(dtype)
     w = rng.uniform(0, 3, (80,)).astype(dtype)
     for reduction in ("none", "mean", "sum"):
-        _assert_close(*_both(BCE, x, y, w, reduction), dtype)
+        assert_close(*_both(BCE, x, y, w, reduction), dtype)
     fast = bceloss.value_and_grad(BCE, argnums=(0, 1))(x, y, w, "sum")
     slow = _evaluate.loss_and_grad(BCE._bceloss_bind(x, y, w, "sum"), (0, 1), fast=False)
-    scales = oracle.probs_grad_scales(x, y, np.broadcast_to(w, SHAPE))
+    scales = tolerances.probs_grad_scales(x, y, np.broadcast_to(w, SHAPE))
     for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
-        _assert_close(g, h, dtype, scale)
+        assert_close(g, h, dtype, scale)
 
 
 @njit
@@ -372,13 +323,13 @@ def test_a_half_input_with_a_float64_target_runs_in_the_kernel():
     for reduction in ("none", "mean"):
         got, want = _both(BCEL, x, y, reduction=reduction)
         assert got.dtype == np.float64
-        _assert_close(got, want, np.float64)
+        assert_close(got, want, np.float64)
     fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, reduction="sum")
     slow = _evaluate.loss_and_grad(BCEL._bceloss_bind(x, y, reduction="sum"), (0, 1), fast=False)
     assert fast[1][0].dtype == np.float16
-    scales = _logits_grad_scales(x, y, None, None)
+    scales = tolerances.logits_grad_scales(x, y, None, None)
     for g, h, scale, dtype in zip(fast[1], slow[1], scales, (np.float16, np.float64), strict=True):
-        _assert_close(g, h, dtype, scale)
+        assert_close(g, h, dtype, scale)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -423,7 +374,7 @@ def test_a_subnormal_pos_weight_or_target_does_not_underflow_the_loss():
     x.flat[0], y.flat[0], p.flat[0] = -85, 0.5, 1e-45
     exact = _oracle_at(oracle.logits_terms, x, y, 1.0, p)[0]
     for got in _both(BCEL, x, y, reduction="none", pos_weight=p):
-        assert (oracle.ulp_error(got.reshape(-1)[PICK], exact, np.float32) <= MAX_ULP).all()
+        assert (tolerances.ulp_error(got.reshape(-1)[PICK], exact, np.float32) <= MAX_ULP).all()
 
 
 def test_integer_target_and_ignore_label_match_formula():
@@ -432,13 +383,13 @@ def test_integer_target_and_ignore_label_match_formula():
     rng = np.random.default_rng(9)
     x = rng.normal(0, 4, SHAPE).astype(np.float32)
     y = rng.integers(0, 2, SHAPE).astype(np.int64)
-    _assert_close(*_both(BCEL, x, y, None, "none"), np.float32)
+    assert_close(*_both(BCEL, x, y, None, "none"), np.float32)
     label = rng.integers(0, 2, SHAPE).astype(np.float32)
     label[::3] = -100  # Paddle's ignored label
     got = paddle.binary_cross_entropy_with_logits(x, label, reduction="none")
     call = paddle.binary_cross_entropy_with_logits._bceloss_bind(x, label, reduction="none")
     assert _dispatch.kernel_plan(call) is not None
-    _assert_close(got, _evaluate.evaluate(call, fast=False), np.float32)
+    assert_close(got, _evaluate.evaluate(call, fast=False), np.float32)
     assert (got[::3] == 0).all()
 
 
@@ -451,7 +402,7 @@ def test_every_numpy_layout_runs_in_the_kernel():
     w_column = rng.random((64, 1)).astype(np.float32)
     for args in [(x, y, w_column), (x.T, y.T)]:
         assert _runs_in_kernel(True, *args)
-        _assert_close(*_both(BCEL, *args, reduction="none"), np.float32)
+        assert_close(*_both(BCEL, *args, reduction="none"), np.float32)
     by_rows = BCEL(x, y, w_column, "none")
     flat = BCEL(x.reshape(-1), y.reshape(-1), np.repeat(w_column, 80), "none")
     assert by_rows.reshape(-1).tobytes() == flat.tobytes()
@@ -498,7 +449,9 @@ def test_read_only_inputs_are_accepted_and_untouched():
     for a, c in zip((x, y, w, p), copies, strict=True):
         np.testing.assert_array_equal(a, c)
     want = _evaluate.loss_and_grad(BCEL._bceloss_bind(x, y, w, "mean", p), (0,), fast=False)
-    _assert_close(grad, want[1][0], np.float32, _logits_grad_scales(x, y, w, p)[0] / x.size)
+    assert_close(
+        grad, want[1][0], np.float32, tolerances.logits_grad_scales(x, y, w, p)[0] / x.size
+    )
 
 
 # --- sums: exact enough, the same for any number of threads ------------------------------
@@ -813,7 +766,7 @@ def test_a_callers_out_at_any_address_holds_what_a_fresh_array_holds(dtype, offs
     call = BCEL._bceloss_bind(x, y, where=where)
     slow = _evaluate.loss_and_grad(call, (0,), fast=False)[1][0]
     kept = n if where is None else int(where.sum())
-    _assert_close(out, slow, dtype, _logits_grad_scales(x, y, None, None)[0] / kept)
+    assert_close(out, slow, dtype, tolerances.logits_grad_scales(x, y, None, None)[0] / kept)
 
 
 # --- PyTorch CPU tensors through the same kernels -----------------------------------------
@@ -888,11 +841,11 @@ def _options_case(seed, dtype, option):
 
 
 def _gradient_scales(x, y, w, p, kwargs, reduction):
-    """The largest terms of the gradients (`_logits_grad_scales` at the smoothed target),
+    """The largest terms of the gradients (`tolerances.logits_grad_scales` at the smoothed target),
     over the reduction's denominator."""
     s = kwargs.get("label_smoothing", 0.0)
     ys = y.astype(np.float64) * (1 - s) + s / 2
-    scales = _logits_grad_scales(x, ys, w, p)
+    scales = tolerances.logits_grad_scales(x, ys, w, p)
     keep = np.broadcast_to(kwargs.get("where", True), SHAPE)
     denominator = {
         "sum": 1.0,
@@ -906,17 +859,17 @@ def _gradient_scales(x, y, w, p, kwargs, reduction):
 def test_options_in_the_kernel_match_the_formula(dtype, option):
     x, probs, y, w, p, kwargs, reductions = _options_case(17, dtype, option)
     for reduction in reductions:
-        _assert_close(*_both(BCEL, x, y, w, reduction, p, **kwargs), dtype)
-        _assert_close(*_both(BCE, probs, y, w, reduction, **kwargs), dtype)
+        assert_close(*_both(BCEL, x, y, w, reduction, p, **kwargs), dtype)
+        assert_close(*_both(BCE, probs, y, w, reduction, **kwargs), dtype)
         if reduction == "none":
             continue
         call = BCEL._bceloss_bind(x, y, w, reduction, p, **kwargs)
         fast = bceloss.value_and_grad(BCEL, argnums=(0, 1))(x, y, w, reduction, p, **kwargs)
         slow = _evaluate.loss_and_grad(call, (0, 1), fast=False)
-        _assert_close(fast[0], slow[0], dtype)
+        assert_close(fast[0], slow[0], dtype)
         scales = _gradient_scales(x, y, w, p, kwargs, reduction)
         for g, h, scale in zip(fast[1], slow[1], scales, strict=True):
-            _assert_close(g, h, dtype, scale)
+            assert_close(g, h, dtype, scale)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1064,14 +1017,14 @@ def test_focal_loss_in_the_kernel_matches_the_formula(dtype):
     focal = bceloss.sigmoid_focal_loss
     for alpha, gamma in FOCAL_CASES:
         for reduction in ("none", "mean", "sum"):
-            _assert_close(*_both(focal, x, y, alpha, gamma, reduction), dtype)
-        _assert_close(*_both(focal, x, y, alpha, gamma, "mean", where=m), dtype)
+            assert_close(*_both(focal, x, y, alpha, gamma, reduction), dtype)
+        assert_close(*_both(focal, x, y, alpha, gamma, "mean", where=m), dtype)
         call = focal._bceloss_bind(x, y, alpha, gamma, "sum", where=m)
         fast = bceloss.value_and_grad(focal, argnums=(0, 1))(x, y, alpha, gamma, "sum", where=m)
         slow = _evaluate.loss_and_grad(call, (0, 1), fast=False)
-        _assert_close(fast[0], slow[0], dtype)
+        assert_close(fast[0], slow[0], dtype)
         for g, h in zip(fast[1], slow[1], strict=True):
-            _assert_close(g, h, dtype, np.full(SHAPE, np.abs(h.astype(np.float64)).max()))
+            assert_close(g, h, dtype, np.full(SHAPE, np.abs(h.astype(np.float64)).max()))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1086,5 +1039,5 @@ def test_paddle_focal_loss_in_the_kernel_matches_the_formula(dtype):
     got = paddle.sigmoid_focal_loss(x, label, normalizer, reduction="none")
     call = paddle.sigmoid_focal_loss._bceloss_bind(x, label, normalizer, reduction="none")
     assert _dispatch.kernel_plan(call) is not None
-    _assert_close(got, _evaluate.evaluate(call, fast=False), dtype)
+    assert_close(got, _evaluate.evaluate(call, fast=False), dtype)
     assert (got[::3] == 0).all()
