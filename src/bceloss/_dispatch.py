@@ -104,17 +104,3 @@ def torch_compiling() -> bool:
     Written for the compiler to read: no import, one attribute chain."""
     torch = sys.modules.get("torch")
     return torch is not None and torch.compiler.is_compiling()
-
-
-# a framework -> the adapter that makes a loss class that framework's module type
-_MODULE_TYPES = {"torch": "bceloss._torch"}
-
-
-def module_type(cls):
-    """`cls` (a loss class) as its framework's module type (a `torch.nn.Module`), or None
-    where the loss stays a plain class: its framework is not imported in this process (so
-    none is imported here), or has no module adapter. A module type is returned as it is."""
-    adapter = _MODULE_TYPES.get(cls.framework)
-    if adapter is None or cls.framework not in sys.modules or "_bceloss_plain" in vars(cls):
-        return None
-    return importlib.import_module(adapter).module_type(cls)

@@ -9,7 +9,20 @@ imports no framework either way.
 
 from __future__ import annotations
 
-from bceloss import _call, _dispatch, _functional, _validation
+import sys
+
+from bceloss import _call, _functional, _validation
+
+
+def _module_type(cls):
+    """`cls` (a loss class) as its framework's module type, or None where the loss stays a
+    plain class: its framework is not imported in this process (so none is imported here) or
+    has no module adapter, or `cls` is a module type already."""
+    if cls.framework == "torch" and "torch" in sys.modules and "_bceloss_plain" not in vars(cls):
+        from bceloss import _torch
+
+        return _torch.module_type(cls)
+    return None
 
 
 class _Loss:
@@ -19,14 +32,13 @@ class _Loss:
     arrays = ("weight", "pos_weight", "where")  # the options that are arrays: a module's buffers
 
     def __new__(cls, *args, **kwargs):
-        return object.__new__(_dispatch.module_type(cls) or cls)
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        return object.__new__(_module_type(cls) or cls)
 
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
         return _call.run(self._bceloss_bind(input, target))
+
+    __call__ = forward  # the signature of forward, under its own names
 
 
 class _CoreLoss(_Loss):
@@ -38,6 +50,8 @@ class _CoreLoss(_Loss):
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
         return type(self).function(input, target, **self._options())
+
+    __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, input, target):
         return type(self).function._bceloss_bind(input, target, **self._options())

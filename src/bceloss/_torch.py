@@ -18,6 +18,7 @@ tensor gets NumPy's bits. Gradients flow to input, target, weight and pos_weight
 from __future__ import annotations
 
 import ast
+import contextvars
 import functools
 import importlib
 import inspect
@@ -70,6 +71,8 @@ class Torch(_array_api.ArrayAPI):
         return _tensor(value), tuple(out if g is view else _tensor(g) for g in grads)
 
     def checked_probabilities(self, xp, x, name):
+        if x.device.type == "meta" or _SHAPES_ONLY.get():  # no values to read
+            return x
         # under torch.func transforms (vmap, grad, jvp) the plain tensor they wrap: vmap
         # cannot branch on a value, and checking every batch element at once is the same check
         values = x
@@ -308,14 +311,22 @@ def _function():
     return BCELossFunction
 
 
-@functools.cache
+_MODULE_TYPES: dict = {}  # loss class -> its module type
+
+
 def module_type(cls):
     """The loss class `cls` as a `torch.nn.Module`: its array options (`cls.arrays`) that are
     tensors or None are buffers (in `state_dict`, moved and cast by `.to()`), others plain
     attributes; calling it runs `forward` through `Module.__call__` (hooks, compile)."""
+    made = _MODULE_TYPES.get(cls)
+    if made is None:
+        made = _MODULE_TYPES[cls] = _make_module_type(cls)
+    return made
 
+
+def _make_module_type(cls):
     class Module(cls, torch.nn.Module):
-        _bceloss_plain = cls  # the plain class, which `_dispatch.module_type` stops at
+        _bceloss_plain = cls  # the plain class, which `_modules._module_type` stops at
         __call__ = torch.nn.Module.__call__
 
         def __init__(self, *args, **kwargs):
@@ -348,6 +359,8 @@ def _module_of(cls):
 # --- the registered operator: one graph node for torch.compile and torch.export ----------
 
 _OPERANDS = ("input", "target", "weight", "pos_weight", "where")  # the operator's tensors
+# True while the operator's fake implementation validates: fake tensors have no values
+_SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
 
 def compiled_loss(fn: str, params: tuple, args: tuple, kwargs: dict):
@@ -399,7 +412,11 @@ def _loss_operator(
 
 @_loss_operator.register_fake
 def _(fn, input, target, weight, pos_weight, where, options):
-    call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+    token = _SHAPES_ONLY.set(True)
+    try:
+        call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+    finally:
+        _SHAPES_ONLY.reset(token)
     return input.new_empty(call.shape if call.reduction == "none" else (), dtype=call.dtype)
 
 

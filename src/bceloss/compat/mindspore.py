@@ -128,6 +128,8 @@ class BCEWithLogitsLoss(_Loss):
         """The loss of `logits` against `labels`, with the options held."""
         return _call.run(self._bceloss_bind(logits, labels))
 
+    __call__ = forward  # the signature of forward, under its own names
+
     def _bceloss_bind(self, logits, labels):
         return _validation.validate(
             logits=True,
@@ -168,6 +170,8 @@ class BCELoss(_Loss):
     def forward(self, logits, labels):
         """The loss of `logits` against `labels`, with the options held."""
         return _call.run(self._bceloss_bind(logits, labels))
+
+    __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, logits, labels):
         return _validation.validate(

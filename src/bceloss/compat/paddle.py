@@ -206,6 +206,8 @@ class BCEWithLogitsLoss(_Loss):
         """The loss of `logit` against `label`, with the options held."""
         return _call.run(self._bceloss_bind(logit, label))
 
+    __call__ = forward  # the signature of forward, under its own names
+
     def _bceloss_bind(self, logit, label):
         return binary_cross_entropy_with_logits._bceloss_bind(
             logit, label, self.weight, self.reduction, self.pos_weight
@@ -240,6 +242,8 @@ class BCELoss(_Loss):
     def forward(self, input, label):
         """The loss of `input` against `label`, with the options held."""
         return _call.run(self._bceloss_bind(input, label))
+
+    __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, input, label):
         return binary_cross_entropy._bceloss_bind(input, label, self.weight, self.reduction)

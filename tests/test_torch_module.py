@@ -1,0 +1,245 @@
+"""PyTorch users' habits: the loss classes as torch.nn.Modules, torch.compile(fullgraph=True)
+and torch.export through one registered operator, autocast; against PyTorch's own losses."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bceloss
+
+torch = pytest.importorskip("torch", reason="PyTorch is optional")
+F = torch.nn.functional
+# Inductor's CPU backend calls the deprecated torch.jit.script_method itself
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
+
+
+def _mlp(labels: int, seed: int = 0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, labels)
+    )
+
+
+def _batch(rows: int, labels: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 64, generator=g)
+    y = (torch.rand(rows, labels, generator=g) > 0.7).float()
+    return x, y
+
+
+# --- modules ---------------------------------------------------------------------------
+
+
+def test_core_losses_are_torch_modules():
+    for loss in (bceloss.BCEWithLogitsLoss(), bceloss.BCELoss()):
+        assert isinstance(loss, torch.nn.Module)
+        assert isinstance(loss, (bceloss.BCEWithLogitsLoss, bceloss.BCELoss))
+        assert type(loss).__name__ in ("BCEWithLogitsLoss", "BCELoss")
+    heads = torch.nn.ModuleList([torch.nn.Linear(3, 2), bceloss.BCEWithLogitsLoss()])
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), bceloss.BCELoss())
+    assert "BCEWithLogitsLoss" in repr(heads)
+    assert "BCELoss" in repr(model)
+    assert not model.eval()[1].training
+
+
+def test_weight_and_pos_weight_are_buffers_that_follow_the_model():
+    pos_weight = torch.tensor([1.0, 2.0, 3.0])
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    loss = bceloss.BCEWithLogitsLoss(weight=weight, pos_weight=pos_weight)
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(4, 3), "loss": loss})
+    state = model.state_dict()
+    assert torch.equal(state["loss.pos_weight"], pos_weight)
+    assert torch.equal(state["loss.weight"], weight)
+    fresh = torch.nn.ModuleDict(
+        {
+            "head": torch.nn.Linear(4, 3),
+            "loss": bceloss.BCEWithLogitsLoss(weight=torch.ones(3), pos_weight=torch.ones(3)),
+        }
+    )
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh["loss"].pos_weight, pos_weight)
+    model.to(torch.float64)
+    assert loss.pos_weight.dtype == loss.weight.dtype == torch.float64
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.rand(5, 3, dtype=torch.float64)
+    want = F.binary_cross_entropy_with_logits(x, y, weight, pos_weight=pos_weight.double())
+    torch.testing.assert_close(loss(x, y), want, rtol=1e-14, atol=0)
+
+
+def test_a_missing_weight_is_not_in_the_state_and_a_numpy_weight_stays_an_attribute():
+    assert bceloss.BCELoss().state_dict() == {}
+    w = np.array([1.0, 2.0])
+    loss = bceloss.BCELoss(weight=w)
+    assert loss.state_dict() == {}
+    assert loss.weight is w
+    got = loss(np.array([0.5, 0.25]), np.array([1.0, 0.0]))
+    assert float(got) == pytest.approx((np.log(2) + 2 * np.log(4 / 3)) / 2, rel=1e-15)
+
+
+def test_pickle_and_deepcopy_keep_the_module():
+    loss = bceloss.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 0.5]), reduction="sum")
+    x, y = torch.tensor([[0.3, -1.0]]), torch.tensor([[1.0, 0.0]])
+    buffer = io.BytesIO()
+    torch.save(torch.nn.ModuleList([loss]), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)[0]
+    for other in (loaded, copy.deepcopy(loss), pickle.loads(pickle.dumps(loss))):
+        assert isinstance(other, torch.nn.Module)
+        assert isinstance(other, bceloss.BCEWithLogitsLoss)
+        assert torch.equal(other.pos_weight, loss.pos_weight)
+        assert torch.equal(other(x, y), loss(x, y))
+
+
+def test_without_torch_the_classes_stay_plain_and_torch_is_not_imported():
+    code = (
+        "import sys, bceloss; l = bceloss.BCEWithLogitsLoss(); "
+        "print([c.__module__ for c in type(l).__mro__], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = "['bceloss._modules', 'bceloss._modules', 'bceloss._modules', 'builtins']"
+    assert out.stdout.strip() == f"{modules} False"
+
+
+# --- torch.compile and torch.export ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rows", "labels"), [(64, 10), (1024, 1000)])
+def test_compiled_training_step_equals_eager(rows, labels):
+    torch._dynamo.reset()
+    x, y = _batch(rows, labels)
+    pos_weight = torch.linspace(0.5, 2.0, labels)
+    results = []
+    for compiled in (False, True):
+        net = _mlp(labels)
+        loss_fn = bceloss.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+        def step(x, y, net=net, loss_fn=loss_fn):
+            return loss_fn(net(x), y)
+
+        run = torch.compile(step, fullgraph=True) if compiled else step
+        loss = run(x, y)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in net.parameters()]))
+    (eager, eager_grads), (comp, comp_grads) = results
+    assert torch.equal(eager, comp)  # the operator runs the eager computation
+    want = F.binary_cross_entropy_with_logits(_mlp(labels)(x), y, pos_weight=pos_weight)
+    torch.testing.assert_close(comp, want.detach(), rtol=2e-6, atol=0)
+    for g, h in zip(eager_grads, comp_grads, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-7)  # the matmuls' own order
+
+
+@pytest.mark.parametrize("size", [50, 6000])  # below and above the kernel's threshold
+def test_compiled_gradients_of_every_operand_equal_eager(size):
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(size)
+    x0 = torch.randn(size, generator=g) * 4
+    y0 = torch.rand(size, generator=g)
+    w0, p0 = torch.rand(size, generator=g) + 0.5, torch.rand(size, generator=g) + 0.5
+    m = torch.rand(size, generator=g) > 0.2
+
+    def f(x, y, w, p):
+        return bceloss.binary_cross_entropy_with_logits(
+            x, y, w, "sum", p, label_smoothing=0.1, where=m
+        )
+
+    grads = []
+    for run in (f, torch.compile(f, fullgraph=True)):
+        arrays = [a.clone().requires_grad_() for a in (x0, y0, w0, p0)]
+        value = run(*arrays)
+        value.backward()
+        grads.append((value.detach(), [a.grad for a in arrays]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    for g_eager, g_comp in zip(grads[0][1], grads[1][1], strict=True):
+        assert torch.equal(g_eager, g_comp)
+
+
+WEIGHTED_MEAN = bceloss.BCEWithLogitsLoss(torch.rand(5) + 0.5, "weighted_mean")
+MODULE_BCE = bceloss.BCELoss(torch.rand(5) + 0.5)
+CALLS = {
+    "bce_with_logits": lambda x, y, w: bceloss.binary_cross_entropy_with_logits(x, y, w),
+    "pos_weight_none": lambda x, y, w: bceloss.binary_cross_entropy_with_logits(
+        x, y, reduction="none", pos_weight=w
+    ),
+    "bce": lambda x, y, w: bceloss.binary_cross_entropy(torch.sigmoid(x), y, w, "sum"),
+    "focal": lambda x, y, w: bceloss.sigmoid_focal_loss(x, y, 0.3, 1.5, "mean"),
+    "weighted_mean": lambda x, y, w: WEIGHTED_MEAN(x, y),
+    "module_bce": lambda x, y, w: MODULE_BCE(torch.sigmoid(x), y),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_no_graph_break_and_the_eager_numbers(name):
+    torch._dynamo.reset()
+    fn = CALLS[name]
+    x, y, w = torch.randn(40, 5), torch.rand(40, 5), torch.rand(5) + 0.5
+    assert torch._dynamo.explain(fn)(x, y, w).graph_break_count == 0
+    assert torch.equal(torch.compile(fn, fullgraph=True)(x, y, w), fn(x, y, w))
+
+
+def test_export_round_trip():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp(10)
+            self.loss = bceloss.BCEWithLogitsLoss(pos_weight=torch.full((10,), 2.0))
+
+        def forward(self, x, y):
+            return self.loss(self.net(x), y)
+
+    model = Model()
+    x, y = _batch(64, 10)
+    exported = torch.export.export(model, (x, y))
+    assert "bceloss.loss" in str(exported.graph)
+    assert torch.equal(exported.module()(x, y), model(x, y))
+    buffer = io.BytesIO()
+    torch.export.save(exported, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.export.load(buffer).module()(x, y), model(x, y))
+
+
+def test_bad_input_is_refused_when_the_compiled_graph_runs():
+    torch._dynamo.reset()
+    f = torch.compile(lambda p, y: bceloss.binary_cross_entropy(p, y), fullgraph=True)
+    y = torch.zeros(3)
+    assert float(f(torch.tensor([0.2, 0.5, 0.9]), y)) > 0
+    with pytest.raises(ValueError, match=r"input must hold probabilities in \[0, 1\]"):
+        f(torch.tensor([0.2, 1.5, 0.9]), y)
+    # a shape is checked as the graph is traced (the compiler wraps the error) or run
+    errors = (ValueError, torch._dynamo.exc.TorchRuntimeError)
+    with pytest.raises(errors, match=r"target must have the shape of input \(3,\)"):
+        f(torch.tensor([0.2, 0.5, 0.9]), torch.zeros(4))
+
+
+# --- autocast and devices ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_autocast_gives_float32_as_pytorch_does(compiled):
+    torch._dynamo.reset()
+    x = torch.randn(16, 4).to(torch.bfloat16)
+    y = torch.rand(16, 4).to(torch.bfloat16)
+    fn = bceloss.binary_cross_entropy_with_logits
+    run = torch.compile(fn, fullgraph=True) if compiled else fn
+    with torch.autocast("cpu", torch.bfloat16):
+        got = run(x, y)
+        want = F.binary_cross_entropy_with_logits(x, y)
+    assert got.dtype == want.dtype == torch.float32
+    exact = F.binary_cross_entropy_with_logits(x.double(), y.double())
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
+
+
+def test_meta_tensors_give_shapes_and_dtypes():
+    x = torch.randn(3, 4, device="meta", dtype=torch.float64)
+    out = bceloss.binary_cross_entropy_with_logits(x, x, reduction="none")
+    assert (out.device.type, out.shape, out.dtype) == ("meta", (3, 4), torch.float64)
+    mean = bceloss.binary_cross_entropy(x, x)
+    assert (mean.device.type, mean.shape, mean.dtype) == ("meta", (), torch.float64)
