@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 import bceloss
-from bceloss import _cli, _summation
+from bceloss import _summation
+from bceloss.cli import main, parser
+from bceloss.cli.eval_command import run_eval
+from bceloss.cli.progress import Progress
 from bceloss.compat import mindspore, paddle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +32,7 @@ ROWS, LABELS = 20_011, 3  # 60,033 elements: 7 full summation blocks and a parti
 
 def run(argv, capsys):
     """The command run in this process: (exit status, stdout, stderr)."""
-    code = _cli.main([str(a) for a in argv])
+    code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -327,22 +330,22 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_only_on_a_terminal_and_never_with_json(data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(_cli.Progress, "DELAY", 0.0)
-    monkeypatch.setattr(_cli.Progress, "EVERY", 0.0)
+    monkeypatch.setattr(Progress, "DELAY", 0.0)
+    monkeypatch.setattr(Progress, "EVERY", 0.0)
     srcs = [write(tmp_path, "npy", n, data[n]) for n in ("x", "y")]
-    args = _cli._parser().parse_args(["eval", *srcs, "--chunk-size", "8192"])
+    args = parser.build_parser().parse_args(["eval", *srcs, "--chunk-size", "8192"])
     terminal, out = _Terminal(), io.StringIO()
-    assert _cli.run_eval(args, out=out, err=terminal) == 0
+    assert run_eval(args, out=out, err=terminal) == 0
     assert f"of {ROWS:,} rows" in terminal.getvalue()
     assert terminal.getvalue().endswith("\r\033[K")  # erased at the end
     assert out.getvalue().count("\n") == 1  # the loss alone on stdout
-    args = _cli._parser().parse_args(["eval", *srcs, "--chunk-size", "8192", "--json"])
+    args = parser.build_parser().parse_args(["eval", *srcs, "--chunk-size", "8192", "--json"])
     terminal = _Terminal()
-    assert _cli.run_eval(args, out=io.StringIO(), err=terminal) == 0
+    assert run_eval(args, out=io.StringIO(), err=terminal) == 0
     assert terminal.getvalue() == ""
     pipe = io.StringIO()
-    args = _cli._parser().parse_args(["eval", *srcs, "--chunk-size", "8192"])
-    assert _cli.run_eval(args, out=io.StringIO(), err=pipe) == 0
+    args = parser.build_parser().parse_args(["eval", *srcs, "--chunk-size", "8192"])
+    assert run_eval(args, out=io.StringIO(), err=pipe) == 0
     assert pipe.getvalue() == ""
 
 
@@ -393,9 +396,9 @@ def test_bench_forwards_its_arguments(monkeypatch, capsys):
     fake.main = lambda argv: seen.append(argv) or 7
     monkeypatch.setitem(sys.modules, "bceloss.bench", fake)
     monkeypatch.setattr(bceloss, "bench", fake, raising=False)
-    assert _cli.main(["bench", "--quick", "eval"]) == 7
+    assert main(["bench", "--quick", "eval"]) == 7
     assert seen == [["--quick", "eval"]]
-    monkeypatch.setattr(_cli.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(parser.importlib.util, "find_spec", lambda name: None)
     assert run(["bench"], capsys)[0:3:2] == (
         2,
         "bceloss bench: the benchmark module bceloss.bench is not installed\n",
