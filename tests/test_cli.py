@@ -380,6 +380,45 @@ def test_python_dash_m_runs_the_command():
     assert "Traceback" not in done.stderr
 
 
+def test_sample_option_evaluates_the_shipped_sample(capsys):
+    """`--sample` is the explicit command on the CSV shipped in the package, and agrees with
+    BCE with logits computed here in float64 from the file's columns."""
+    csv = SAMPLE / "breast_cancer.csv"
+    explicit = run(["eval", f"{csv}:logit", f"{csv}:malignant"], capsys)
+    assert run(["eval", "--sample"], capsys) == explicit
+    assert explicit == (0, "0.09643331520293881\n", "")
+    options = ["--per-label", "--json", "--reduction", "sum", "--dtype", "float32"]
+    got = run_json(["eval", "--sample", *options], capsys)
+    assert got == run_json(["eval", f"{csv}:logit", f"{csv}:malignant", *options], capsys)
+    x, y = np.loadtxt(csv, delimiter=",", skiprows=1, usecols=(0, 2)).T
+    # softplus(x) - x y, with softplus(x) = max(x, 0) + log1p(exp(-|x|))
+    want = np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
+    loss = float(explicit[1])
+    assert abs(loss - want) <= 1e-15 * want
+
+
+def test_sample_option_from_another_directory(tmp_path):
+    """`python -m bceloss eval --sample` finds the file in the package, wherever it runs."""
+    argv = [sys.executable, "-m", "bceloss", "eval", "--sample"]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, check=False, timeout=60, cwd=tmp_path
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0.09643331520293881\n", "")
+
+
+def test_sample_option_with_sources_is_a_usage_error(capsys):
+    message = "bceloss eval: --sample replaces PREDICTIONS and LABELS; give one or the other\n"
+    assert run(["eval", "--sample", "a.npy", "b.npy"], capsys) == (2, "", message)
+    assert run(["eval", "a.npy", "--sample"], capsys) == (2, "", message)
+    code, out, err = run(["eval"], capsys)  # without --sample, both sources are required
+    assert (code, out) == (2, "")
+    assert err.endswith("error: the following arguments are required: PREDICTIONS, LABELS\n")
+    code, out, _ = run(["eval", "--help"], capsys)
+    assert code == 0
+    assert "--sample" in out
+    assert "breast_cancer.csv:logit breast_cancer.csv:malignant" in " ".join(out.split())
+
+
 def test_demo_prints_the_documented_examples(capsys):
     code, out, _ = run(["demo"], capsys)
     assert code == 0

@@ -7,6 +7,7 @@ and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -26,10 +27,46 @@ def _json_number(value: np.ndarray) -> float:
     return float(value)
 
 
+def _evaluate(args, predictions: str, labels: str, err) -> tuple[stream.Job, stream.Result]:
+    opened = {
+        what: None if spec is None else sources.open_source(spec, what=what)
+        for what, spec in [
+            ("predictions", predictions),
+            ("labels", labels),
+            ("weight", args.weight),
+            ("pos_weight", args.pos_weight),
+        ]
+    }
+    job = stream.plan(
+        **opened,
+        probs=args.probs,
+        reduction=args.reduction,
+        flavor=args.flavor,
+        per_label=args.per_label,
+        dtype=args.dtype,
+        chunk_rows=args.chunk_size,
+    )
+    progress = Progress(job.rows, err, enabled=not args.json)
+    try:
+        if args.scheduler:
+            result = cluster.evaluate_on_cluster(job, args.scheduler, progress)
+        else:
+            result = stream.evaluate(job, progress)
+    finally:
+        progress.close()
+    return job, result
+
+
 def run_eval(args, out=None, err=None) -> int:
     """Evaluate the parsed `bceloss eval` arguments and print the result."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    if args.sample and (args.predictions is not None or args.labels is not None):
+        print(
+            "bceloss eval: --sample replaces PREDICTIONS and LABELS; give one or the other",
+            file=err,
+        )
+        return USAGE_ERROR
     if args.pos_weight is not None and args.probs:
         print("bceloss eval: --pos-weight needs logits; drop --probs", file=err)
         return USAGE_ERROR
@@ -37,32 +74,11 @@ def run_eval(args, out=None, err=None) -> int:
         print("bceloss eval: --chunk-size must be a positive number of rows", file=err)
         return USAGE_ERROR
     try:
-        opened = {
-            what: None if spec is None else sources.open_source(spec, what=what)
-            for what, spec in [
-                ("predictions", args.predictions),
-                ("labels", args.labels),
-                ("weight", args.weight),
-                ("pos_weight", args.pos_weight),
-            ]
-        }
-        job = stream.plan(
-            **opened,
-            probs=args.probs,
-            reduction=args.reduction,
-            flavor=args.flavor,
-            per_label=args.per_label,
-            dtype=args.dtype,
-            chunk_rows=args.chunk_size,
-        )
-        progress = Progress(job.rows, err, enabled=not args.json)
-        try:
-            if args.scheduler:
-                result = cluster.evaluate_on_cluster(job, args.scheduler, progress)
-            else:
-                result = stream.evaluate(job, progress)
-        finally:
-            progress.close()
+        with contextlib.ExitStack() as files:
+            specs = (args.predictions, args.labels)
+            if args.sample:  # the shipped file, found in the installed package
+                specs = files.enter_context(sources.sample())
+            job, result = _evaluate(args, *specs, err)
     except sources.InputError as e:
         print(f"bceloss eval: {e}", file=err)
         return USAGE_ERROR
