@@ -1,8 +1,8 @@
-"""`python -m bceloss`: the same as the `bceloss` command (see `bceloss._cli`)."""
+"""`python -m bceloss`: the same as the `bceloss` command (see `bceloss.cli`)."""
 
 import sys
 
-from bceloss._cli import main
+from bceloss.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

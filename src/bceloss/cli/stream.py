@@ -1,11 +1,12 @@
-"""A loss over files: chunk by chunk in this process, or partition by partition on Dask.
+"""A loss over files, chunk by chunk: the CLI's one door into the library.
 
 Every chunk of rows goes through a loss function of the library (its checks, its formula).
 Its elementwise loss is cut into the library's summation blocks (`_summation`): chunks start
 on a multiple of BLOCK elements (of BLOCK rows for per-label sums), so the blocks are those
 the library forms on the whole array, and since block sums combine with `math.fsum` in any
 order, the result is the library's on the whole arrays, to the last bit, whatever the chunk
-size and however many workers compute the blocks.
+size and however many workers compute the blocks (`cluster` hands row ranges of a `Job` to
+`evaluate_rows` on Dask workers and combines their `Partial`s with `merge` and `finish`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The CLI's only entry points into the library's internals are here, in this module, and
+# nowhere else in bceloss.cli: `_evaluate.elementwise` (the elementwise loss of a call
+# record), `_summation.BLOCK`, `_summation.block_sums` and `_summation.combine` (the library's
+# exact summation), `_reduce.finish` (the library's finish: divide by the denominator, round
+# to the result's dtype), the `_bceloss_bind` attribute of the public loss functions (their
+# checks, giving the call record) and the record's `dtype`.
 from bceloss import _evaluate, _summation
-from bceloss._io import InputError, Source
 from bceloss._reduce import finish as finish_sums
+from bceloss.cli.sources import InputError, Source
 
 FLAVORS = {
     "torch": "bceloss",
@@ -264,60 +271,3 @@ def finish(job: Job, part: Partial) -> Result:
 def evaluate(job: Job, on_rows: Callable[[int], None] | None = None) -> Result:
     """The losses, computed chunk by chunk in this process."""
     return finish(job, evaluate_rows(job, 0, job.rows, on_rows))
-
-
-def partitions(job: Job, parts: int) -> list[tuple[int, int]]:
-    """Up to `parts` row ranges covering every row, each starting on a chunk boundary."""
-    chunks = max(1, math.ceil(job.rows / job.chunk_rows))
-    size = math.ceil(chunks / max(1, min(parts, chunks))) * job.chunk_rows
-    return [(a, min(a + size, job.rows)) for a in range(0, max(job.rows, 1), size)]
-
-
-def _reach(address: str) -> None:
-    """Check the address and open (and close) a TCP connection before `Client` tries: a
-    Client that fails to start prints tracebacks when it is collected."""
-    import socket
-
-    from distributed.comm.addressing import get_address_host_port, parse_address
-
-    try:
-        scheme, _ = parse_address(address)
-        if scheme not in ("tcp", "tls"):
-            return
-        host, port = get_address_host_port(address)
-        socket.create_connection((host, port), timeout=10).close()
-    except (OSError, ValueError) as e:
-        msg = f"cannot reach the Dask scheduler at {address}: {e}"
-        raise InputError(msg) from None
-
-
-def evaluate_on_cluster(
-    job: Job, address: str, on_rows: Callable[[int], None] | None = None
-) -> Result:
-    """The losses, computed by the workers of the dask.distributed scheduler at `address`.
-
-    Each worker reads its partition of rows from the files (which it must see at the same
-    paths) and returns block sums; this process combines them.
-    """
-    try:
-        from distributed import Client, as_completed
-    except ImportError:
-        msg = "--scheduler needs dask.distributed (pip install 'bceloss[dask]')"
-        raise InputError(msg) from None
-    _reach(address)
-    try:
-        client = Client(address, timeout="10s", set_as_default=False)
-    except Exception as e:  # noqa: BLE001 (whatever answered there, one line says so)
-        msg = f"cannot use the Dask scheduler at {address}: {type(e).__name__}: {e}"
-        raise InputError(msg) from None
-    with client:
-        threads = sum(client.nthreads().values()) or 1
-        ranges = partitions(job, 4 * threads)
-        futures = [client.submit(evaluate_rows, job, a, b, pure=False) for a, b in ranges]
-        rows = dict(zip(futures, (b - a for a, b in ranges), strict=True))
-        parts = []
-        for future in as_completed(futures, loop=client.loop):
-            parts.append(future.result())
-            if on_rows is not None:
-                on_rows(rows[future])
-    return finish(job, merge(parts))

@@ -5,12 +5,14 @@ A `Source` is one `FILE` or `FILE:COL[,COL...]` argument: a table of `rows` rows
 reads only its header (and counts a CSV's lines); `Source.chunks(start, stop, rows)` then
 yields 2-D NumPy arrays of exactly `rows` rows (the last one shorter) covering rows
 [start, stop), reading the file sequentially from `start`. Every problem with a file is an
-`InputError` whose message is the one line the command prints.
+`InputError` whose message is the one line the command prints. `sample()` names the columns
+of the sample shipped in the package (`bceloss eval --sample`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import io
 import itertools
 import math
@@ -136,6 +138,21 @@ def _rechunk(pieces, rows: int, empty: np.ndarray) -> Iterator[np.ndarray]:
             held, count = [joined[rows:]], count - rows
     if count or not sent:
         yield np.ascontiguousarray(np.concatenate([empty, *held]))
+
+
+# The sample shipped in the package (bceloss/data): the file, its predictions (logits) and its
+# labels, as `bceloss eval --sample` evaluates them.
+SAMPLE = ("breast_cancer.csv", "logit", "malignant")
+
+
+@contextlib.contextmanager
+def sample() -> Iterator[tuple[str, str]]:
+    """The PREDICTIONS and LABELS sources of the shipped sample, 'FILE:logit' and
+    'FILE:malignant', with FILE found by importlib.resources in the installed package (a
+    file on disk for as long as the context lasts, even from a zipped package)."""
+    name, predictions, labels = SAMPLE
+    with importlib.resources.as_file(importlib.resources.files("bceloss") / "data" / name) as f:
+        yield f"{f}:{predictions}", f"{f}:{labels}"
 
 
 # --- opening -------------------------------------------------------------------------------
