@@ -1,13 +1,13 @@
-"""The validated call record, and the decorator that turns a checking function into a loss.
+"""The validated call record.
 
 A loss function binds its arguments with `bind` (names, defaults, its flavour's checks,
 `_validation`) into a `LossCall`; the call's `backend` (chosen by `_dispatch` from the
-arrays' library) then computes it. Nothing here imports another module of the package.
+arrays' library) then computes it (`run`). Nothing here imports another module of the
+package.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,19 +52,3 @@ def run(call: LossCall):
     """The loss of a validated call, by its library's adapter (differentiable where the
     library is recording)."""
     return call.backend.loss(call)
-
-
-def loss_function(bind):
-    """Turn `bind`, which checks a call's arguments into a LossCall, into a loss function.
-
-    The loss keeps bind's name, signature and docstring; `value_and_grad` finds bind again
-    through the `_bceloss_bind` attribute.
-    """
-
-    @functools.wraps(bind)
-    def loss(*args, **kwargs):
-        call = bind(*args, **kwargs)
-        return call.backend.loss(call)
-
-    loss._bceloss_bind = bind
-    return loss

@@ -31,6 +31,10 @@ _BACKENDS: dict = {}  # namespace -> adapter instance
 # the namespace of the arrays of each type met (array_api_compat's answer depends on the type)
 _NAMESPACES = {np.ndarray: array_api_compat.array_namespace(np.empty(0))}
 
+# frameworks whose tensors are not array API arrays: their adapter (module, class) takes the
+# call at the edge, before validation (`edge_adapter`), and hands the core NumPy views
+_EDGE_ADAPTERS: dict[str, tuple[str, str]] = {}
+
 KERNEL_MIN_SIZE = 4096  # elements (kept, under a mask); see docs/performance.md
 
 
@@ -76,6 +80,22 @@ def backend(xp):
         module, name = _ADAPTERS.get(_library(xp), _GENERIC)
         adapter = _BACKENDS[xp] = getattr(importlib.import_module(module), name)()
     return adapter
+
+
+def edge_adapter(args, kwargs):
+    """The adapter of a framework in `_EDGE_ADAPTERS` whose tensor is among the arguments, or
+    None. Nothing is scanned until such a framework is imported in the process."""
+    if not any(name in sys.modules for name in _EDGE_ADAPTERS):
+        return None
+    for a in (*args, *kwargs.values()):
+        found = _EDGE_ADAPTERS.get(type(a).__module__.partition(".")[0])
+        if found is not None:
+            adapter = _BACKENDS.get(found)
+            if adapter is None:
+                module, name = found
+                adapter = _BACKENDS[found] = getattr(importlib.import_module(module), name)()
+            return adapter
+    return None
 
 
 def backend_of(*arrays):

@@ -9,10 +9,16 @@ from bceloss import _call, _dispatch, _validation
 
 
 def loss_function(bind):
-    """`_call.loss_function(bind)`, and inside a graph that PyTorch is compiling
-    (`torch.compile`, `torch.export`) one `bceloss::loss` operator (`_torch.compiled_loss`):
-    the compiler never reads the validation's Python, which runs in the operator instead."""
-    eager = _call.loss_function(bind)
+    """Turn `bind`, which checks a call's arguments into a LossCall, into a loss function (of
+    the core or of a flavour), with bind's name, signature and docstring.
+
+    The loss runs the validated call (`_call.run`), with two routes at the edge: a framework
+    whose tensors the core reads as NumPy views takes the call first
+    (`_dispatch.edge_adapter`), and inside a graph that PyTorch is compiling (`torch.compile`,
+    `torch.export`) the call is one `bceloss::loss` operator (`_torch.compiled_loss`): the
+    compiler never reads the validation's Python, which runs in the operator instead.
+    `value_and_grad` finds bind again through the `_bceloss_bind` attribute.
+    """
     params = tuple(inspect.signature(bind).parameters)
     name = f"{bind.__module__}.{bind.__name__}"  # the operator finds `bind` again by it
 
@@ -22,7 +28,10 @@ def loss_function(bind):
             from bceloss import _torch
 
             return _torch.compiled_loss(name, params, args, kwargs)
-        return eager(*args, **kwargs)
+        edge = _dispatch.edge_adapter(args, kwargs)
+        if edge is not None:
+            return edge.loss(bind, args, kwargs)
+        return _call.run(bind(*args, **kwargs))
 
     loss._bceloss_bind = bind
     return loss

@@ -12,7 +12,7 @@ case ('MEAN' is 'mean'). The numbers are the core's; see `bceloss.BCEWithLogitsL
 from __future__ import annotations
 
 from bceloss import _call, _modules, _validation
-from bceloss._call import loss_function
+from bceloss._functional import loss_function
 
 __all__ = [
     "BCELoss",

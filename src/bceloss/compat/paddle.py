@@ -20,7 +20,7 @@ The numbers are the core's; see `bceloss.BCEWithLogitsLoss` and `bceloss.BCELoss
 from __future__ import annotations
 
 from bceloss import _call, _dispatch, _modules, _validation
-from bceloss._call import loss_function
+from bceloss._functional import loss_function
 
 __all__ = [
     "BCELoss",
