@@ -1,5 +1,6 @@
-"""The examples in the docstrings and the README run and print what they show, and CI runs
-exactly the README's test command."""
+"""The examples in the docstrings, the README and the documentation pages run and print what
+they show, the documentation site builds without a warning, and CI runs exactly the README's
+test command."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import doctest
 import importlib
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 import bceloss
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").glob("*.md"))
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(bceloss.__path__, "bceloss.")
@@ -34,6 +38,42 @@ def test_readme_examples():
     )
     assert result.failed == 0
     assert result.attempted > 0
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_docs_page_examples(page):
+    result = doctest.testfile(
+        str(page), module_relative=False, optionflags=doctest.NORMALIZE_WHITESPACE
+    )
+    assert result.failed == 0
+    if re.search(r"^>>> ", page.read_text(), re.MULTILINE):  # its examples ran
+        assert result.attempted > 0
+
+
+def test_every_docs_page_is_in_the_nav():
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert PAGES
+    for page in PAGES:
+        assert f": {page.name}\n" in config, page.name
+
+
+def test_docs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed")
+    pytest.importorskip("mkdocstrings", reason="the docs extra is not installed")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (tmp_path / "site" / "api" / "index.html").exists()
+
+
+def test_docs_do_not_cite_the_spec():
+    for path in [ROOT / "README.md", *PAGES]:
+        assert "SPEC" not in path.read_text(), path.name
 
 
 def test_ci_runs_the_readme_test_command():
