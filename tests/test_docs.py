@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.resources
 import pkgutil
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bceloss
@@ -74,6 +76,18 @@ def test_docs_build_strict(tmp_path):
 def test_docs_do_not_cite_the_spec():
     for path in [ROOT / "README.md", *PAGES]:
         assert "SPEC" not in path.read_text(), path.name
+
+
+def test_readme_first_command_runs_from_an_installed_package():
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"^ {4}(\S.*)$", readme, re.MULTILINE).group(1)
+    assert "bceloss eval" in first, first
+    assert "src/" not in first, first  # no path into a source checkout
+    # what the README says it prints is the loss of the sample shipped in the package
+    sample = importlib.resources.files("bceloss") / "data" / "breast_cancer.csv"
+    logit, _, malignant = np.loadtxt(sample, delimiter=",", skiprows=1).T
+    loss = float(bceloss.binary_cross_entropy_with_logits(logit, malignant))
+    assert f"`{loss!r}`" in readme
 
 
 def test_ci_runs_the_readme_test_command():
