@@ -16,10 +16,6 @@ import bceloss
 
 torch = pytest.importorskip("torch", reason="PyTorch is optional")
 F = torch.nn.functional
-# Inductor's CPU backend calls the deprecated torch.jit.script_method itself
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-)
 
 
 def _mlp(labels: int, seed: int = 0):

@@ -1,0 +1,112 @@
+"""A PyTorch user's training loop: bceloss's BCEWithLogitsLoss against PyTorch's own, eager
+and under torch.compile, on an MLP (64 -> 256 -> C, SGD, multi-label targets).
+
+For each batch x labels it times, as medians of interleaved repeats (the machine is shared:
+bceloss and PyTorch alternate, so a busy moment hits both):
+  step     a whole training step: forward, loss, backward, optimizer step
+  loss     the loss alone, forward + backward, on logits that require grad
+  no_grad  the loss forward under torch.no_grad() (evaluation)
+and prints the times and the ratios bceloss / PyTorch (below 1: bceloss is faster).
+
+    python benchmarks/bench_training.py [--repeats 15] [--sizes 64x10,256x100,...] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import bceloss
+
+F = torch.nn.functional
+SIZES = ((64, 10), (256, 100), (1024, 1000), (4096, 1000))
+
+
+def _timed(fn, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def _inner(fn) -> int:
+    """Calls per timing: about 20 ms of work."""
+    once = _timed(fn, 3)
+    return max(1, min(2000, int(0.02 / max(once, 1e-7))))
+
+
+def _workloads(rows: int, labels: int, loss_fn, compiled: bool):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, labels)
+    )
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(rows, 64)
+    y = (torch.rand(rows, labels) > 0.7).float()
+    logits = torch.randn(rows, labels, requires_grad=True)
+
+    def train(x, y):
+        return loss_fn(net(x), y)
+
+    forward = torch.compile(train, fullgraph=True) if compiled else train
+    alone = torch.compile(loss_fn, fullgraph=True) if compiled else loss_fn
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        forward(x, y).backward()
+        opt.step()
+
+    def loss():
+        logits.grad = None
+        alone(logits, y).backward()
+
+    def no_grad():
+        with torch.no_grad():
+            alone(logits, y)
+
+    return {"step": step, "loss": loss, "no_grad": no_grad}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--sizes", default=",".join(f"{r}x{c}" for r, c in SIZES))
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    torch.set_num_threads(torch.get_num_threads())
+    losses = {
+        "bceloss": bceloss.BCEWithLogitsLoss(),
+        "PyTorch": torch.nn.BCEWithLogitsLoss(),
+    }
+    modes = [False] if args.no_compile else [False, True]
+    print(
+        f"{'batch x labels':>15} {'mode':>8} {'what':>8} {'bceloss us':>11} "
+        f"{'PyTorch us':>11} {'ratio':>6}"
+    )
+    for rows, labels in sizes:
+        for compiled in modes:
+            work = {name: _workloads(rows, labels, fn, compiled) for name, fn in losses.items()}
+            for what in ("step", "loss", "no_grad"):
+                fns = {name: w[what] for name, w in work.items()}
+                for fn in fns.values():  # warm up: compile, allocate
+                    fn()
+                    fn()
+                inner = {name: _inner(fn) for name, fn in fns.items()}
+                times = {name: [] for name in fns}
+                for _ in range(args.repeats):
+                    for name, fn in fns.items():
+                        times[name].append(_timed(fn, inner[name]))
+                ours, theirs = (statistics.median(times[n]) * 1e6 for n in losses)
+                mode = "compiled" if compiled else "eager"
+                print(
+                    f"{f'{rows}x{labels}':>15} {mode:>8} {what:>8} {ours:11.1f} "
+                    f"{theirs:11.1f} {ours / theirs:6.2f}"
+                )
+
+
+if __name__ == "__main__":
+    main()
