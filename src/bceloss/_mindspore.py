@@ -139,9 +139,14 @@ def _np_dtype(ms_dtype):
     """NumPy's dtype of a MindSpore dtype (a tensor type, as inference gives it, included)."""
     if hasattr(ms_dtype, "element_type"):
         ms_dtype = ms_dtype.element_type()
-    if ms_dtype == mindspore.bfloat16:
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(mindspore.dtype_to_nptype(ms_dtype))
+    for name in ("bfloat16", "float16", "float32", "float64", "bool_", "int8", "int16"):
+        if ms_dtype == getattr(mindspore, name):
+            return np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name.rstrip("_"))
+    for name in ("int32", "int64", "uint8"):
+        if ms_dtype == getattr(mindspore, name):
+            return np.dtype(name)
+    msg = f"a MindSpore dtype without a NumPy twin: {ms_dtype}"
+    raise TypeError(msg)
 
 
 def _ms_dtype(np_dtype):
