@@ -31,7 +31,9 @@ def main(sizes=(10**4, 10**6, 10**7), repeats=7):
                 f(x, y)[1].asnumpy()
                 times[name].append(time.perf_counter() - t)
         a, b = statistics.median(times["mindspore"]), statistics.median(times["bceloss"])
-        print(f"n={n:>9}: mindspore {a * 1e3:9.3f} ms  bceloss {b * 1e3:9.3f} ms  ratio {a / b:6.2f}x")
+        print(
+            f"n={n:>9}: mindspore {a * 1e3:9.3f} ms  bceloss {b * 1e3:9.3f} ms  ratio {a / b:6.2f}x"
+        )
     sys.stdout.flush()
 
 
