@@ -18,6 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import importlib.util
+
+# MindSpore first: in one process `import paddle` before `import mindspore` breaks MindSpore
+# (undefined symbol dnnl_threadpool_interop_stream_create); the other order works. Importing
+# the adapter also spends MindSpore 2.10's one failed NumPy 2 initialization on a harmless
+# op (`bceloss._mindspore._warm_up`), so no test's first op meets it.
+if importlib.util.find_spec("mindspore") is not None:
+    import mindspore  # noqa: F401
+
+    import bceloss._mindspore  # noqa: F401
 
 import array_api_compat
 import ml_dtypes

@@ -22,6 +22,14 @@ def _module_type(cls):
         from bceloss import _torch
 
         return _torch.module_type(cls)
+    if (
+        cls.framework == "mindspore"
+        and "mindspore" in sys.modules
+        and "_bceloss_plain" not in vars(cls)
+    ):
+        from bceloss import _mindspore
+
+        return _mindspore.module_type(cls)
     return None
 
 
@@ -32,7 +40,10 @@ class _Loss:
     arrays = ("weight", "pos_weight", "where")  # the options that are arrays: a module's buffers
 
     def __new__(cls, *args, **kwargs):
-        return object.__new__(_module_type(cls) or cls)
+        made = _module_type(cls)
+        if made is not None:  # its own __new__ (MindSpore's Cell has one)
+            return made.__new__(made, *args, **kwargs)
+        return object.__new__(cls)
 
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""

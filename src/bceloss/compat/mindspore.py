@@ -11,7 +11,10 @@ case ('MEAN' is 'mean'). The numbers are the core's; see `bceloss.BCEWithLogitsL
 
 from __future__ import annotations
 
-from bceloss import _call, _modules, _validation
+import importlib
+import sys
+
+from bceloss import _modules, _validation
 from bceloss._functional import loss_function
 
 __all__ = [
@@ -94,6 +97,39 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     )
 
 
+# the classes' forward: MindSpore's checks under the classes' argument names (logits, labels)
+
+
+@loss_function
+def _cell_logits(logits, labels, weight=None, reduction="mean", pos_weight=None):
+    """`BCEWithLogitsLoss`'s functional form (the messages name logits and labels)."""
+    return _validation.validate(
+        logits=True,
+        input=logits,
+        target=labels,
+        weight=weight,
+        pos_weight=pos_weight,
+        reduction_name=reduction,
+        rules=RULES,
+        names=("logits", "labels"),
+    )
+
+
+@loss_function
+def _cell_probabilities(logits, labels, weight=None, reduction="mean"):
+    """`BCELoss`'s functional form (the messages name logits and labels)."""
+    return _validation.validate(
+        logits=False,
+        input=logits,
+        target=labels,
+        weight=weight,
+        pos_weight=None,
+        reduction_name=reduction,
+        rules=RULES,
+        names=("logits", "labels"),
+    )
+
+
 class _Loss(_modules._Loss):
     """A MindSpore flavour's loss class: MindSpore's module type once mindspore is imported."""
 
@@ -126,20 +162,13 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, logits, labels):
         """The loss of `logits` against `labels`, with the options held."""
-        return _call.run(self._bceloss_bind(logits, labels))
+        return _cell_logits(logits, labels, self.weight, self.reduction, self.pos_weight)
 
     __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, logits, labels):
-        return _validation.validate(
-            logits=True,
-            input=logits,
-            target=labels,
-            weight=self.weight,
-            pos_weight=self.pos_weight,
-            reduction_name=self.reduction,
-            rules=RULES,
-            names=("logits", "labels"),
+        return _cell_logits._bceloss_bind(
+            logits, labels, self.weight, self.reduction, self.pos_weight
         )
 
 
@@ -169,18 +198,13 @@ class BCELoss(_Loss):
 
     def forward(self, logits, labels):
         """The loss of `logits` against `labels`, with the options held."""
-        return _call.run(self._bceloss_bind(logits, labels))
+        return _cell_probabilities(logits, labels, self.weight, self.reduction)
 
     __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, logits, labels):
-        return _validation.validate(
-            logits=False,
-            input=logits,
-            target=labels,
-            weight=self.weight,
-            pos_weight=None,
-            reduction_name=self.reduction,
-            rules=RULES,
-            names=("logits", "labels"),
-        )
+        return _cell_probabilities._bceloss_bind(logits, labels, self.weight, self.reduction)
+
+
+if "mindspore" in sys.modules:  # the graph twins of the functions, for mindspore.jit
+    importlib.import_module("bceloss._mindspore").install_twins(sys.modules[__name__])

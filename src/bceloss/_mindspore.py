@@ -1,0 +1,442 @@
+"""The MindSpore adapter: `mindspore.Tensor` in and out, the loss inside MindSpore's autograd.
+
+MindSpore tensors are not array API arrays: the loss functions hand a call with one to this
+adapter first (`_dispatch.edge_adapter`). The call is validated on NumPy views of the
+tensors (`Tensor.asnumpy()`, zero-copy for contiguous CPU tensors), so errors are the NumPy
+route's; then it runs as one `ops.Custom(func_type="pyfunc")` operator whose function
+computes the loss on NumPy (the fused kernel from its threshold up) and whose `bprop` is a
+second such operator computing the closed-form gradients (`_evaluate.loss_and_grad`,
+`_gradients.reduced`). Custom pyfunc operators run in PyNative mode, inside
+`mindspore.jit` and in GRAPH_MODE, so `mindspore.grad` and `mindspore.value_and_grad`
+differentiate the loss in all three.
+
+The graph compiler reads the Python source of what it compiles, following `__wrapped__`:
+each loss function's `__wrapped__` is set here to a graph twin (`_GRAPH_TWINS`) that calls
+the operator directly; the checks then run in the operator's shape and dtype inference
+(when the graph is compiled) and in its function (when it runs). The loss classes become
+`mindspore.nn.Cell`s whose `construct` runs the functional form and whose `__wrapped__`
+construct is the graph twin.
+
+A NumPy array beside MindSpore tensors is a constant: it enters the operator as a tensor
+and gets no gradient. Any other kind of array beside a MindSpore tensor is a TypeError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import io
+import math
+import sys
+
+import mindspore
+import ml_dtypes
+import numpy as np
+from mindspore import nn, ops
+
+from bceloss import _dtypes, _evaluate, _functional, _gradients
+
+Tensor = mindspore.Tensor
+
+
+def _warm_up():
+    """Meet MindSpore 2.10's failed NumPy initialization on a harmless op.
+
+    Built against NumPy 1.x, MindSpore 2.10 under NumPy 2 fails to initialize NumPy's C
+    API on its first tensor-tensor op, once per process: that op raises `SystemError ...
+    numpy.core.multiarray failed to import` (an op taking a Python number instead passes and
+    spends the failure). Every op after it works. Here the first op is this one.
+    """
+    with contextlib.redirect_stderr(io.StringIO()):
+        a = Tensor(np.zeros(1, np.float32))
+        with contextlib.suppress(SystemError):
+            a * a
+
+
+_warm_up()
+
+_SLOTS = ("input", "target", "weight", "pos_weight", "where")  # arrays a call may carry
+
+
+def _numpy(t):
+    """A MindSpore tensor's NumPy view (zero-copy when contiguous on the CPU); bfloat16,
+    which MindSpore cannot show NumPy 2, through float32 (exact)."""
+    if t.dtype == mindspore.bfloat16:
+        return t.astype(mindspore.float32).asnumpy().astype(ml_dtypes.bfloat16)
+    return t.asnumpy()
+
+
+class MindSpore:
+    """The edge adapter of MindSpore tensors (`_dispatch._EDGE_ADAPTERS`)."""
+
+    def loss(self, bind, args, kwargs):
+        """The loss of `bind`'s call with MindSpore tensors among `args` and `kwargs`, as a
+        MindSpore tensor inside MindSpore's autograd."""
+        bound = _signature(bind).bind(*args, **kwargs).arguments
+        names, arrays, statics = [], [], []
+        for name, value in bound.items():
+            if isinstance(value, (Tensor, np.ndarray)):
+                names.append(name)
+                arrays.append(value)
+            else:
+                statics.append((name, value))
+        _one_kind(bound)
+        # the checks, on NumPy views: the NumPy route's errors
+        views = {
+            n: a if isinstance(a, np.ndarray) else _numpy(a)
+            for n, a in zip(names, arrays, strict=True)
+        }
+        call = bind(**views, **dict(statics))
+        constant = tuple(isinstance(a, np.ndarray) for a in arrays)
+        tensors = [
+            Tensor.from_numpy(np.ascontiguousarray(a)) if c else a
+            for a, c in zip(arrays, constant, strict=True)
+        ]
+        bf16 = call.dtype == ml_dtypes.bfloat16 or any(
+            isinstance(a, Tensor) and a.dtype == mindspore.bfloat16 for a in arrays
+        )
+        if bf16:  # computed in float32 (MindSpore's cast is differentiable), rounded once
+            tensors = [
+                t.astype(mindspore.float32) if t.dtype == mindspore.bfloat16 else t for t in tensors
+            ]
+        op, scalar = _operator(bind, tuple(statics), tuple(names), constant)
+        out = op(*tensors)
+        if scalar:
+            out = ops.reshape(out, ())
+        return out.astype(mindspore.bfloat16) if bf16 and call.dtype == ml_dtypes.bfloat16 else out
+
+
+@functools.cache
+def _signature(bind):
+    return inspect.signature(bind)
+
+
+def _one_kind(bound):
+    """TypeError when an array of another library (not MindSpore, not NumPy) is among the
+    arguments, in the words of `_dispatch.namespace`."""
+    for name, value in bound.items():
+        if value is None or isinstance(value, (Tensor, np.ndarray, str, int, float, bool)):
+            continue
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            first = next(n for n, v in bound.items() if isinstance(v, Tensor))
+            msg = (
+                f"all arrays of one call must be of one kind; got {first} from mindspore "
+                f"and {name} from {type(value).__module__.partition('.')[0]}"
+            )
+            raise TypeError(msg)
+
+
+# --- the operators ----------------------------------------------------------------------
+
+
+def _shape_only(shape, dtype=np.float32):
+    """A read-only array of `shape` without memory (for checks of shapes and dtypes)."""
+    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
+
+
+def _np_dtype(ms_dtype):
+    """NumPy's dtype of a MindSpore dtype (a tensor type, as inference gives it, included)."""
+    if hasattr(ms_dtype, "element_type"):
+        ms_dtype = ms_dtype.element_type()
+    for name in ("bfloat16", "float16", "float32", "float64", "bool_", "int8", "int16"):
+        if ms_dtype == getattr(mindspore, name):
+            return np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name.rstrip("_"))
+    for name in ("int32", "int64", "uint8"):
+        if ms_dtype == getattr(mindspore, name):
+            return np.dtype(name)
+    msg = f"a MindSpore dtype without a NumPy twin: {ms_dtype}"
+    raise TypeError(msg)
+
+
+def _ms_dtype(np_dtype):
+    return getattr(mindspore, _dtypes.dtype_name(np_dtype))
+
+
+@functools.cache
+def _operator(bind, statics, names, constant):
+    """The Custom operator of calls of `bind` with the arrays `names` (in order; `constant`:
+    NumPy arrays, no gradient) and the other arguments `statics`, and whether its result is
+    a scalar (the operator returns shape (1,) for it: MindSpore's pyfunc has no 0-d output).
+    """
+    options = dict(statics)
+
+    def make(*arrays):  # input and target by position: their names differ (logits, labels)
+        return bind(*arrays[:2], **dict(zip(names[2:], arrays[2:], strict=True)), **options)
+
+    def infer_shape(*shapes):
+        # the checks of shapes, when a graph is compiled (in PyNative: already done)
+        call = make(
+            *(
+                _shape_only(s, bool if n == "where" else np.float32)
+                for n, s in zip(names, shapes, strict=True)
+            )
+        )
+        return (1,) if call.reduction != "none" else call.shape
+
+    def infer_dtype(*dtypes):
+        call = make(*(_shape_only((), _np_dtype(d)) for d in dtypes))
+        return _ms_dtype(call.dtype) if call.dtype != ml_dtypes.bfloat16 else mindspore.float32
+
+    def forward(*arrays):
+        call = make(*arrays)
+        value = _evaluate.evaluate(call)
+        value = np.asarray(value, np.float32 if call.dtype == ml_dtypes.bfloat16 else call.dtype)
+        return value.reshape(1) if call.reduction != "none" else value
+
+    def backward(*arrays_and_dout):
+        *arrays, dout = arrays_and_dout
+        call = make(*arrays)
+        return _gradients_of(call, names, constant, arrays, dout)
+
+    scalar = (
+        make(*(_shape_only((1,), bool if n == "where" else np.float32) for n in names)).reduction
+        != "none"
+    )
+    n = len(names)
+    backward_op = ops.Custom(
+        _fixed(backward, n + 1),
+        lambda *shapes: tuple(shapes[:n]) if n > 1 else shapes[0],
+        lambda *dtypes: tuple(dtypes[:n]) if n > 1 else dtypes[0],
+        "pyfunc",
+    )
+    forward_op = ops.Custom(
+        _fixed(forward, n), infer_shape, infer_dtype, "pyfunc", bprop=_bprop(backward_op, n)
+    )
+    return forward_op, scalar
+
+
+def _gradients_of(call, names, constant, arrays, dout):
+    """The gradients of the loss times `dout` with respect to each array (zeros for NumPy
+    constants and `where`), each of its array's shape and dtype."""
+    slots = [_slot(name, i) for i, name in enumerate(names)]
+    needs = tuple(s in slots and not constant[slots.index(s)] for s in range(4))
+    scalar = call.reduction != "none"
+    seed = float(dout.reshape(())) if scalar else math.nan
+    if scalar and not (needs[2] or needs[3]) and math.isfinite(seed) and seed != 0:
+        wrt = tuple(i for i in (0, 1) if needs[i])
+        _, grads = _evaluate.loss_and_grad(call, wrt, seed=seed) if wrt else (None, ())
+        by_slot = dict(zip(wrt, grads, strict=True))
+    else:
+        likes = tuple(getattr(call, _SLOTS[s]) for s in range(4))
+        likes = tuple(a if a is not None else np.empty(0) for a in likes)
+        g = dout.reshape(()) if scalar else dout
+        grads = _gradients.reduced(call, g, needs, likes)
+        by_slot = {i: grads[i] for i in range(4) if grads[i] is not None}
+    out = []
+    for i, a in zip(slots, arrays, strict=True):
+        g = by_slot.get(i)
+        out.append(np.zeros_like(a) if g is None else np.asarray(g, a.dtype).reshape(a.shape))
+    return tuple(out) if len(out) > 1 else out[0]
+
+
+def _slot(name, position):
+    """The call's array (index into `_SLOTS`) that argument `name` at `position` is: the
+    first two arguments are input and target whatever their names (logits, labels)."""
+    return position if position < 2 else _SLOTS.index(name)
+
+
+# MindSpore counts a pyfunc's inputs from its signature: one named function per arity
+
+
+def _fixed(fn, n):
+    def f2(a, b):
+        return fn(a, b)
+
+    def f3(a, b, c):
+        return fn(a, b, c)
+
+    def f4(a, b, c, d):
+        return fn(a, b, c, d)
+
+    def f5(a, b, c, d, e):
+        return fn(a, b, c, d, e)
+
+    def f6(a, b, c, d, e, f):
+        return fn(a, b, c, d, e, f)
+
+    return {2: f2, 3: f3, 4: f4, 5: f5, 6: f6}[n]
+
+
+def _bprop(backward, n):
+    """The bprop of a forward operator of `n` inputs: the backward operator on the inputs
+    and the output's gradient (named functions: the graph compiler reads their source)."""
+
+    def bprop2(a, b, out, dout):
+        return backward(a, b, dout)
+
+    def bprop3(a, b, c, out, dout):
+        return backward(a, b, c, dout)
+
+    def bprop4(a, b, c, d, out, dout):
+        return backward(a, b, c, d, dout)
+
+    def bprop5(a, b, c, d, e, out, dout):
+        return backward(a, b, c, d, e, dout)
+
+    return {2: bprop2, 3: bprop3, 4: bprop4, 5: bprop5}[n]
+
+
+# --- graph mode: the twins the compiler reads -------------------------------------------
+
+
+# a graph holds no function: the twins name their bind by the global that holds it
+
+
+@ops.constexpr(reuse_result=False)
+def _graph_operator(bind, statics, names):
+    return _operator(globals()[bind], statics, names, (False,) * len(names))[0]
+
+
+@ops.constexpr(reuse_result=False)
+def _graph_scalar(bind, statics, names):
+    return _operator(globals()[bind], statics, names, (False,) * len(names))[1]
+
+
+@ops.constexpr(reuse_result=False)
+def _names(present):
+    return tuple(n for n, p in zip(_SLOTS, present, strict=True) if p)
+
+
+def _graph_loss(bind, statics, input, target, weight, pos_weight, where):
+    """The loss in a graph: the operator on the arrays present (read by the compiler)."""
+    present = (True, True, weight is not None, pos_weight is not None, where is not None)
+    names = _names(present)
+    arrays = (input, target)
+    if weight is not None:
+        arrays = (*arrays, weight)
+    if pos_weight is not None:
+        arrays = (*arrays, pos_weight)
+    if where is not None:
+        arrays = (*arrays, where)
+    out = _graph_operator(bind, statics, names)(*arrays)
+    if _graph_scalar(bind, statics, names):
+        return ops.reshape(out, ())
+    return out
+
+
+# the binds the twins call, by name: set by `install_twins`
+_CORE_LOGITS = _CORE_PROBABILITIES = _MS_LOGITS = _MS_PROBABILITIES = None
+_CELL_LOGITS = _CELL_PROBABILITIES = None
+
+
+def _twin_logits(
+    input,
+    target,
+    weight=None,
+    reduction="mean",
+    pos_weight=None,
+    *,
+    label_smoothing=0.0,
+    where=None,
+):
+    statics = (("reduction", reduction), ("label_smoothing", label_smoothing))
+    return _graph_loss("_CORE_LOGITS", statics, input, target, weight, pos_weight, where)
+
+
+def _twin_probabilities(
+    input, target, weight=None, reduction="mean", *, label_smoothing=0.0, where=None
+):
+    statics = (("reduction", reduction), ("label_smoothing", label_smoothing))
+    return _graph_loss("_CORE_PROBABILITIES", statics, input, target, weight, None, where)
+
+
+def _twin_mindspore_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    statics = (("reduction", reduction),)
+    return _graph_loss("_MS_LOGITS", statics, input, target, weight, pos_weight, None)
+
+
+def _twin_mindspore_probabilities(input, target, weight=None, reduction="mean"):
+    statics = (("reduction", reduction),)
+    return _graph_loss("_MS_PROBABILITIES", statics, input, target, weight, None, None)
+
+
+def _twin_cell_logits(logits, labels, weight=None, reduction="mean", pos_weight=None):
+    statics = (("reduction", reduction),)
+    return _graph_loss("_CELL_LOGITS", statics, logits, labels, weight, pos_weight, None)
+
+
+def _twin_cell_probabilities(logits, labels, weight=None, reduction="mean"):
+    statics = (("reduction", reduction),)
+    return _graph_loss("_CELL_PROBABILITIES", statics, logits, labels, weight, None, None)
+
+
+# the loss functions with a graph twin: (module, name) -> (twin, the global naming its bind)
+_TWINS = {
+    ("bceloss._functional", "binary_cross_entropy_with_logits"): (_twin_logits, "_CORE_LOGITS"),
+    ("bceloss._functional", "binary_cross_entropy"): (_twin_probabilities, "_CORE_PROBABILITIES"),
+    ("bceloss.compat.mindspore", "binary_cross_entropy_with_logits"): (
+        _twin_mindspore_logits,
+        "_MS_LOGITS",
+    ),
+    ("bceloss.compat.mindspore", "binary_cross_entropy"): (
+        _twin_mindspore_probabilities,
+        "_MS_PROBABILITIES",
+    ),
+    ("bceloss.compat.mindspore", "_cell_logits"): (_twin_cell_logits, "_CELL_LOGITS"),
+    ("bceloss.compat.mindspore", "_cell_probabilities"): (
+        _twin_cell_probabilities,
+        "_CELL_PROBABILITIES",
+    ),
+}
+
+
+def install_twins(module):
+    """Give the loss functions of `module` their graph twins: the function the graph
+    compiler reads (`__wrapped__`); `inspect.signature` keeps the function's own."""
+    for name in dir(module):
+        twin = _TWINS.get((module.__name__, name))
+        fn = getattr(module, name)
+        if twin is None or getattr(fn, "__wrapped__", None) is twin[0]:
+            continue
+        fn.__signature__ = inspect.signature(fn._bceloss_bind)
+        globals()[twin[1]] = fn._bceloss_bind
+        fn.__wrapped__ = twin[0]
+
+
+# --- the loss classes as Cells ----------------------------------------------------------
+
+_CELL_TYPES: dict = {}
+
+
+def module_type(cls):
+    """The loss class `cls` as a `mindspore.nn.Cell`: MindSpore tensors given as its array
+    options are non-trainable Parameters (in checkpoints); NumPy ones stay constants."""
+    made = _CELL_TYPES.get(cls)
+    if made is None:
+        made = _CELL_TYPES[cls] = _make_cell_type(cls)
+    return made
+
+
+def _make_cell_type(cls):
+    class Cell(cls, nn.Cell):
+        _bceloss_plain = cls  # the plain class, which `_modules._module_type` stops at
+        __call__ = nn.Cell.__call__
+
+        def __new__(klass, *args, **kwargs):
+            return nn.Cell.__new__(klass)
+
+        def __init__(self, *args, **kwargs):
+            nn.Cell.__init__(self)
+            cls.__init__(self, *args, **kwargs)
+
+        def __setattr__(self, name, value):
+            if (
+                name in cls.arrays
+                and isinstance(value, Tensor)
+                and not isinstance(value, mindspore.Parameter)
+            ):
+                value = mindspore.Parameter(value, name=name, requires_grad=False)
+            nn.Cell.__setattr__(self, name, value)
+
+        # the functional form, with the options held (the compiler reads the same code)
+        construct = cls.forward
+
+    Cell.__name__, Cell.__qualname__ = cls.__name__, cls.__qualname__
+    Cell.__module__, Cell.__doc__ = cls.__module__, cls.__doc__
+    return Cell
+
+
+install_twins(_functional)
+if "bceloss.compat.mindspore" in sys.modules:
+    install_twins(sys.modules["bceloss.compat.mindspore"])
