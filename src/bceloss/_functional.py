@@ -140,8 +140,7 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", *
 
     Args:
       input: logits, a floating array of any shape.
-      target: an array of input's shape, in [0, 1] (integer and bool are cast; values
-        outside are a ValueError).
+      target: an array of input's shape, in [0, 1] (integer and bool are cast).
       alpha: the weight of the positives in (0, 1); < 0 turns it off.
       gamma: the focusing exponent, a number in [0, 100].
       reduction: 'none', 'mean', 'sum' or 'weighted_mean' (no weight: equal to 'mean').
@@ -153,7 +152,7 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", *
     Raises:
       TypeError: as `binary_cross_entropy_with_logits`, and alpha or gamma not a number.
       ValueError: as `binary_cross_entropy_with_logits`, a non-finite alpha, gamma < 0 or
-        above 100, a target outside [0, 1].
+        above 100.
 
     Examples:
       >>> import numpy as np, bceloss

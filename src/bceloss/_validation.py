@@ -262,19 +262,6 @@ def validate(
         kept = xp.where(xp.broadcast_to(where, shape), input, xp.ones_like(input) / 2)
         checked = backend.checked_probabilities(xp, kept, iname)
         input = input if checked is kept else checked  # Dask: checked lazily, in the graph
-    if focal is not None:
-        # the focal loss's m = 1 - p_t is a probability only for targets in [0, 1] (its
-        # gamma-th power is NaN beyond, and the two paths would differ): refused, as
-        # probabilities are; an ignored label (Paddle's -100) and masked-out elements pass
-        skip = None if where is None else xp.logical_not(xp.broadcast_to(where, shape))
-        if rules.ignore_label is not None:
-            ignored = target == rules.ignore_label
-            skip = ignored if skip is None else xp.logical_or(skip, ignored)
-        y = xp.astype(target, dtype)
-        kept = y if skip is None else xp.where(skip, xp.ones_like(y) / 2, y)
-        checked = backend.checked_probabilities(xp, kept, tname)
-        if checked is not kept and skip is None:  # Dask: checked lazily, in the graph
-            target = checked
     alpha, gamma = (None, None) if focal is None else focal
     return LossCall(
         xp=xp,
