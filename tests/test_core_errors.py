@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 import bceloss
+from bceloss import _dispatch, _evaluate
+from bceloss.compat import mindspore as ms_flavour
+from bceloss.compat import paddle as pd_flavour
 
 BCE = bceloss.binary_cross_entropy
 BCEL = bceloss.binary_cross_entropy_with_logits
@@ -178,3 +181,232 @@ def test_read_only_non_contiguous_and_zero_stride_arrays_work(fn):
 def test_bfloat16_is_a_floating_input():
     x = np.array([0.5, -0.5], ml_dtypes.bfloat16)
     assert BCEL(x, np.array([1.0, 0.0], ml_dtypes.bfloat16)).dtype == ml_dtypes.bfloat16
+
+
+# --- hostile arrays (issue 21): a clear error or the right number, never a wrong one -----
+
+FOCAL = bceloss.sigmoid_focal_loss
+# every entry point: (name, loss, names of its input and target)
+ENTRY_POINTS = [
+    ("binary_cross_entropy", BCE, ("input", "target")),
+    ("binary_cross_entropy_with_logits", BCEL, ("input", "target")),
+    ("sigmoid_focal_loss", FOCAL, ("input", "target")),
+    ("BCELoss", bceloss.BCELoss(), ("input", "target")),
+    ("BCEWithLogitsLoss", bceloss.BCEWithLogitsLoss(), ("input", "target")),
+    ("value_and_grad", bceloss.value_and_grad(BCEL), ("input", "target")),
+    ("value_and_grad(focal)", bceloss.value_and_grad(FOCAL, (0, 1)), ("input", "target")),
+    ("paddle.binary_cross_entropy", pd_flavour.binary_cross_entropy, ("input", "label")),
+    ("paddle.bce_with_logits", pd_flavour.binary_cross_entropy_with_logits, ("logit", "label")),
+    ("paddle.sigmoid_focal_loss", pd_flavour.sigmoid_focal_loss, ("logit", "label")),
+    ("paddle.BCELoss", pd_flavour.BCELoss(), ("input", "label")),
+    ("paddle.BCEWithLogitsLoss", pd_flavour.BCEWithLogitsLoss(), ("logit", "label")),
+    ("mindspore.binary_cross_entropy", ms_flavour.binary_cross_entropy, ("input", "target")),
+    ("mindspore.bce_with_logits", ms_flavour.binary_cross_entropy_with_logits, ("input", "target")),
+    ("mindspore.BCELoss", ms_flavour.BCELoss(), ("logits", "labels")),
+    ("mindspore.BCEWithLogitsLoss", ms_flavour.BCEWithLogitsLoss(), ("logits", "labels")),
+]
+X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("fn", "names"), [e[1:] for e in ENTRY_POINTS], ids=[e[0] for e in ENTRY_POINTS]
+)
+@pytest.mark.parametrize("position", [0, 1])
+def test_none_as_input_or_target_is_a_type_error_naming_it(fn, names, position):
+    args = [X32, Y32]
+    args[position] = None
+    msg = f"{names[position]} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got None"
+    with pytest.raises(TypeError, match=f"^{re.escape(msg)}$"):
+        fn(*args)
+
+
+@pytest.mark.parametrize("scalar", [np.float32(0.5), np.float64(0.5), np.float16(0.5)])
+@pytest.mark.parametrize("arg", ["input", "target", "weight", "pos_weight"])
+def test_numpy_scalars_are_refused_alike(scalar, arg):
+    # one rule: a NumPy scalar is not an array, whatever its dtype (np.float64 is a Python
+    # float, np.float32 was accepted as a 0-d array before)
+    x, y = np.asarray(np.float32(0.5)), np.asarray(np.float32(1.0))
+    kwargs = {"input": x, "target": y, arg: scalar}
+    msg = (
+        f"{arg} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got "
+        f"numpy.{type(scalar).__name__} (a NumPy scalar: np.asarray(value) makes it a 0-d array)"
+    )
+    with pytest.raises(TypeError, match=f"^{re.escape(msg)}$"):
+        BCEL(**kwargs)
+    assert BCEL(**{k: np.asarray(v) for k, v in kwargs.items()}).shape == ()
+
+
+@pytest.mark.parametrize("arg", ["input", "target", "weight", "where"])
+def test_masked_arrays_are_refused_pointing_to_where(arg):
+    kwargs = {"input": X, "target": Y, "weight": np.ones(3), "where": np.ones((2, 3), bool)}
+    kwargs[arg] = np.ma.masked_array(kwargs[arg], mask=np.zeros(kwargs[arg].shape, bool))
+    with pytest.raises(TypeError, match=rf"^{arg} must not be a NumPy masked array .*where="):
+        BCEL(**kwargs)
+
+
+def _big_endian(a):
+    return a.astype(a.dtype.newbyteorder(">"))
+
+
+@pytest.mark.parametrize("n", [10, _dispatch.KERNEL_MIN_SIZE + 904])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("integral", [False, True], ids=["float", "int"])
+def test_byte_order_never_changes_the_answer_or_the_path(n, dtype, integral):
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    probs = rng.random(n).astype(dtype)
+    kind = np.int32 if integral else dtype
+    y = (rng.random(n) < 0.5).astype(kind)
+    w = rng.integers(0, 4, n).astype(kind)
+    p = rng.integers(1, 4, n).astype(kind)
+    native = (x, probs, y, w, p)
+    big = tuple(_big_endian(a) for a in native)
+    assert not big[0].dtype.isnative
+    bx, bprobs, by, bw, bp = big
+    call = BCEL._bceloss_bind(bx, by, bw, "mean", bp)
+    assert (_dispatch.kernel_plan(call) is None) == (n < _dispatch.KERNEL_MIN_SIZE)
+    for reduction in ("none", "mean", "sum", "weighted_mean"):
+        pairs = [
+            (BCEL(x, y, w, reduction, p), BCEL(bx, by, bw, reduction, bp)),
+            (BCE(probs, y, w, reduction), BCE(bprobs, by, bw, reduction)),
+            (
+                FOCAL(x, y.astype(dtype), reduction=reduction),
+                FOCAL(bx, _big_endian(y.astype(dtype)), reduction=reduction),
+            ),
+        ]
+        for want, got in pairs:
+            assert got.dtype == want.dtype
+            assert got.dtype.isnative
+            assert got.tobytes() == want.tobytes()
+    for fn, first, bfirst in ((BCEL, x, bx), (BCE, probs, bprobs)):
+        kwargs = {"pos_weight": p} if fn is BCEL else {}
+        bkwargs = {"pos_weight": bp} if fn is BCEL else {}
+        want = bceloss.value_and_grad(fn, (0, 1))(first, y, w, "sum", **kwargs)
+        got = bceloss.value_and_grad(fn, (0, 1))(bfirst, by, bw, "sum", **bkwargs)
+        assert got[0].tobytes() == want[0].tobytes()
+        for g, h in zip(got[1], want[1], strict=True):
+            assert g.dtype == h.dtype
+            assert g.tobytes() == h.tobytes()
+
+
+def test_a_big_endian_out_is_refused_by_its_dtype():
+    x = np.linspace(-2, 2, 6)
+    with pytest.raises(TypeError, match=r"^out must have the dtype of input \(float64\); got >f8$"):
+        bceloss.value_and_grad(BCEL)(_big_endian(x), np.ones(6), out=_big_endian(x))
+
+
+def test_focal_gamma_has_a_limit_stated_in_the_message():
+    msg = "gamma must be at most 100 (the focal loss's limit); got 1e+39"
+    with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
+        FOCAL(X, Y, gamma=1e39)
+    with pytest.raises(ValueError, match=r"^gamma must be at most 100"):
+        bceloss.value_and_grad(FOCAL)(X, Y, gamma=100.5)
+    assert np.isfinite(FOCAL(X, Y, gamma=100.0)).all()
+
+
+# (x, y, gamma, dtype) where the focal loss is 0 and the formula returned NaN
+FOCAL_ZEROS = [
+    (1e6, 1.0, 1.05, np.float64),
+    (-1e6, 0.0, 1.05, np.float64),
+    (np.inf, 1.0, 3.7, np.float32),
+    (-np.inf, 0.0, 3.7, np.float32),
+    (1e10, 1.0, 0.27, np.float32),
+    (-1e10, 0.0, 0.27, np.float64),
+]
+
+
+@pytest.mark.parametrize(("x", "y", "gamma", "dtype"), FOCAL_ZEROS)
+@pytest.mark.parametrize("n", [1, _dispatch.KERNEL_MIN_SIZE])
+def test_focal_loss_is_0_not_nan_at_huge_logits(x, y, gamma, dtype, n):
+    xs, ys = np.full(n, x, dtype), np.full(n, y, dtype)
+    loss = FOCAL(xs, ys, gamma=gamma)
+    value, (gx, gy) = bceloss.value_and_grad(FOCAL, (0, 1))(xs, ys, gamma=gamma, reduction="sum")
+    assert (loss == 0).all()
+    assert value == 0
+    assert not np.isnan(gx).any()
+    assert not np.isnan(gy).any()
+    assert (gx == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_focal_is_never_nan_at_huge_logits_for_any_gamma_on_both_paths(dtype):
+    # 468 of 999 gammas in (0, 10) gave NaN at |x| >= 1e10 on the formula path
+    big = float(np.finfo(dtype).max)
+    base = np.array([1e6, -1e6, 1e10, -1e10, 1e30, -1e30, big, -big, np.inf, -np.inf], dtype)
+    xs = np.repeat(base, 4)
+    ys = np.tile(np.array([0.0, 1.0, 0.5, 0.3], dtype), base.size)
+    reps = -(-_dispatch.KERNEL_MIN_SIZE // xs.size)
+    xk, yk = np.tile(xs, reps), np.tile(ys, reps)
+    vg = bceloss.value_and_grad(FOCAL, (0, 1))
+    for gamma in [*np.linspace(0.01, 10, 999)[::7], 0.27, 1.05, 3.7, 50.0, 100.0]:
+        for alpha in (-1.0, 0.25):
+            call = FOCAL._bceloss_bind(xs, ys, alpha, float(gamma))
+            with np.errstate(all="ignore"):  # as the library calls it (`quiet`)
+                slow = _evaluate.formula(call, grad_input=True, grad_target=True)
+            fast = vg(xk, yk, alpha, float(gamma), "sum")
+            for part in (*slow, fast[0], *fast[1]):
+                assert not np.isnan(part).any(), (gamma, alpha)
+
+
+def test_focal_jax_gradient_is_not_nan_at_huge_logits():
+    jnp = pytest.importorskip("jax.numpy")
+    jax = pytest.importorskip("jax")
+    x = jnp.array([1e10, -1e10, 1e6], jnp.float32)
+    y = jnp.array([1.0, 0.0, 1.0], jnp.float32)
+    for gamma in (0.27, 1.05, 3.7):
+        g = jax.grad(lambda a, gamma=gamma: FOCAL(a, y, gamma=gamma, reduction="sum"))(x)
+        np.testing.assert_array_equal(np.asarray(g), 0.0)
+
+
+def test_focal_on_torch_is_0_not_nan_at_huge_logits():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor([1e10, -1e10], requires_grad=True)
+    y = torch.tensor([1.0, 0.0])
+    loss = FOCAL(x, y, gamma=0.27, reduction="sum")
+    loss.backward()
+    assert loss.item() == 0
+    assert torch.equal(x.grad, torch.zeros(2))
+
+
+@pytest.mark.parametrize("n", [8, _dispatch.KERNEL_MIN_SIZE + 8])
+def test_weight_0_wins_over_an_infinite_pos_weight_on_both_paths(n):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(n) * 3
+    x[:4] = [0.0, np.inf, -np.inf, 2.0]
+    y = rng.random(n)
+    w = np.ones(n)
+    w[::2] = 0.0
+    p = np.full(n, np.inf)
+    loss = BCEL(x, y, w, "none", p)
+    _, (gx, gy) = bceloss.value_and_grad(BCEL, (0, 1))(x, y, w, "sum", p)
+    for part in (loss, gx, gy):
+        np.testing.assert_array_equal(part[::2], 0.0)
+    with np.errstate(all="ignore"):  # as the library calls it (`quiet`)
+        slow = _evaluate.formula(
+            BCEL._bceloss_bind(x, y, w, "sum", p), grad_input=True, grad_target=True
+        )
+    for part in slow:
+        np.testing.assert_array_equal(part[::2], 0.0)
+    # NaN in still gives NaN out
+    x[0] = np.nan
+    assert np.isnan(BCEL(x, y, w, "none", p)[0])
+
+
+def test_torch_out_follows_numpys_rules():
+    torch = pytest.importorskip("torch")
+    vg = bceloss.value_and_grad(BCEL)
+    x = torch.tensor([0.2, -0.7, 3.0], dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    before = x.clone()
+    shared = "out must not share memory with input, target, weight, pos_weight or where"
+    for out in (x, x[:], x.view(3), y):
+        with pytest.raises(ValueError, match=f"^{re.escape(shared)}$"):
+            vg(x, y, out=out)
+    assert torch.equal(x, before)
+    leaf = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^out must be writeable; got a read-only array$"):
+        vg(x, y, out=leaf)
+    out = torch.empty(3, dtype=torch.float64)
+    _value, grad = vg(x, y, out=out)
+    assert grad is out
+    np.testing.assert_array_equal(out.numpy(), vg(x, y)[1].numpy())

@@ -72,6 +72,10 @@ class ArrayAPI:
         """Whether `a` can be written (for `out=`)."""
         return True
 
+    def native(self, a):
+        """`a` in the machine's byte order (None stays None)."""
+        return a
+
 
 class NumPyBacked(ArrayAPI):
     """array-api-strict: NumPy computes in this thread, and warns."""
@@ -103,3 +107,9 @@ class NumPy(NumPyBacked):
 
     def writeable(self, a) -> bool:
         return a.flags.writeable
+
+    def native(self, a):
+        # a big-endian array (read from a file): one copy in native order
+        if a is None or a.dtype.isnative:
+            return a
+        return a.astype(a.dtype.newbyteorder("="))

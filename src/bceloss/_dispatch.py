@@ -59,8 +59,23 @@ def namespace(arrays: dict):
         if xp is not None:
             return xp
     for name, a in present.items():
+        if isinstance(a, np.generic):
+            # np.float64 is a Python float, np.float32 an array API object: every NumPy scalar
+            # is refused alike, as a Python number is
+            msg = (
+                f"{name} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got "
+                f"{type_name(a)} (a NumPy scalar: np.asarray(value) makes it a 0-d array)"
+            )
+            raise TypeError(msg)
         if not array_api_compat.is_array_api_obj(a) or isinstance(a, (bool, int, float, complex)):
             msg = f"{name} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got {type_name(a)}"
+            raise TypeError(msg)
+        if isinstance(a, np.ma.MaskedArray):
+            # its mask would be ignored (NumPy's ufuncs read the data): never a wrong number
+            msg = (
+                f"{name} must not be a NumPy masked array (its mask would be ignored); got "
+                f"{type_name(a)}: pass its data and where=~np.ma.getmaskarray({name})"
+            )
             raise TypeError(msg)
     kinds = {}
     for name, a in present.items():

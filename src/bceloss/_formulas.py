@@ -104,7 +104,13 @@ def logits(
             gy = (p - 1) * log1p_e + _mul_limit(xp, p, relu_neg) - relu_pos
         if smoothing:
             gy = gy * (1 - smoothing)
-    return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
+    parts = _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
+    if w is not None and p is not None:
+        # weight 0 wins over an infinite pos_weight (whose terms may be inf or 0 * inf):
+        # 0 * inf read as 0, as the loss is 0 there; NaN in x, y or p still gives NaN
+        void = (w == 0) & ~(xp.isnan(x) | xp.isnan(y) | xp.isnan(p))
+        parts = tuple(None if v is None else xp.where(void, _zero(xp, v), v) for v in parts)
+    return parts
 
 
 def logits_grad_pos_weight(xp, x, y, w=None):
@@ -216,7 +222,11 @@ class _Modulation:
         # with gamma d = g_hi round(d) (exact) + (g_hi (d - round(d)) + g_lo d), d = L - |x|:
         # rounding gamma d whole would cost gamma |d| half-ulps of the power
         zero = self.scaled & (near == 0) & (m_k < smallest) & (u < math.inf)
-        d = l_hi - xp.where(zero, u, l_hi)
+        # gamma d below t_min: (m 2^S)^gamma is 0 to far below the smallest subnormal number,
+        # even times the largest float; d clamped there keeps the split's second factor
+        # finite (|g_lo d| grows with |x|: 0 * inf otherwise, NaN where the loss is 0)
+        t_min = -(3 * math.log(float(info.max)) + 100)
+        d = xp.clip(l_hi - xp.where(zero, u, l_hi), min=t_min / gamma)
         d_hi = xp.round(d)
         by_exp = xp.exp(g_hi * d_hi) * xp.exp(g_hi * (d - d_hi) + g_lo * d) * c_gamma
         # m^gamma = m^g_c m^g_r, g_c = gamma rounded to the dtype (xp.pow's exponent is):
@@ -224,7 +234,8 @@ class _Modulation:
         base = xp.where(zero, one, xp.where(self.scaled, m_k, self.m))
         power = xp.pow(base, xp.asarray(g_c, dtype=x.dtype, device=array_api_compat.device(x)))
         if g_r:
-            power = power * xp.pow(base, g_r)
+            # g_r may be < 0: 0^g_r would be inf, and 0^g_c 0^g_r NaN where m = 0
+            power = power * xp.pow(xp.where(base == 0, one, base), g_r)
         self.mg = xp.where(zero, by_exp, power)  # m^gamma, times 2^(gamma S) where scaled
         self.unscale = xp.where(self.scaled, unscale, one)
         self.inv_scale = 2.0**-s

@@ -142,7 +142,7 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", *
       input: logits, a floating array of any shape.
       target: an array of input's shape, in [0, 1] (integer and bool are cast).
       alpha: the weight of the positives in (0, 1); < 0 turns it off.
-      gamma: the focusing exponent, a finite number >= 0.
+      gamma: the focusing exponent, a number in [0, 100].
       reduction: 'none', 'mean', 'sum' or 'weighted_mean' (no weight: equal to 'mean').
       where: a bool array broadcastable to input's shape: the elements that count.
 
@@ -151,7 +151,8 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", *
 
     Raises:
       TypeError: as `binary_cross_entropy_with_logits`, and alpha or gamma not a number.
-      ValueError: as `binary_cross_entropy_with_logits`, a non-finite alpha, gamma < 0.
+      ValueError: as `binary_cross_entropy_with_logits`, a non-finite alpha, gamma < 0 or
+        above 100.
 
     Examples:
       >>> import numpy as np, bceloss

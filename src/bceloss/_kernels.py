@@ -210,6 +210,13 @@ def logits_terms(x, y, w, p, has_p, ignore, smooth=None):
     # with p = 1 it is exactly -x.
     gy = chained((p - c.one) * log1p_e + times(p, relu_neg, c) - relu_pos, smooth)
     loss, gx, gy = weighted(w, loss, c), w * gx, weighted(w, gy, c)
+    if has_p:
+        # weight 0 wins over an infinite pos_weight, as in `_formulas.logits`: 0 unless x, y
+        # or p is NaN (selects: the loop still vectorises)
+        void = (w == c.zero) & ~(np.isnan(x) | np.isnan(y) | np.isnan(p))
+        loss = c.zero if void else loss
+        gx = c.zero if void else gx
+        gy = c.zero if void else gy
     if ignored(y, ignore):
         loss = gx = gy = c.zero
     return loss, gx, gy

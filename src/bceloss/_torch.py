@@ -70,6 +70,23 @@ class Torch(_array_api.ArrayAPI):
         value, grads = _evaluate.loss_and_grad(twin, wrt, out=view, seed=seed)
         return _tensor(value), tuple(out if g is view else _tensor(g) for g in grads)
 
+    def shares_memory(self, a, b) -> bool:
+        # NumPy's rule for out=: no overlap of the memory behind the two tensors
+        if a.device != b.device:
+            return False
+        try:
+            sa, sb = a.untyped_storage(), b.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # a tensor without storage: no overlap
+            return False
+        start_a, start_b = sa.data_ptr(), sb.data_ptr()
+        if 0 in (sa.nbytes(), sb.nbytes()):
+            return False
+        return start_a < start_b + sb.nbytes() and start_b < start_a + sa.nbytes()
+
+    def writeable(self, a) -> bool:
+        # a leaf that requires grad cannot be written in place (PyTorch refuses it)
+        return not (a.requires_grad and a.is_leaf)
+
     def checked_probabilities(self, xp, x, name):
         if x.device.type == "meta" or _SHAPES_ONLY.get():  # no values to read
             return x

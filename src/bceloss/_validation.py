@@ -44,6 +44,11 @@ class Rules:
 
 CORE = Rules(reductions=(*REDUCTIONS, "weighted_mean"))
 
+# The focal loss's largest gamma: both paths are held to each other and free of NaN up to it
+# (m^gamma of any m <= 0.8 is below float64's smallest subnormal number long before); a
+# larger gamma would overflow in float32 inside the kernel.
+GAMMA_MAX = 100.0
+
 
 _type_name = _dispatch.type_name
 
@@ -90,8 +95,8 @@ def focal_options(
 ) -> tuple[float | None, float]:
     """The focal loss's (alpha, gamma): alpha None when off (torchvision: alpha < 0).
 
-    TypeError for a non-number; ValueError for a non-finite alpha or a gamma that is not a
-    finite number >= 0.
+    TypeError for a non-number; ValueError for a non-finite alpha or a gamma outside
+    [0, GAMMA_MAX].
     """
     a, g = _real(alpha, "alpha"), _real(gamma, "gamma")
     if not math.isfinite(a):
@@ -99,6 +104,9 @@ def focal_options(
         raise ValueError(msg)
     if not (math.isfinite(g) and g >= 0):
         msg = f"gamma must be a finite number >= 0; got {gamma!r}"
+        raise ValueError(msg)
+    if g > GAMMA_MAX:
+        msg = f"gamma must be at most {GAMMA_MAX:g} (the focal loss's limit); got {gamma!r}"
         raise ValueError(msg)
     return (None if a < 0 and negative_alpha_is_off else a), g
 
@@ -217,9 +225,18 @@ def validate(
     BCE.
     """
     iname, tname = names
+    for name, a in ((iname, input), (tname, target)):
+        if a is None:
+            msg = f"{name} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got None"
+            raise TypeError(msg)
     arrays = {iname: input, tname: target, "weight": weight, "pos_weight": pos_weight}
     xp = _dispatch.namespace({**arrays, "where": where})
     backend = _dispatch.backend(xp)
+    # non-native byte order (NumPy): converted once, so that it never changes the answer
+    # or the path taken (the kernels read native numbers only)
+    input, target, weight, pos_weight = (
+        backend.native(a) for a in (input, target, weight, pos_weight)
+    )
     red = reduction(reduction_name, rules)
     _floating_input(xp, input, iname, rules)
     dtype = _target_dtype(xp, input, target, names, rules)
