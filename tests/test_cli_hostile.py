@@ -207,7 +207,8 @@ def test_csv_with_cr_line_ends_is_read_right(tmp_path, capsys):
 def test_crlf_across_a_block_boundary(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "_TEXT_BLOCK_BYTES", 4)
     (tmp_path / "t.csv").write_bytes(b"1,0\r\n2,1\r\n\r\n3,1\r\n")
-    lines = list(sources._text_lines(str(tmp_path / "t.csv"), "t.csv", 100))
+    blocks = sources._text_blocks(str(tmp_path / "t.csv"), "t.csv", 100)
+    lines = [line for block in blocks for line in block]
     assert lines == [(1, "1,0"), (2, "2,1"), (3, ""), (4, "3,1")]
 
 
@@ -410,6 +411,6 @@ def test_peak_memory_stays_bounded(tmp_path):
     np.save(tmp_path / "x.npy", rng.normal(size=(1_000_000, 2)))
     np.save(tmp_path / "y.npy", (rng.random((1_000_000, 2)) < 0.5).astype(float))
     code, _, peak = bounded(["eval", "x.npy", "y.npy"], tmp_path, limit_mib=4096)
-    assert (code, peak < 260) == (0, True), peak
+    assert (code, peak < 260) == (0, True), peak  # 168 MiB (up to 215 MiB with a cold kernel cache)
     code, _, peak = bounded(["eval", "--sample"], tmp_path)
-    assert (code, peak < 100) == (0, True), peak
+    assert (code, peak < 100) == (0, True), peak  # 47 MiB

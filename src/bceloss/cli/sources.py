@@ -28,7 +28,6 @@ import numpy as np
 KINDS = (".npy", ".npz", ".csv", ".parquet")
 _NPY_PIECE_BYTES = 1 << 22  # what one read of a .npy file asks for, at most (4 MiB)
 _TEXT_BLOCK_BYTES = 1 << 20  # what one read of a CSV file asks for (1 MiB)
-_CSV_BATCH_BYTES = 1 << 22  # the text parsed at once, at most (4 MiB), whatever the chunk size
 _BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, dropped from the start of a CSV file
 
 # The bounds on what one file may ask of memory (options --max-columns and --max-line-bytes):
@@ -123,17 +122,18 @@ class Source:
                 yield piece if self.columns is None else piece[:, list(self.columns)]
 
     def _csv_pieces(self, start, stop, rows):
-        lines = _data_lines(_text_lines(self.path, self.label, self.max_line_bytes), self.header)
-        lines = itertools.islice(lines, start, stop)
-        batch, size = [], 0
-        for line in lines:
-            batch.append(line)
-            size += len(line[1])
-            if len(batch) == rows or size >= _CSV_BATCH_BYTES:
-                yield _parse_csv(self, batch)
-                batch, size = [], 0
-        if batch:
-            yield _parse_csv(self, batch)
+        # one block of text (a few MiB at most) parsed at a time, whatever `rows`
+        skip, left = start + self.header, stop - start
+        for block in _csv_blocks(self.path, self.label, self.max_line_bytes):
+            if skip >= len(block):
+                skip -= len(block)
+                continue
+            block, skip = block[skip : skip + left], 0
+            left -= len(block)
+            for a in range(0, len(block), rows):
+                yield _parse_csv(self, block[a : a + rows])
+            if not left:
+                return
 
     def _parquet_pieces(self, start, stop, rows):
         try:
@@ -391,24 +391,28 @@ def _open_npz(path, cols, what, limits) -> Source:
 # --- CSV -----------------------------------------------------------------------------------
 
 
-def _text_lines(path: str, label: str, max_line_bytes: int) -> Iterator[tuple[int, str]]:
-    """The lines of a text file, numbered from 1, without their ends: a line ends with
-    '\n', '\r\n' or '\r' (old Macintosh files). A leading byte-order mark is dropped. The
-    file is read in blocks, and a line longer than `max_line_bytes` is an InputError before
-    more of it is held: a file without line ends costs one block, not its size."""
+def _text_blocks(path: str, label: str, max_line_bytes: int) -> Iterator[list[tuple[int, str]]]:
+    """The lines of a text file, numbered from 1, without their ends, in lists (one per block
+    read): a line ends with '\n', '\r\n' or '\r' (old Macintosh files). A leading
+    byte-order mark is dropped. The file is read in blocks, and a line longer than
+    `max_line_bytes` is an InputError before more of it is held: a file without line ends
+    costs a block or two, not its size."""
     number = 0
 
     def lines(complete: bytes):
         nonlocal number
-        for raw in complete.splitlines():  # bytes.splitlines: \n, \r\n and \r only
-            number += 1
-            if len(raw) > max_line_bytes:
-                _long_line(label, number, max_line_bytes)
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError:
-                msg = f"{label}: line {number} is not UTF-8 text"
-                raise InputError(msg) from None
+        first, raws = number + 1, complete.splitlines()  # bytes split at \n, \r\n and \r only
+        number += len(raws)
+        if max(map(len, raws), default=0) > max_line_bytes:
+            at = next(i for i, raw in enumerate(raws) if len(raw) > max_line_bytes)
+            _long_line(label, first + at, max_line_bytes)
+        try:
+            texts = list(map(bytes.decode, raws))  # UTF-8, strict
+        except UnicodeDecodeError:
+            at = next(i for i, raw in enumerate(raws) if not _is_utf8(raw))
+            msg = f"{label}: line {first + at} is not UTF-8 text"
+            raise InputError(msg) from None
+        return list(zip(itertools.count(first), texts))
 
     with open(path, "rb") as f:
         rest = f.read(len(_BOM))
@@ -422,11 +426,19 @@ def _text_lines(path: str, label: str, max_line_bytes: int) -> Iterator[tuple[in
                 rest = data
             else:
                 rest = data[cut + 1 :]
-                yield from lines(data[: cut + 1])
+                yield lines(data[: cut + 1])
             if len(rest) > max_line_bytes:
                 _long_line(label, number + 1, max_line_bytes)
         if rest:
-            yield from lines(rest)
+            yield lines(rest)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _long_line(label: str, number: int, limit: int):
@@ -437,9 +449,10 @@ def _long_line(label: str, number: int, limit: int):
     raise InputError(msg)
 
 
-def _data_lines(lines, header: int):
-    """The non-blank numbered lines after the first `header` non-blank one(s)."""
-    return itertools.islice(((i, line) for i, line in lines if line.strip()), header, None)
+def _csv_blocks(path: str, label: str, max_line_bytes: int) -> Iterator[list[tuple[int, str]]]:
+    """The non-blank numbered lines of a CSV file (the header's too), a list per block read."""
+    for block in _text_blocks(path, label, max_line_bytes):
+        yield [(i, line) for i, line in block if line.strip()]
 
 
 def _is_number(text: str) -> bool:
@@ -452,15 +465,16 @@ def _is_number(text: str) -> bool:
 
 def _open_csv(path, cols, what, limits) -> Source:
     label = f"{what} {os.path.basename(path)}"
-    lines = _data_lines(_text_lines(path, label, limits.max_line_bytes), 0)
-    _, first = next(lines, (0, ""))
-    if not first.strip():
+    blocks = _csv_blocks(path, label, limits.max_line_bytes)
+    block = next((b for b in blocks if b), [])
+    if not block:
         msg = f"{label}: the file is empty"
         raise InputError(msg)
+    first = block[0][1]
     _check_columns(first.count(",") + 1, label, limits)
     fields = [s.strip().strip('"') for s in first.split(",")]
     header = not all(_is_number(s) for s in fields)
-    rows = sum(1 for _ in lines) + (not header)
+    rows = len(block) - header + sum(len(b) for b in blocks)
     available = fields if header else [str(i) for i in range(len(fields))]
     columns = _pick(available, cols, label) or tuple(range(len(available)))
     return Source(
