@@ -217,7 +217,7 @@ def test_distributed_run_equals_the_in_process_run(data, tmp_path, capsys):
     ) as cluster:
         remote = run_json([*argv, "--scheduler", cluster.scheduler_address], capsys)
         code, _, err = run(
-            ["eval", srcs[0], srcs[0], "--probs", "--scheduler", cluster.scheduler_address], capsys
+            ["eval", srcs[0], srcs[1], "--probs", "--scheduler", cluster.scheduler_address], capsys
         )
     assert remote == local
     assert same(
@@ -253,10 +253,13 @@ def _bad_inputs(tmp: Path, data) -> dict[str, tuple[list[str], str]]:
         "columns mismatch": ([x, str(tmp / "y2.npy")], "have 2 columns; predictions have 3"),
         "weight rows": ([x, y, "--weight", str(tmp / "y5.npy")], "weight y5.npy has 5 rows"),
         "non-numeric csv": (
-            [str(tmp / "bad.csv"), str(tmp / "bad.csv")],
+            [f"{tmp / 'bad.csv'}:a,b", f"{tmp / 'bad.csv'}:a,b"],
             "non-numeric value 'oops'",
         ),
-        "short csv line": ([str(tmp / "short.csv"), str(tmp / "short.csv")], "line 3 has 1 fields"),
+        "short csv line": (
+            [f"{tmp / 'short.csv'}:a,b", f"{tmp / 'short.csv'}:a,b"],
+            "line 3 has 1 fields",
+        ),
         "non-numeric npy": ([str(tmp / "words.npy"), y], "holds non-numeric values"),
         "3-D array": ([str(tmp / "cube.npy"), y], "expected a 1-D or 2-D array"),
         "empty csv": ([str(tmp / "empty.csv"), y], "the file is empty"),

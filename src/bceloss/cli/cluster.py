@@ -8,6 +8,7 @@ one is one line, not a `Client`'s tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -31,6 +32,9 @@ def _reach(address: str) -> None:
 
     try:
         scheme, _ = parse_address(address)
+        if scheme == "inproc":
+            msg = "inproc:// names a scheduler inside one process; give a tcp:// address"
+            raise ValueError(msg)
         if scheme not in ("tcp", "tls"):
             return
         host, port = get_address_host_port(address)
@@ -38,6 +42,22 @@ def _reach(address: str) -> None:
     except (OSError, ValueError) as e:
         msg = f"cannot reach the Dask scheduler at {address}: {e}"
         raise InputError(msg) from None
+
+
+def _close_failed_client(error: BaseException, client_type) -> None:
+    """Close the Client whose constructor raised `error` (found in the traceback's frames):
+    left to the garbage collector, it would print a traceback of its own, 20 s later."""
+    tb = error.__traceback__
+    while tb is not None:
+        client = tb.tb_frame.f_locals.get("self")
+        if isinstance(client, client_type):
+            with contextlib.suppress(Exception):
+                client.close(timeout=2)
+            client.status = "closed"  # nothing left for __del__ to close
+            with contextlib.suppress(Exception):
+                client._loop_runner.stop()  # the loop thread the Client started
+            return
+        tb = tb.tb_next
 
 
 def evaluate_on_cluster(
@@ -57,6 +77,7 @@ def evaluate_on_cluster(
     try:
         client = Client(address, timeout="10s", set_as_default=False)
     except Exception as e:  # noqa: BLE001 (whatever answered there, one line says so)
+        _close_failed_client(e, Client)
         msg = f"cannot use the Dask scheduler at {address}: {type(e).__name__}: {e}"
         raise InputError(msg) from None
     with client:

@@ -28,8 +28,9 @@ def _json_number(value: np.ndarray) -> float:
 
 
 def _evaluate(args, predictions: str, labels: str, err) -> tuple[stream.Job, stream.Result]:
+    limits = sources.Limits(max_columns=args.max_columns, max_line_bytes=args.max_line_bytes)
     opened = {
-        what: None if spec is None else sources.open_source(spec, what=what)
+        what: None if spec is None else sources.open_source(spec, what=what, limits=limits)
         for what, spec in [
             ("predictions", predictions),
             ("labels", labels),
@@ -45,6 +46,7 @@ def _evaluate(args, predictions: str, labels: str, err) -> tuple[stream.Job, str
         per_label=args.per_label,
         dtype=args.dtype,
         chunk_rows=args.chunk_size,
+        check_labels=not args.allow_out_of_range_labels,
     )
     progress = Progress(job.rows, err, enabled=not args.json)
     try:
@@ -70,9 +72,14 @@ def run_eval(args, out=None, err=None) -> int:
     if args.pos_weight is not None and args.probs:
         print("bceloss eval: --pos-weight needs logits; drop --probs", file=err)
         return USAGE_ERROR
-    if args.chunk_size < 1:
-        print("bceloss eval: --chunk-size must be a positive number of rows", file=err)
-        return USAGE_ERROR
+    for option, value in [
+        ("--chunk-size", args.chunk_size),
+        ("--max-columns", args.max_columns),
+        ("--max-line-bytes", args.max_line_bytes),
+    ]:
+        if value < 1:
+            print(f"bceloss eval: {option} must be a positive number", file=err)
+            return USAGE_ERROR
     try:
         with contextlib.ExitStack() as files:
             specs = (args.predictions, args.labels)
@@ -81,6 +88,18 @@ def run_eval(args, out=None, err=None) -> int:
             job, result = _evaluate(args, *specs, err)
     except sources.InputError as e:
         print(f"bceloss eval: {e}", file=err)
+        return USAGE_ERROR
+    except OSError as e:  # a file that became unreadable, or vanished, while being read
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"bceloss eval: {where}cannot read ({e.strerror or type(e).__name__})", file=err)
+        return USAGE_ERROR
+    except MemoryError:
+        named = " and ".join(s for s in (args.predictions, args.labels) if s) or "the sample"
+        print(
+            f"bceloss eval: out of memory evaluating {named} (--chunk-size {args.chunk_size}); "
+            "a smaller --chunk-size needs less",
+            file=err,
+        )
         return USAGE_ERROR
     if args.json:
         record = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bceloss import __version__
 from bceloss.cli import sources, stream
 from bceloss.cli.demo import demo
 from bceloss.cli.eval_command import USAGE_ERROR, run_eval
@@ -63,6 +64,25 @@ def _eval_parser(sub) -> argparse.ArgumentParser:
         help="rows read at a time (rounded up to whole summation blocks; default %(default)s)",
     )
     p.add_argument("--scheduler", metavar="ADDRESS", help="a dask.distributed scheduler")
+    p.add_argument(
+        "--allow-out-of-range-labels",
+        action="store_true",
+        help="evaluate labels outside [0, 1] (refused by default: their loss can be negative)",
+    )
+    p.add_argument(
+        "--max-columns",
+        metavar="N",
+        type=int,
+        default=sources.DEFAULT_MAX_COLUMNS,
+        help="refuse a file of more columns (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-line-bytes",
+        metavar="N",
+        type=int,
+        default=sources.DEFAULT_MAX_LINE_BYTES,
+        help="refuse a CSV file with a longer line (default %(default)s)",
+    )
     return p
 
 
@@ -70,6 +90,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(
         prog="bceloss", description="Binary cross-entropy losses over files, exact."
     )
+    parser.add_argument("--version", action="version", version=f"bceloss {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     eval_parser = _eval_parser(sub)
     sub.add_parser("demo", help="the reference frameworks' examples and a short training")

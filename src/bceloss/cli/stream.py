@@ -51,6 +51,8 @@ class Job:
 
     weight and pos_weight are a Source streamed with the predictions (one value per row or
     per element), a small array applied to every row (one value, or one per label), or None.
+    check_labels: refuse labels outside [0, 1] (whose "loss" is no cross-entropy: it can be
+    negative); --allow-out-of-range-labels turns it off.
     """
 
     predictions: Source
@@ -63,6 +65,7 @@ class Job:
     per_label: bool
     dtype: str | None
     chunk_rows: int
+    check_labels: bool = True
 
     @property
     def rows(self) -> int:
@@ -108,11 +111,13 @@ def plan(
     per_label: bool = False,
     dtype: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    check_labels: bool = True,
 ) -> Job:
     """Check that the sources fit together and fix the chunk size.
 
     The chunk size is rounded up so that a chunk holds a multiple of BLOCK elements (of BLOCK
-    rows with per_label): chunks then start where the library's summation blocks do.
+    rows with per_label): chunks then start where the library's summation blocks do. It is
+    first cut to the number of rows: a chunk larger than the file changes nothing.
     """
     rows, width = predictions.rows, len(predictions.names)
     if labels.rows != rows:
@@ -134,7 +139,8 @@ def plan(
         flavor=flavor,
         per_label=per_label,
         dtype=dtype,
-        chunk_rows=max(1, math.ceil(chunk_rows / step)) * step,
+        chunk_rows=max(1, -(-min(chunk_rows, max(rows, 1)) // step)) * step,
+        check_labels=check_labels,
     )
 
 
@@ -191,7 +197,11 @@ def _chunks(job: Job, start: int, stop: int):
     """
     sources = (job.predictions, job.labels, job.weight, job.pos_weight)
     streams = [s.chunks(start, stop, job.chunk_rows) for s in sources if isinstance(s, Source)]
+    at = start
     for chunk in zip(*streams, strict=True):
+        if job.check_labels:
+            _check_labels(job, chunk[1], at)
+        at += len(chunk[0])
         chunk = iter(chunk)
         out = []
         for s in sources:
@@ -201,6 +211,21 @@ def _chunks(job: Job, start: int, stop: int):
             else:
                 out.append(None if s is None else _cast(s, job))
         yield out
+
+
+def _check_labels(job: Job, y: np.ndarray, at: int) -> None:
+    """Refuse labels outside [0, 1], as the files hold them (NaN passes: it shows as NaN)."""
+    if not y.size:
+        return
+    if np.fmin.reduce(y, axis=None) >= 0 and np.fmax.reduce(y, axis=None) <= 1:
+        return
+    outside = y[(y < 0) | (y > 1)]
+    msg = (
+        f"labels {job.labels.label} hold values outside [0, 1]: from {outside.min()} to "
+        f"{outside.max()} (rows {at} to {at + len(y) - 1}); their loss is not a cross-entropy "
+        f"(it can be negative): --allow-out-of-range-labels computes it anyway"
+    )
+    raise InputError(msg)
 
 
 def evaluate_rows(
