@@ -33,7 +33,9 @@ _NAMESPACES = {np.ndarray: array_api_compat.array_namespace(np.empty(0))}
 
 # frameworks whose tensors are not array API arrays: their adapter (module, class) takes the
 # call at the edge, before validation (`edge_adapter`), and hands the core NumPy views
-_EDGE_ADAPTERS: dict[str, tuple[str, str]] = {}
+_EDGE_ADAPTERS: dict[str, tuple[str, str]] = {
+    "paddle": ("bceloss._paddle", "Paddle"),
+}
 
 KERNEL_MIN_SIZE = 4096  # elements (kept, under a mask); see docs/performance.md
 

@@ -22,6 +22,10 @@ def _module_type(cls):
         from bceloss import _torch
 
         return _torch.module_type(cls)
+    if cls.framework == "paddle" and "paddle" in sys.modules and "_bceloss_plain" not in vars(cls):
+        from bceloss import _paddle
+
+        return _paddle.module_type(cls)
     return None
 
 

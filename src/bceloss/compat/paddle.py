@@ -19,7 +19,7 @@ The numbers are the core's; see `bceloss.BCEWithLogitsLoss` and `bceloss.BCELoss
 
 from __future__ import annotations
 
-from bceloss import _call, _dispatch, _modules, _validation
+from bceloss import _dispatch, _modules, _validation
 from bceloss._functional import loss_function
 
 __all__ = [
@@ -204,7 +204,9 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, logit, label):
         """The loss of `logit` against `label`, with the options held."""
-        return _call.run(self._bceloss_bind(logit, label))
+        return binary_cross_entropy_with_logits(
+            logit, label, self.weight, self.reduction, self.pos_weight, self.name
+        )
 
     __call__ = forward  # the signature of forward, under its own names
 
@@ -241,7 +243,7 @@ class BCELoss(_Loss):
 
     def forward(self, input, label):
         """The loss of `input` against `label`, with the options held."""
-        return _call.run(self._bceloss_bind(input, label))
+        return binary_cross_entropy(input, label, self.weight, self.reduction, self.name)
 
     __call__ = forward  # the signature of forward, under its own names
 
