@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 
 import array_api_compat
 import numpy as np
@@ -39,7 +40,10 @@ _ARRAYS = ("input", "target", "weight", "pos_weight")
 class Paddle:
     """The edge adapter of Paddle: `loss` runs a loss function on paddle tensors."""
 
-    def loss(self, bind, args, kwargs):
+    # a function, not a method: the static-graph translator leaves a function of an ignored
+    # module as it is, and a bound method not
+    @staticmethod
+    def loss(bind, args, kwargs):
         """The loss `bind` validates, on the paddle tensors among `args` and `kwargs`.
 
         Args:
@@ -50,6 +54,8 @@ class Paddle:
           A paddle.Tensor (0-d for 'mean' and 'sum'), recorded by Paddle's autograd when an
           argument needs a gradient.
         """
+        if not paddle.in_dynamic_mode():
+            _refuse_static()
         names = _parameters(bind)
         bound = dict(zip(names, args, strict=False))
         bound.update(kwargs)
@@ -68,8 +74,6 @@ class Paddle:
                     f"{name} from {kind} (NumPy arrays beside paddle tensors are constants)"
                 )
                 raise TypeError(msg)
-            elif _is_paddle(value):  # a static graph's Value: nothing to read
-                _refuse_static()
         positional = [views.get(n, a) for n, a in zip(names, args, strict=False)]
         keywords = {k: views.get(k, v) for k, v in kwargs.items()}
         call = bind(*positional, **keywords)
@@ -92,6 +96,13 @@ class Paddle:
             return _tensor(_evaluate.evaluate(call))
         inputs = [t for t, need in zip(sources, needs, strict=True) if need]
         return _layer().apply((call, needs), *inputs)
+
+
+# paddle.jit.to_static: its default bytecode translator (SOT, full_graph=False) breaks its
+# graph at the loss and runs it eagerly, on the tensors' values; its AST translator
+# (full_graph=True) leaves the library's Python as it is, and the loss refuses the static graph
+paddle.jit.marker.force_dynamic(Paddle.loss)
+paddle.jit.ignore_module([sys.modules[__name__.partition(".")[0]]])
 
 
 @functools.cache
@@ -122,8 +133,6 @@ def _refuse_static():
 
 def _numpy(t, name):
     """A NumPy view of the CPU tensor `t` (bfloat16 as ml_dtypes' bfloat16), zero-copy."""
-    if not paddle.in_dynamic_mode():
-        _refuse_static()
     if not t.place.is_cpu_place():
         msg = (
             f"bceloss computes Paddle tensors on the CPU only; {name} is on {t.place}: "
@@ -144,8 +153,8 @@ def _tensor(a):
     a = np.asarray(a)
     if not (a.flags.writeable and a.flags.c_contiguous):
         a = np.ascontiguousarray(a).copy()
-    if _dtypes.dtype_name(a.dtype) == "bfloat16":
-        return paddle.utils.dlpack.from_dlpack(a.view(np.uint16)).view(paddle.bfloat16)
+    if _dtypes.dtype_name(a.dtype) == "bfloat16":  # DLPack has no bfloat16 view: exact casts
+        return paddle.utils.dlpack.from_dlpack(a.astype(np.float32)).astype(paddle.bfloat16)
     return paddle.utils.dlpack.from_dlpack(a)
 
 
@@ -252,7 +261,7 @@ def _make_module_type(cls):
 
     Layer.__name__, Layer.__qualname__ = cls.__name__, cls.__qualname__
     Layer.__module__, Layer.__doc__ = cls.__module__, cls.__doc__
-    return Layer
+    return paddle.jit.marker.force_dynamic(Layer)  # to_static: see `Paddle.loss`
 
 
 def _module_of(cls):
