@@ -15,6 +15,10 @@ Paddle's rules, as measured on PaddlePaddle 3.3.1:
   dimension) before reducing; the label -100 is ignored as in the BCE with logits.
 
 The numbers are the core's; see `bceloss.BCEWithLogitsLoss` and `bceloss.BCELoss`.
+
+Every function and class takes NumPy, PyTorch, JAX, CuPy and Dask arrays, and Paddle's own
+CPU tensors: a paddle.Tensor result, recorded by Paddle's autograd (`loss.backward()`), and
+the classes are `paddle.nn.Layer`s once paddle is imported (see `bceloss._paddle`).
 """
 
 from __future__ import annotations
