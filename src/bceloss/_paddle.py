@@ -155,13 +155,16 @@ def _tensor(a):
         a = np.ascontiguousarray(a).copy()
     if _dtypes.dtype_name(a.dtype) == "bfloat16":  # DLPack has no bfloat16 view: exact casts
         return paddle.utils.dlpack.from_dlpack(a.astype(np.float32)).astype(paddle.bfloat16)
-    return paddle.utils.dlpack.from_dlpack(a)
+    # paddle.utils.dlpack.from_dlpack's steps for a NumPy array on the CPU, without its
+    # device and version negotiation (a quarter of its time)
+    out = paddle.base.core.from_dlpack(a.__dlpack__())
+    return paddle.Tensor(out, place=out._place())
 
 
 def _seed(grad):
     """The output's gradient: a float for a 0-d one, else a NumPy view."""
     if grad.ndim == 0:
-        return float(grad)
+        return float(grad.item())  # item(): a tenth of float(grad)'s time
     return _numpy(grad, "the output's gradient")
 
 
