@@ -520,3 +520,22 @@ def test_to_static_full_graph_is_refused_with_a_clear_message(make, call, tmp_pa
     out = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True)
     assert "bceloss cannot be traced into a static Paddle graph" in out.stdout
     assert "full_graph=False" in out.stdout
+
+
+def test_a_tensor_off_the_cpu_is_refused_with_a_clear_message():
+    # no GPU here: a stand-in with a GPU place, as the adapter reads it
+    from bceloss import _paddle
+
+    class GpuPlace:
+        def is_cpu_place(self):
+            return False
+
+        def __str__(self):
+            return "Place(gpu:0)"
+
+    class OnGpu:
+        place = GpuPlace()
+
+    msg = r"Paddle tensors on the CPU only; logit is on Place\(gpu:0\): .*\.cpu\(\)"
+    with pytest.raises(ValueError, match=msg):
+        _paddle._numpy(OnGpu(), "logit")
