@@ -35,6 +35,7 @@ _NAMESPACES = {np.ndarray: array_api_compat.array_namespace(np.empty(0))}
 # call at the edge, before validation (`edge_adapter`), and hands the core NumPy views
 _EDGE_ADAPTERS: dict[str, tuple[str, str]] = {
     "mindspore": ("bceloss._mindspore", "MindSpore"),
+    "paddle": ("bceloss._paddle", "Paddle"),
 }
 
 KERNEL_MIN_SIZE = 4096  # elements (kept, under a mask); see docs/performance.md
@@ -101,18 +102,22 @@ def backend(xp):
 
 def edge_adapter(args, kwargs):
     """The adapter of a framework in `_EDGE_ADAPTERS` whose tensor is among the arguments, or
-    None. Nothing is scanned until such a framework is imported in the process."""
+    None. Nothing is scanned until such a framework is imported in the process.
+
+    Written for Paddle's static-graph translator (`paddle.jit.to_static(full_graph=True)`),
+    which rewrites the code it meets before the adapter is imported (the adapter then
+    refuses the static graph with a clear message): no loop statement, no store in an `if`."""
     if not any(name in sys.modules for name in _EDGE_ADAPTERS):
         return None
-    for a in (*args, *kwargs.values()):
-        found = _EDGE_ADAPTERS.get(type(a).__module__.partition(".")[0])
-        if found is not None:
-            adapter = _BACKENDS.get(found)
-            if adapter is None:
-                module, name = found
-                adapter = _BACKENDS[found] = getattr(importlib.import_module(module), name)()
-            return adapter
-    return None
+    kinds = (type(a).__module__.partition(".")[0] for a in (*args, *kwargs.values()))
+    found = next((_EDGE_ADAPTERS[k] for k in kinds if k in _EDGE_ADAPTERS), None)
+    return None if found is None else _BACKENDS.get(found) or _edge_instance(found)
+
+
+def _edge_instance(found):
+    module, name = found
+    adapter = _BACKENDS[found] = getattr(importlib.import_module(module), name)()
+    return adapter
 
 
 def backend_of(*arrays):

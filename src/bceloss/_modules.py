@@ -18,18 +18,21 @@ def _module_type(cls):
     """`cls` (a loss class) as its framework's module type, or None where the loss stays a
     plain class: its framework is not imported in this process (so none is imported here) or
     has no module adapter, or `cls` is a module type already."""
-    if cls.framework == "torch" and "torch" in sys.modules and "_bceloss_plain" not in vars(cls):
+    if "_bceloss_plain" in vars(cls) or cls.framework not in sys.modules:
+        return None
+    # one import statement a framework: torch.compile traces a loss made inside a model
+    if cls.framework == "torch":
         from bceloss import _torch
 
         return _torch.module_type(cls)
-    if (
-        cls.framework == "mindspore"
-        and "mindspore" in sys.modules
-        and "_bceloss_plain" not in vars(cls)
-    ):
+    if cls.framework == "mindspore":
         from bceloss import _mindspore
 
         return _mindspore.module_type(cls)
+    if cls.framework == "paddle":
+        from bceloss import _paddle
+
+        return _paddle.module_type(cls)
     return None
 
 

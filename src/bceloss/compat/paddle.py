@@ -15,11 +15,15 @@ Paddle's rules, as measured on PaddlePaddle 3.3.1:
   dimension) before reducing; the label -100 is ignored as in the BCE with logits.
 
 The numbers are the core's; see `bceloss.BCEWithLogitsLoss` and `bceloss.BCELoss`.
+
+Every function and class takes NumPy, PyTorch, JAX, CuPy and Dask arrays, and Paddle's own
+CPU tensors: a paddle.Tensor result, recorded by Paddle's autograd (`loss.backward()`), and
+the classes are `paddle.nn.Layer`s once paddle is imported (see `bceloss._paddle`).
 """
 
 from __future__ import annotations
 
-from bceloss import _call, _dispatch, _modules, _validation
+from bceloss import _dispatch, _modules, _validation
 from bceloss._functional import loss_function
 
 __all__ = [
@@ -204,7 +208,9 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, logit, label):
         """The loss of `logit` against `label`, with the options held."""
-        return _call.run(self._bceloss_bind(logit, label))
+        return binary_cross_entropy_with_logits(
+            logit, label, self.weight, self.reduction, self.pos_weight, self.name
+        )
 
     __call__ = forward  # the signature of forward, under its own names
 
@@ -241,7 +247,7 @@ class BCELoss(_Loss):
 
     def forward(self, input, label):
         """The loss of `input` against `label`, with the options held."""
-        return _call.run(self._bceloss_bind(input, label))
+        return binary_cross_entropy(input, label, self.weight, self.reduction, self.name)
 
     __call__ = forward  # the signature of forward, under its own names
 
