@@ -239,3 +239,54 @@ def test_meta_tensors_give_shapes_and_dtypes():
     assert (out.device.type, out.shape, out.dtype) == ("meta", (3, 4), torch.float64)
     mean = bceloss.binary_cross_entropy(x, x)
     assert (mean.device.type, mean.shape, mean.dtype) == ("meta", (), torch.float64)
+
+
+def test_a_plain_loss_copies_as_itself_and_a_subclass_forward_is_called():
+    # made before torch is imported, a loss is a plain class: copied or unpickled after the
+    # import it stays one (not a module type whose __init__ never ran); a subclass's forward
+    # is what calling it runs, plain or module
+    code = (
+        "import copy, pickle, numpy as np, bceloss\n"
+        "class Doubled(bceloss.BCELoss):\n"
+        "    def forward(self, input, target):\n"
+        "        return 2 * super().forward(input, target)\n"
+        "plain, doubled = bceloss.BCELoss(), Doubled()\n"
+        "p, y = np.full(3, 0.5), np.ones(3)\n"
+        "print(float(doubled(p, y)) == 2 * float(plain(p, y)))\n"
+        "import torch\n"
+        "for c in (copy.deepcopy(plain), pickle.loads(pickle.dumps(plain))):\n"
+        "    print(type(c) is bceloss.BCELoss, float(c(p, y)) == float(plain(p, y)))\n"
+        "t, u = torch.from_numpy(p), torch.from_numpy(y)\n"
+        "print(float(Doubled()(t, u)) == 2 * float(plain(p, y)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True"] * 6
+
+
+def test_compiled_calls_bind_their_arguments_as_eager_calls_do():
+    torch._dynamo.reset()
+    x, y = torch.randn(4), torch.rand(4)
+    F_ = bceloss.binary_cross_entropy_with_logits
+    with pytest.raises(TypeError):
+        F_(x, y, None, "mean", None, 0.1)  # label_smoothing is keyword-only
+    compiled = torch.compile(lambda x, y: F_(x, y, None, "mean", None, 0.1), fullgraph=True)
+    with pytest.raises(Exception, match="takes 5 positional arguments but 6 were given"):
+        compiled(x, y)
+    weight = np.ones(4, np.float32)
+    with pytest.raises(Exception, match=r"weight must be a torch\.Tensor in a compiled graph"):
+        torch.compile(lambda x, y: F_(x, y, weight), fullgraph=True)(x, y)
+    smooth = torch.compile(lambda x, y: F_(x, y, label_smoothing=0.25), fullgraph=True)
+    assert torch.equal(smooth(x, y), F_(x, y, label_smoothing=0.25))
+
+
+def test_autocast_widens_every_half_operand_eager_and_compiled_alike():
+    torch._dynamo.reset()
+    x = torch.randn(8, dtype=torch.float64)
+    y = torch.rand(8).to(torch.bfloat16)
+    fn = bceloss.binary_cross_entropy_with_logits
+    with torch.autocast("cpu", torch.bfloat16):
+        eager = fn(x, y)
+        compiled = torch.compile(fn, fullgraph=True)(x, y)
+    assert eager.dtype == compiled.dtype == torch.float64
+    assert torch.equal(eager, compiled)
+    assert torch.equal(eager, fn(x, y.float()))

@@ -15,19 +15,25 @@ def loss_function(bind):
     The loss runs the validated call (`_call.run`), with two routes at the edge: a framework
     whose tensors the core reads as NumPy views takes the call first
     (`_dispatch.edge_adapter`), and inside a graph that PyTorch is compiling (`torch.compile`,
-    `torch.export`) the call is one `bceloss::loss` operator (`_torch.compiled_loss`): the
+    `torch.export`) a core loss is one `bceloss::loss` operator (`_torch.compiled_loss`): the
     compiler never reads the validation's Python, which runs in the operator instead.
     `value_and_grad` finds bind again through the `_bceloss_bind` attribute.
     """
-    params = tuple(inspect.signature(bind).parameters)
+    signature = inspect.signature(bind)
+    positional = tuple(  # the parameters a positional argument binds to
+        name
+        for name, p in signature.parameters.items()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
     name = f"{bind.__module__}.{bind.__name__}"  # the operator finds `bind` again by it
+    traced = bind.__module__ == __name__  # the core's losses: the flavours are not operators
 
     @functools.wraps(bind)
     def loss(*args, **kwargs):
-        if _dispatch.torch_compiling():
+        if traced and _dispatch.torch_compiling():
             from bceloss import _torch
 
-            return _torch.compiled_loss(name, params, args, kwargs)
+            return _torch.compiled_loss(name, positional, args, kwargs)
         edge = _dispatch.edge_adapter(args, kwargs)
         if edge is not None:
             return edge.loss(bind, args, kwargs)

@@ -9,6 +9,7 @@ imports no framework either way.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 from bceloss import _call, _functional, _validation
@@ -48,11 +49,41 @@ class _Loss:
             return made.__new__(made, *args, **kwargs)
         return object.__new__(cls)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        forward = vars(cls).get("forward")
+        if forward is not None and "__call__" not in vars(cls):
+            cls.__call__ = _calling(forward)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
         return _call.run(self._bceloss_bind(input, target))
 
-    __call__ = forward  # the signature of forward, under its own names
+    def __reduce_ex__(self, protocol):
+        # made again as the plain class it is: `__new__` would give the module type once the
+        # framework is imported (whose own pickling a module type keeps)
+        if "_bceloss_plain" in vars(type(self)):
+            return super().__reduce_ex__(protocol)
+        return (_plain_instance, (type(self),), self.__dict__)
+
+
+def _calling(forward):
+    """`__call__` of a loss class: the instance's `forward` (a subclass's, when it has one),
+    with the signature of the class's own (inspect reads `__wrapped__`)."""
+
+    @functools.wraps(forward)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    return __call__
+
+
+def _plain_instance(cls):
+    """An empty instance of the plain loss class `cls`, for pickle and copy to fill."""
+    return object.__new__(cls)
 
 
 class _CoreLoss(_Loss):
@@ -64,8 +95,6 @@ class _CoreLoss(_Loss):
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
         return type(self).function(input, target, **self._options())
-
-    __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, input, target):
         return type(self).function._bceloss_bind(input, target, **self._options())

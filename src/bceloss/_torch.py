@@ -104,16 +104,17 @@ class Torch(_array_api.ArrayAPI):
 def _autocast(call):
     """The call as PyTorch's BCE runs under autocast: float16 and bfloat16 operands in
     float32 (autograd records the casts), the result float32."""
-    if call.dtype not in (torch.float16, torch.bfloat16) or not torch.is_autocast_enabled(
-        call.input.device.type
-    ):
+    halves = (torch.float16, torch.bfloat16)
+    arrays = _arrays(call)
+    if not any(a is not None and a.dtype in halves for a in arrays):
         return call
-
-    def widened(a):
-        return a.float() if a is not None and a.dtype in (torch.float16, torch.bfloat16) else a
-
-    arrays = (widened(a) for a in _arrays(call))
-    return _bind(call, tuple(arrays)).replace(dtype=torch.float32)
+    device = call.input.device.type
+    if device not in ("cpu", "cuda", "xpu", "mps") or not torch.is_autocast_enabled(device):
+        return call  # meta, for one, has no autocast
+    # as PyTorch's float32 autocast policy: every float16 and bfloat16 operand widened
+    arrays = tuple(a.float() if a is not None and a.dtype in halves else a for a in arrays)
+    dtype = torch.float32 if call.dtype in halves else call.dtype
+    return _bind(call, arrays).replace(dtype=dtype)
 
 
 def records(call) -> bool:
@@ -380,18 +381,42 @@ _OPERANDS = ("input", "target", "weight", "pos_weight", "where")  # the operator
 _SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
 
-def compiled_loss(fn: str, params: tuple, args: tuple, kwargs: dict):
+def compiled_loss(fn: str, positional: tuple, args: tuple, kwargs: dict):
     """A core loss called inside a graph being compiled: one `bceloss::loss` operator.
 
     Written for the compiler to trace (plain Python on the arguments, no validation): the
-    tensors are the operator's operands, the other arguments (str, numbers, None) its
-    options, as their `repr`. The operator validates and computes when the graph runs, and
-    its fake implementation validates shapes and dtypes when the graph is traced.
+    tensors are the operator's operands, the other arguments (str, bool, int, float, None)
+    its options, as their `repr`. The operator validates and computes when the graph runs,
+    and its fake implementation validates shapes and dtypes when the graph is traced.
     """
-    bound = dict(zip(params, args, strict=False))  # positional arguments, then keywords
+    if len(args) > len(positional):
+        msg = f"{fn.rpartition('.')[2]}() takes {len(positional)} positional arguments"
+        msg += f" but {len(args)} were given"
+        raise TypeError(msg)
+    bound = dict(zip(positional, args, strict=False))
     bound.update(kwargs)
-    tensors = [bound.pop(name, None) for name in _OPERANDS]
-    return torch.ops.bceloss.loss(fn, *tensors, repr(tuple(bound.items())))
+    tensors = []
+    for name in _OPERANDS:
+        a = bound.pop(name, None)
+        if not (a is None or isinstance(a, torch.Tensor)):
+            msg = f"{name} must be a torch.Tensor in a compiled graph; got {type(a).__name__}"
+            raise TypeError(msg)
+        tensors.append(a)
+    options = []
+    for key, value in bound.items():
+        # NumPy scalars as the Python numbers they hold (their repr names NumPy)
+        if isinstance(value, float):
+            value = float(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, str):
+            value = str(value)
+        elif not (value is None or isinstance(value, bool)):
+            kind = type(value).__name__  # NumPy scalars among them: pass Python numbers
+            msg = f"{key} must be a str, a Python number or None in a compiled graph; got {kind}"
+            raise TypeError(msg)
+        options.append((key, value))
+    return torch.ops.bceloss.loss(fn, *tensors, repr(tuple(options)))
 
 
 @functools.cache
@@ -402,7 +427,26 @@ def _bind_of(fn: str):
 
 @functools.cache
 def _options_of(options: str) -> dict:
-    return dict(ast.literal_eval(options))
+    """The options `compiled_loss` wrote: a tuple of (name, value) pairs, the values str,
+    bool, int, float (nan and inf included) or None. Read by walking the expression, never
+    evaluating it (a saved graph is a file)."""
+    return dict(_literal(ast.parse(options, mode="eval").body))
+
+
+_NAMED_FLOATS = {"nan": math.nan, "inf": math.inf}
+
+
+def _literal(node):
+    if isinstance(node, ast.Tuple):
+        return tuple(_literal(e) for e in node.elts)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, type(None))):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _NAMED_FLOATS:
+        return _NAMED_FLOATS[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_literal(node.operand)
+    msg = f"bceloss::loss options must be literals; got {ast.dump(node)}"
+    raise ValueError(msg)
 
 
 def _operator_call(fn, tensors, options):

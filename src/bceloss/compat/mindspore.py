@@ -164,8 +164,6 @@ class BCEWithLogitsLoss(_Loss):
         """The loss of `logits` against `labels`, with the options held."""
         return _cell_logits(logits, labels, self.weight, self.reduction, self.pos_weight)
 
-    __call__ = forward  # the signature of forward, under its own names
-
     def _bceloss_bind(self, logits, labels):
         return _cell_logits._bceloss_bind(
             logits, labels, self.weight, self.reduction, self.pos_weight
@@ -199,8 +197,6 @@ class BCELoss(_Loss):
     def forward(self, logits, labels):
         """The loss of `logits` against `labels`, with the options held."""
         return _cell_probabilities(logits, labels, self.weight, self.reduction)
-
-    __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, logits, labels):
         return _cell_probabilities._bceloss_bind(logits, labels, self.weight, self.reduction)

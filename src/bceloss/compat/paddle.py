@@ -212,8 +212,6 @@ class BCEWithLogitsLoss(_Loss):
             logit, label, self.weight, self.reduction, self.pos_weight, self.name
         )
 
-    __call__ = forward  # the signature of forward, under its own names
-
     def _bceloss_bind(self, logit, label):
         return binary_cross_entropy_with_logits._bceloss_bind(
             logit, label, self.weight, self.reduction, self.pos_weight
@@ -248,8 +246,6 @@ class BCELoss(_Loss):
     def forward(self, input, label):
         """The loss of `input` against `label`, with the options held."""
         return binary_cross_entropy(input, label, self.weight, self.reduction, self.name)
-
-    __call__ = forward  # the signature of forward, under its own names
 
     def _bceloss_bind(self, input, label):
         return binary_cross_entropy._bceloss_bind(input, label, self.weight, self.reduction)
