@@ -1112,3 +1112,62 @@ def test_paddle_focal_loss_in_the_kernel_matches_the_formula(dtype):
     assert _dispatch.kernel_plan(call) is not None
     assert_close(got, _evaluate.evaluate(call, fast=False), dtype)
     assert (got[::3] == 0).all()
+
+
+READ_ONLY = """
+import numpy as np, bceloss, sys
+x = np.linspace(-5, 5, 100_000, dtype=np.float32)
+y = (x > 0).astype(np.float32)
+value = bceloss.binary_cross_entropy_with_logits(x, y)
+print(float(value))
+sys.argv = ["bceloss", "eval", "--sample"]
+from bceloss.cli import main
+main()
+"""
+
+
+def _tree(root):
+    """Every file under root, with its size and modification time."""
+    return {
+        (path, os.path.getsize(path), os.path.getmtime(path))
+        for path in (os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+    }
+
+
+def test_a_read_only_install_without_a_home_computes_and_writes_nothing(tmp_path):
+    # (a container's usual case.) The kernels are compiled at install: a large call and the
+    # command line work with no writable home or cache, and the package's files stay as they
+    # are (the numba kernels wrote their cache next to the package or failed).
+    import shutil
+
+    package = tmp_path / "site" / "bceloss"
+    shutil.copytree(os.path.dirname(bceloss.__file__), package)
+    for d, _, files in os.walk(package):
+        os.chmod(d, 0o555)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o444)
+    before = _tree(tmp_path / "site")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(tmp_path / "site"),
+        "HOME": str(tmp_path / "no-home"),  # does not exist
+        "XDG_CACHE_HOME": str(tmp_path / "no-cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", READ_ONLY],
+            capture_output=True, text=True, timeout=120, check=False, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        for d, _, _ in os.walk(package):
+            os.chmod(d, 0o755)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    x = np.linspace(-5, 5, 100_000)
+    want = np.mean(np.logaddexp(0, x) - x * (x > 0))
+    assert abs(float(lines[0]) - want) <= 1e-6 * want
+    assert "0.09643331520293881" in done.stdout
+    assert _tree(tmp_path / "site") == before
+    assert not (tmp_path / "no-home").exists()
+    assert not (tmp_path / "no-cache").exists()

@@ -226,7 +226,8 @@ BCELOSS_INLINE ExpParts<F> exp_neg_parts(F t) {
     const F nm = std::fma(t, C::log2e, C::round_magic);
     const F n = nm - C::round_magic;
     const F r = std::fma(n, C::ln2_lo, std::fma(n, C::ln2_hi, -t));
-    return {std::fma(r * r, horner(r, C::exp_tail), r), wrapping_sub(to_bits(nm), to_bits(C::round_magic))};
+    return {std::fma(r * r, horner(r, C::exp_tail), r),
+            wrapping_sub(to_bits(nm), to_bits(C::round_magic))};
 }
 
 // v 2^-j for v in [1/2, 2] and an integer j in [0, bias + 63], rounded once: exact where the

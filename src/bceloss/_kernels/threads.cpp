@@ -8,6 +8,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <thread>
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -140,18 +141,30 @@ void run_chunks(int team, int64_t chunks, void (*work)(void*, int64_t), void* co
         for (int64_t chunk = 0; chunk < chunks; ++chunk) work(context, chunk);
         return;
     }
-    auto job = std::make_shared<Job>();
+    // Without memory or a thread to be had, the calling thread computes every chunk.
+    std::shared_ptr<Job> job;
+    try {
+        job = std::make_shared<Job>();
+    } catch (const std::bad_alloc&) {
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) work(context, chunk);
+        return;
+    }
     job->chunks = chunks;
     job->work = work;
     job->context = context;
-    Pool& p = pool(helpers);
-    int sleeping;
-    {
-        std::lock_guard<std::mutex> lock(p.mutex);
-        p.requests.push_back(Request{job, helpers});
-        p.posted.fetch_add(1, std::memory_order_release);
-        sleeping = p.sleeping;
+    Pool* found = nullptr;
+    int sleeping = 0;
+    try {
+        found = &pool(helpers);
+        std::lock_guard<std::mutex> lock(found->mutex);
+        found->requests.push_back(Request{job, helpers});
+        found->posted.fetch_add(1, std::memory_order_release);
+        sleeping = found->sleeping;
+    } catch (const std::exception&) {
+        take_chunks(*job);  // not queued: no helper joins
+        return;
     }
+    Pool& p = *found;
     // helpers still waiting for work see `posted` move; only sleeping ones need waking
     for (int i = 0; i < std::min(helpers, sleeping); ++i) p.wake.notify_one();
     take_chunks(*job);
