@@ -31,21 +31,22 @@ BCEL = bceloss.binary_cross_entropy_with_logits
 CASES = {"1e4": (10**4,), "1e6": (10**6,), "1e7": (10**7,), "4096x1000 pw": (4096, 1000)}
 
 
-def _numba_limits():
-    """Two parallel streaming loops: the attainable read (and read + write) bandwidth."""
-    from numba import njit, prange
+def _bandwidth_limits(threads: int):
+    """Two streaming loops on `threads` threads (NumPy releases the GIL): one that reads x and
+    y (a dot product of each thread's share), one that also writes (x - y into a buffer).
+    What the memory system delivers to this process, for the same bytes as the loss."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    @njit(parallel=True, cache=True, fastmath=True)  # fastmath: the sum vectorises
+    pool = ThreadPoolExecutor(threads)
+
+    def shares(n):
+        return [slice(k * n // threads, (k + 1) * n // threads) for k in range(threads)]
+
     def read(x, y):
-        acc = 0.0
-        for i in prange(x.size):
-            acc += x[i] * y[i]
-        return acc
+        return sum(pool.map(lambda s: float(np.dot(x[s], y[s])), shares(x.size)))
 
-    @njit(parallel=True, cache=True)
     def read_write(x, y, out):
-        for i in prange(x.size):
-            out[i] = x[i] - y[i]
+        list(pool.map(lambda s: np.subtract(x[s], y[s], out=out[s]), shares(x.size)))
 
     return read, read_write
 
@@ -68,7 +69,7 @@ def _methods(x, y, p, torch_ok, compiled):
     """name -> (forward, forward + gradient) callables; None where a method has no such form."""
     out = np.empty_like(x)
     vg = bceloss.value_and_grad(BCEL)
-    read, read_write = _numba_limits()
+    read, read_write = _bandwidth_limits(bceloss.get_num_threads())
     sink, xf, yf = np.empty(x.size, x.dtype), x.reshape(-1), y.reshape(-1)
     m = {
         "bceloss": (lambda: BCEL(x, y, pos_weight=p), lambda: vg(x, y, pos_weight=p)),
@@ -132,7 +133,7 @@ def _measure(methods, n, repeats):
 
 def _peak_extra_memory(x, y, out):
     """Peak bytes NumPy allocates during value_and_grad, without and with out= (tracemalloc;
-    numba's per-thread block buffers, 3 x 32 KiB a thread, are not traced)."""
+    the kernels' per-thread buffers, on the threads' stacks, are not traced)."""
     vg = bceloss.value_and_grad(BCEL)
     peaks = []
     for kw in ({}, {"out": out}):
@@ -144,21 +145,34 @@ def _peak_extra_memory(x, y, out):
     return peaks
 
 
-def _cold_start() -> tuple[float, float]:
-    """A new process: seconds from launch to the first result (the process stamps the
-    moment; its interpreter's teardown afterwards is not counted), and of that the first
-    call itself (import of numba and load of the cached kernel), disk cache warm."""
-    code = (
-        "import time\n"
+_COLD = {
+    "bceloss": (
         "import numpy as np, bceloss\n"
         "x = np.linspace(-5, 5, 100000, dtype=np.float32); y = (x > 0).astype(np.float32)\n"
         "t1 = time.perf_counter()\n"
         "bceloss.binary_cross_entropy_with_logits(x, y)\n"
-        "t2 = time.perf_counter()\n"
-        "print(time.time(), t2 - t1)\n"
+    ),
+    "PyTorch": (
+        "import torch\n"
+        "x = torch.linspace(-5, 5, 100000); y = (x > 0).float()\n"
+        "t1 = time.perf_counter()\n"
+        "torch.nn.functional.binary_cross_entropy_with_logits(x, y)\n"
+    ),
+}
+
+
+def _cold_start(library: str) -> tuple[float, float]:
+    """A new process computing the loss of 10^5 elements with `library`: seconds from launch
+    to the first result (the process stamps the moment; its interpreter's teardown afterwards
+    is not counted), and of that the first call itself."""
+    code = (
+        "import time\n"
+        + _COLD[library]
+        + "t2 = time.perf_counter()\n"
+        + "print(time.time(), t2 - t1)\n"
     )
     runs = []
-    for i in range(6):  # the first may fill the cache: not counted
+    for i in range(6):  # the first warms the disk cache: not counted
         launch = time.time()
         res = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=False
@@ -208,10 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's threads")
     args = parser.parse_args(argv)
 
-    import numba
-
-    threads = numba.get_num_threads()
-    notes = [f"bceloss {bceloss.__version__}, numba {numba.__version__} ({threads} threads)"]
+    threads = bceloss.get_num_threads()
+    notes = [f"bceloss {bceloss.__version__}, native kernels ({threads} threads)"]
     torch = _torch(args.threads)
     compiled = None
     if torch is not None:
@@ -257,8 +269,14 @@ def main(argv: list[str] | None = None) -> int:
             f"peak extra memory of fwd+grad at 1e7 (gradient {x.nbytes / 2**20:.0f} MiB): "
             f"{fresh / 2**20:.1f} MiB, with out= {reused / 2**20:.3f} MiB"
         )
-    wall, first = _cold_start()
-    print(f"new process, first result: {wall:.2f} s after launch ({first:.2f} s first call)")
+    wall, first = _cold_start("bceloss")
+    print(f"new process, first result: {wall:.2f} s after launch ({first:.3f} s first call)")
+    if torch is not None:
+        twall, tfirst = _cold_start("PyTorch")
+        print(
+            f"  the same with PyTorch: {twall:.2f} s after launch ({tfirst:.3f} s first call);"
+            f" bceloss / PyTorch {wall / twall:.2f}"
+        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Regenerate the polynomial coefficients of `bceloss._fastmath` (run by hand, not by tests).
+"""Regenerate the polynomial coefficients in `bceloss/_kernels/fastmath.hpp` (run by hand).
 
 Each polynomial is mpmath's Chebyshev fit (`mpmath.chebyfit`, interpolation at Chebyshev
 nodes: within a small factor of the minimax error) of the smooth part of a function on its

@@ -9,8 +9,8 @@ Hypothesis draws the same examples on every run (seeded by each test), so that a
 reproducible and a run, CI's included, cannot fail on an example no other run draws.
 `python -m pytest --hypothesis-profile=explore` draws new random examples instead.
 
-A test (or parametrization) that takes more than a few seconds, over about 2 s on a warm numba
-cache, is marked `@pytest.mark.slow`: `python -m pytest -m "not slow"` is the fast lane for
+A test (or parametrization) that takes more than a few seconds, over about 2 s, is marked
+`@pytest.mark.slow`: `python -m pytest -m "not slow"` is the fast lane for
 contributors, and `python -m pytest` (CI) still runs everything.
 """
 

@@ -15,6 +15,8 @@ def test_all_is_pinned():
         "binary_cross_entropy",
         "binary_cross_entropy_with_logits",
         "compat",
+        "get_num_threads",
+        "set_num_threads",
         "sigmoid_focal_loss",
         "value_and_grad",
     ]

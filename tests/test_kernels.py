@@ -1,38 +1,39 @@
 """The fused NumPy kernels against the mpmath oracle and the array-API formula.
 
-Kernels compile on first use and are cached on disk by numba; the cases are chosen to need
-few specialisations (one per dtype pair), so a warm run takes seconds.
+The kernels are C++ compiled ahead of time (`bceloss._kernels._native`): nothing compiles on
+first use. Their elementary functions (`fastmath.hpp`) are reached through the extension's
+test probes (`_native.fastmath`, `_native.encode`), the rest through the library's calls.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import itertools
 import math
 import multiprocessing
+import os
 import subprocess
 import sys
 
 import ml_dtypes
-import numba
 import numpy as np
 import oracle
 import pytest
 import samples
 import tolerances
-from numba import njit
 from tolerances import MAX_ULP, assert_close
 
 import bceloss
 from bceloss import (
     _dispatch,
     _evaluate,
-    _fastmath,
     _kernels,
     _reduce,
     _summation,
-    _threads,
     _validation,
 )
+from bceloss._kernels import _native, launch
 
 BF16 = ml_dtypes.bfloat16
 BCE = bceloss.binary_cross_entropy
@@ -68,18 +69,11 @@ def _oracle_at(terms, *arrays):
 # --- the vectorisable exp and log ------------------------------------------------------
 
 
-@njit(error_model="numpy")
-def _apply(which, a, out):
-    for i in range(a.size):
-        v = a[i]
-        if which == 0:
-            out[i] = _fastmath.exp_neg(v)
-        elif which == 1:
-            out[i] = _fastmath.log1p_unit(v)
-        elif which == 2:
-            out[i] = _fastmath.log(v)
-        else:
-            out[i] = _fastmath.log1p_neg(v)
+def _apply(name, a):
+    """fastmath.hpp's function `name` at every element of a (float32 or float64)."""
+    out = np.empty_like(a)
+    _native.fastmath(name, a, out, None, None)
+    return out
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -89,40 +83,37 @@ def test_fastmath_within_2_ulp(dtype):
     tiny = 1e-44 if dtype == np.float32 else 1e-320
     arg_max = 110.0 if dtype == np.float32 else 750.0
     cases = {
-        0: np.concatenate([rng.uniform(0, 2, n), rng.uniform(0, arg_max, n)]),
-        1: np.concatenate([rng.uniform(0, 1, n), 10.0 ** rng.uniform(-40, 0, n)]),
-        2: np.concatenate([rng.uniform(0, 2, n), 10.0 ** rng.uniform(-300, 0, n)]),
-        3: np.concatenate([rng.uniform(0, 1, n), 1 - 10.0 ** rng.uniform(-15, 0, n)]),
+        "exp_neg": np.concatenate([rng.uniform(0, 2, n), rng.uniform(0, arg_max, n)]),
+        "log1p_unit": np.concatenate([rng.uniform(0, 1, n), 10.0 ** rng.uniform(-40, 0, n)]),
+        "log": np.concatenate([rng.uniform(0, 2, n), 10.0 ** rng.uniform(-300, 0, n)]),
+        "log1p_neg": np.concatenate([rng.uniform(0, 1, n), 1 - 10.0 ** rng.uniform(-15, 0, n)]),
     }
     exact_fns = {
-        0: lambda v: np.exp(-v),
-        1: np.log1p,
-        2: np.log,
-        3: lambda v: np.log1p(-v),
+        "exp_neg": lambda v: np.exp(-v),
+        "log1p_unit": np.log1p,
+        "log": np.log,
+        "log1p_neg": lambda v: np.log1p(-v),
     }
-    for which, a in cases.items():
+    for name, a in cases.items():
         a = np.maximum(a, tiny).astype(dtype)
-        if which == 3:
+        if name == "log1p_neg":
             a = a[a < 1]
-        out = np.empty_like(a)
-        _apply(which, a, out)
-        exact = exact_fns[which](a.astype(np.longdouble))
+        out = _apply(name, a)
+        exact = exact_fns[name](a.astype(np.longdouble))
         finite = np.isfinite(exact)
         err = tolerances.ulp_error_longdouble(out[finite], exact[finite], dtype)
-        assert err.max() <= 2, (which, err.max(), a[finite][np.argmax(err)])
+        assert err.max() <= 2, (name, err.max(), a[finite][np.argmax(err)])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fastmath_special_values(dtype):
-    a = np.array([0.0, np.inf, np.nan, 1e4], dtype)
-    out = np.empty_like(a)
-    _apply(0, a, out)
+    out = _apply("exp_neg", np.array([0.0, np.inf, np.nan, 1e4], dtype))
     np.testing.assert_array_equal(out, [1.0, 0.0, np.nan, 0.0])
     v = np.array([0.0, 1.0, np.inf, np.nan, np.finfo(dtype).smallest_subnormal], dtype)
-    _apply(2, v, out := np.empty_like(v))
+    out = _apply("log", v)
     with np.errstate(divide="ignore"):
         np.testing.assert_allclose(out, np.log(v.astype(np.float64)), rtol=4e-7)
-    _apply(3, np.array([1.0, 0.0], dtype), out := np.empty(2, dtype))
+    out = _apply("log1p_neg", np.array([1.0, 0.0], dtype))
     np.testing.assert_array_equal(out, [-np.inf, 0.0])
 
 
@@ -270,10 +261,9 @@ def test_probabilities_kernel_matches_formula(dtype):
         assert_close(g, h, dtype, scale)
 
 
-@njit
 def _encoded(values, dst):
-    for i in range(values.size):
-        dst[i] = _kernels.encode(values[i], dst)
+    """float64 values stored into dst as the kernels store an output of its type."""
+    _native.encode(values, dst)
 
 
 def _round_to_bits(v, bits):
@@ -288,8 +278,7 @@ def _round_to_bits(v, bits):
 )
 def test_float64_values_round_once_into_the_half_types(dtype, storage, bits):
     # A float64 result stored as float16 or bfloat16 (the gradient of a half input under a
-    # float64 target) was rounded by LLVM's __truncdfhf2, which numba does not link: the
-    # process aborted. It goes through a float32 rounded to odd: one rounding, where a plain
+    # float64 target) goes through a float32 rounded to odd: one rounding, where a plain
     # float32 would round twice (1 + 2^-11 + 2^-40 is above float16's midpoint 1 + 2^-11,
     # which float32 rounds it to, and a tie rounds to even: down).
     rng = np.random.default_rng(12)
@@ -316,7 +305,8 @@ def test_float64_values_round_once_into_the_half_types(dtype, storage, bits):
 
 
 def test_a_half_input_with_a_float64_target_runs_in_the_kernel():
-    # the loss is float64 and the input's gradient float16: the case that aborted
+    # the loss is float64 and the input's gradient float16: a float64 result stored as
+    # float16 (the case that aborted under the numba kernels)
     rng = np.random.default_rng(13)
     x = rng.normal(0, 4, SHAPE).astype(np.float16)
     y = rng.random(SHAPE)
@@ -335,8 +325,9 @@ def test_a_half_input_with_a_float64_target_runs_in_the_kernel():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_loss_does_not_depend_on_the_gradients_asked_for(dtype):
     # the elementwise loss has the same bits whichever gradients the loop computes beside it
-    # (LLVM fused log1p's last product into the loss's add only where nothing else used it:
-    # float32 logits without pos_weight moved by an ulp when d/dy was asked for)
+    # (a compiler may fuse log1p's last product into the loss's add only where nothing else
+    # uses it: float32 logits without pos_weight moved by an ulp when d/dy was asked for;
+    # fastmath.hpp's plus_log1p_unit fuses it always)
     rng = np.random.default_rng(14)
     x = rng.normal(0, 3, SHAPE).astype(dtype)
     x.flat[:3] = [0, np.inf, -np.inf]
@@ -496,166 +487,262 @@ def test_block_sums_follow_the_documented_order(n):
         assert total.tobytes() == np.float64(_summation.total(elementwise)).tobytes()
 
 
-def test_sums_do_not_depend_on_the_thread_count():
-    rng = np.random.default_rng(12)
-    n = 3 * _summation.BLOCK * 7 + 123
-    x = rng.normal(0, 4, n).astype(np.float32)
-    y = rng.random(n).astype(np.float32)
-    f = bceloss.value_and_grad(BCEL)
-    before = numba.get_num_threads()
+THREAD_COUNTS = (1, 2, 3, 4)
+
+
+@contextlib.contextmanager
+def _num_threads(count):
+    """The kernels on `count` threads inside the block, the process's setting restored after."""
+    before = _kernels.get_num_threads()
+    _kernels.set_num_threads(count)
     try:
-        results = []
-        for threads in sorted({1, before}):
-            numba.set_num_threads(threads)
-            value, grad = f(x, y, reduction="sum")
-            results.append((value, grad))
+        yield
     finally:
-        numba.set_num_threads(before)
-    for value, grad in results[1:]:
-        assert value.tobytes() == results[0][0].tobytes()
-        assert grad.tobytes() == results[0][1].tobytes()
+        _kernels.set_num_threads(before)
 
 
-def _spy_on_teams(monkeypatch):
-    """Record each kernel run: the chunks (and threads) of an OpenMP team, the helpers asked
-    for, the chunks of the calling thread's `_kernel`."""
+def _spy_on_runs(monkeypatch):
+    """Record (team, chunks) of every pass of the native kernel: the launcher's last two
+    positional arguments to `_native.run`."""
     seen = []
+    run = launch.run_native
 
-    def spy(name, fn, recorded):
-        def wrapper(*args):
-            seen.append((name, *recorded(args)))
-            return fn(*args)
+    def spy(*args):
+        seen.append(args[-2:])
+        return run(*args)
 
-        return wrapper
-
-    # submit(count, fn, work); the kernels' last arguments: ..., chunks[, threads]
-    monkeypatch.setattr(_threads, "submit", spy("submit", _threads.submit, lambda a: a[:1]))
-    monkeypatch.setattr(_kernels, "_kernel", spy("kernel", _kernels._kernel, lambda a: a[-1:]))
-    team = spy("team", _kernels._team_kernel, lambda a: a[-2:])
-    monkeypatch.setattr(_kernels, "_team_kernel", team)
+    monkeypatch.setattr(launch, "run_native", spy)
     return seen
 
 
-@pytest.mark.parametrize("forked", [False, True])
+def _blocks(n, where=None):
+    """The summation blocks of a call: BLOCK elements each, or BLOCK kept ones under a mask."""
+    kept = n if where is None else int(np.count_nonzero(where))
+    return max(1, -(-kept // _summation.BLOCK))
+
+
+def test_sums_and_gradients_do_not_depend_on_the_thread_count(monkeypatch):
+    seen = _spy_on_runs(monkeypatch)
+    rng = np.random.default_rng(12)
+    n = 3 * _summation.BLOCK * 7 + 123  # 22 blocks
+    x = rng.normal(0, 4, n).astype(np.float32)
+    y = rng.random(n).astype(np.float32)
+    f = bceloss.value_and_grad(BCEL, argnums=(0, 1))
+    results = []
+    for threads in THREAD_COUNTS:
+        with _num_threads(threads):
+            seen.clear()
+            value, (gx, gy) = f(x, y, reduction="sum")
+            assert [team for team, _ in seen] == [threads]  # the setting sized the team
+            results.append((value.tobytes(), gx.tobytes(), gy.tobytes()))
+    assert len(set(results)) == 1, "the bits moved with the thread count"
+    # and the sum is the loss's: NumPy's float64 formula, to float32's rounding
+    X, Y = x.astype(np.float64), y.astype(np.float64)
+    expected = np.sum(np.logaddexp(0, X) - X * Y)
+    assert abs(float(value) - expected) <= 1e-6 * expected
+
+
+def test_masked_sums_and_gradients_do_not_depend_on_the_thread_count(monkeypatch):
+    # the same bits on 1 to 4 threads, and those of the kept elements alone (a call small
+    # enough to run on the calling thread, without a mask)
+    seen = _spy_on_runs(monkeypatch)
+    rng = np.random.default_rng(19)
+    n = 7 * _summation.BLOCK + 5
+    x, y = rng.normal(0, 4, n).astype(np.float32), rng.random(n).astype(np.float32)
+    m = rng.random(n) < 0.3
+    blocks = _blocks(n, m)
+    assert blocks == 3
+    f = bceloss.value_and_grad(BCEL)
+    value0, grad0 = f(x[m], y[m], reduction="sum")
+    for threads in THREAD_COUNTS:
+        with _num_threads(threads):
+            seen.clear()
+            value, grad = f(x, y, reduction="sum", where=m)
+            assert [team for team, _ in seen] == [min(threads, blocks)]
+        assert value.tobytes() == value0.tobytes()
+        assert grad[m].tobytes() == grad0.tobytes()
+        assert (grad[~m] == 0).all()
+
+
 @pytest.mark.parametrize("masked", [False, True])
-def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked, forked):
-    # up to SERIAL_SIZE elements (HELPED_SIZE in a forked process), or with numba set to one
-    # thread, the caller computes every block as one chunk; above, numba's setting for the
-    # calling thread sizes the team, at most a thread a block, with CHUNKS_PER_THREAD chunks
-    # a thread: numba's OpenMP team, or in a forked process the caller and team - 1 helpers
-    seen = _spy_on_teams(monkeypatch)
-    if forked:
-        monkeypatch.setattr(_kernels, "_OPENMP_PID", -1)
+def test_small_calls_run_on_the_calling_thread_alone(monkeypatch, masked):
+    # up to SERIAL_SIZE elements, or on one thread, the caller computes every block as one
+    # chunk; above, the thread setting sizes the team, at most a thread a block, with
+    # CHUNKS_PER_THREAD chunks a thread (at most one a block)
+    seen = _spy_on_runs(monkeypatch)
     rng = np.random.default_rng(13)
-    small = _kernels.HELPED_SIZE if forked else _kernels.SERIAL_SIZE
-    before = numba.get_num_threads()
-    try:
-        for caller in sorted({1, before}):
-            numba.set_num_threads(caller)
+    small = launch.SERIAL_SIZE
+    for caller in THREAD_COUNTS:
+        with _num_threads(caller):
             for n in (small, small + 1, 40 * _summation.BLOCK):
                 x, y = rng.normal(0, 3, n), rng.random(n)
-                where = np.ones(n, bool) if masked else None
+                where = rng.random(n) < 0.7 if masked else None
                 seen.clear()
                 value, _ = bceloss.value_and_grad(BCEL)(x, y, where=where)
-                blocks = -(-n // _summation.BLOCK)
+                blocks = _blocks(n, where)
                 team = 1 if n <= small else min(caller, blocks)
-                chunks = 1 if team == 1 else min(_kernels.CHUNKS_PER_THREAD * team, blocks)
-                if team == 1:  # loss and gradient, one pass
-                    assert seen == [("kernel", 1)]
-                elif forked:
-                    assert seen == [("submit", team - 1), ("kernel", chunks)]
-                else:
-                    assert seen == [("team", chunks, team)]
-                expected = np.mean(np.logaddexp(0, x) - x * y)  # NumPy's, in float64
+                chunks = 1 if team == 1 else min(launch.CHUNKS_PER_THREAD * team, blocks)
+                assert seen == [(team, chunks)]  # loss and gradient, one pass
+                keep = np.ones(n, bool) if where is None else where
+                loss = np.logaddexp(0, x) - x * y  # NumPy's, in float64
+                expected = np.mean(loss[keep])
                 assert abs(float(value) - expected) <= 1e-12 * expected
-    finally:
-        numba.set_num_threads(before)
 
 
-def _parallel_case():
-    rng = np.random.default_rng(14)
-    n = 3 * _kernels.HELPED_SIZE + 5
+@pytest.mark.parametrize("masked", [False, True])
+def test_concurrent_calls_from_many_python_threads_get_the_bits_of_one_call(monkeypatch, masked):
+    # 8 Python threads, 20 calls each, every call on a team of 3 (the pool's helpers serve
+    # the calls' chunks as they come): each gets what one call alone on one thread gets
+    seen = _spy_on_runs(monkeypatch)
+    rng = np.random.default_rng(21 + masked)
+    n = 3 * launch.SERIAL_SIZE + 5
     x = rng.normal(0, 3, n).astype(np.float32)
-    return x, rng.random(n).astype(np.float32), rng.random(n) < 0.9
+    y = rng.random(n).astype(np.float32)
+    where = rng.random(n) < 0.8 if masked else None
+    step = bceloss.value_and_grad(BCEL, argnums=(0, 1))
 
+    def bits():
+        value, (gx, gy) = step(x, y, reduction="sum", where=where)
+        return value.tobytes(), gx.tobytes(), gy.tobytes()
 
-@pytest.mark.parametrize("helper", ["never starts", "starts after the call", "does it all"])
-def test_a_call_does_not_wait_for_helpers_that_take_no_chunk(monkeypatch, helper):
-    # (In a forked process.) The caller takes chunks until none is left and waits only for
-    # those a helper took: a helper that the system holds up costs the call nothing, and
-    # one that comes late finds nothing left to do and writes nothing.
-    x, y, where = _parallel_case()
-    step = bceloss.value_and_grad(BCEL)
-    want = [step(x, y, where=where), step(x, y, reduction="sum")]
-    late = []
-
-    def submit(count, fn, args):
-        assert count == 1  # (this test asks numba for two threads)
-        if helper == "does it all":
-            fn(*args)  # every chunk is taken before the caller starts
-        else:
-            late.append((fn, args))
-        return [args]
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(2)
-    monkeypatch.setattr(_kernels, "_OPENMP_PID", -1)  # as in a forked process
-    monkeypatch.setattr(_threads, "submit", submit)
-    try:
-        got = [step(x, y, where=where), step(x, y, reduction="sum")]
-    finally:
-        numba.set_num_threads(before)
-    if helper == "starts after the call":
-        written = [g.copy() for _, g in got]
-        for fn, args in late:
-            fn(*args)
-        counters = late[0][1][-2]
-        assert counters[_kernels.DONE] == late[0][1][-1]  # no chunk done twice
-        assert all(g.tobytes() == w.tobytes() for (_, g), w in zip(got, written, strict=True))
-    assert [len(late)] == [0 if helper == "does it all" else 2]
-    for (value, grad), (value0, grad0) in zip(got, want, strict=True):
-        assert value.tobytes() == value0.tobytes()
-        assert grad.tobytes() == grad0.tobytes()
-
-
-def test_finished_waits_for_chunks_taken_and_not_done():
-    counters = np.zeros(_kernels.COUNTERS, np.int64)
-    counters[_kernels.TAKEN], counters[_kernels.DONE] = 4, 3
-    assert not _kernels.finished(counters, 4)  # a helper is still in its chunk
-    counters[_kernels.DONE] = 4
-    assert _kernels.finished(counters, 4)
+    with _num_threads(1):
+        want = bits()
+    seen.clear()
+    with _num_threads(3), concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(lambda: [bits() for _ in range(20)]) for _ in range(8)]
+        got = [b for future in futures for b in future.result()]
+    assert len(got) == 160
+    assert all(b == want for b in got)
+    assert [team for team, _ in seen] == [3] * 160  # every call ran on a team
 
 
 FORKED = """
-import multiprocessing, sys, warnings
+import multiprocessing, os, warnings
 import numpy as np, bceloss
+from bceloss import _kernels
+from bceloss._kernels import launch
 warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
+teams = []
+run = launch.run_native
+def spy(*args):
+    teams.append(args[-2])
+    return run(*args)
+launch.run_native = spy
+def threads():  # the process's threads, the kernels' helpers included (Linux)
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
+_kernels.set_num_threads(3)
 x = np.random.default_rng(0).normal(0, 3, {n}).astype(np.float32)
 y = (x > 0.5).astype(np.float32)
+before = threads()
 parent = bceloss.binary_cross_entropy_with_logits(x, y).tobytes()
+assert teams == [3], teams
+assert before is None or threads() >= before + 2, (before, threads())  # the pool started
 def child(queue):
-    queue.put(bceloss.binary_cross_entropy_with_logits(x, y).tobytes())
+    teams.clear()
+    before = threads()
+    value = bceloss.binary_cross_entropy_with_logits(x, y).tobytes()
+    queue.put((value, list(teams), before, threads()))
 queue = multiprocessing.get_context("fork").SimpleQueue()
 process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
 process.start()
 process.join(120)
 assert process.exitcode == 0, process.exitcode
-assert queue.get() == parent
+value, child_teams, before, after = queue.get()
+assert child_teams == [3], child_teams
+assert before is None or after >= before + 2, (before, after)  # a pool of its own
+assert value == parent
 """
+
+
+def _subprocess_env(**variables):
+    """The environment for a Python subprocess importing this bceloss (not an installed one)."""
+    src = os.path.dirname(os.path.dirname(bceloss.__file__))
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    env.pop("BCELOSS_NUM_THREADS", None)
+    env.update(variables)
+    return env
 
 
 @pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform"
 )
 def test_a_process_forked_after_a_parallel_call_computes_in_parallel_too():
-    # (a PyTorch DataLoader's workers, a multiprocessing pool.) numba's OpenMP layer
-    # terminated such a child on its first parallel call: it takes `_threads`' threads.
-    n = 4 * _kernels.HELPED_SIZE
-    script = FORKED.format(n=n)
+    # (a PyTorch DataLoader's workers, a multiprocessing pool.) The child does not inherit
+    # the parent's helper threads (fork copies the calling thread alone): it starts a pool
+    # of its own on its first parallel call, and gets the parent's bits.
+    script = FORKED.format(n=4 * launch.SERIAL_SIZE)
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=_subprocess_env(),
     )
     assert done.returncode == 0, done.stderr
+
+
+THREADS_FROM_ENVIRONMENT = """
+import os, numpy as np, bceloss
+from bceloss import _kernels
+from bceloss._kernels import launch
+teams = []
+run = launch.run_native
+def spy(*args):
+    teams.append(args[-2])
+    return run(*args)
+launch.run_native = spy
+x = np.linspace(-4, 4, 40 * launch.SERIAL_SIZE)  # 160 blocks
+bceloss.binary_cross_entropy_with_logits(x, (x > 0) * 1.0)
+print(_kernels.get_num_threads(), teams)
+"""
+
+
+def _run_script(script, **variables):
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=_subprocess_env(**variables),
+    )
+
+
+def test_bceloss_num_threads_sets_the_thread_count_at_start_up():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for value, want in (("3", 3), (" 1 ", 1), ("7", 7), (None, cores), ("", cores)):
+        variables = {} if value is None else {"BCELOSS_NUM_THREADS": value}
+        done = _run_script(THREADS_FROM_ENVIRONMENT, **variables)
+        assert done.returncode == 0, (value, done.stderr)
+        assert done.stdout.strip() == f"{want} [{want}]", (value, done.stdout)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_a_bad_bceloss_num_threads_is_a_clear_error(value):
+    done = _run_script(THREADS_FROM_ENVIRONMENT, BCELOSS_NUM_THREADS=value)
+    assert done.returncode != 0
+    assert (
+        f"ValueError: BCELOSS_NUM_THREADS must be a positive integer; got {value!r}" in done.stderr
+    ), done.stderr
+
+
+def test_set_num_threads_takes_a_positive_int_only():
+    before = _kernels.get_num_threads()
+    for bad, error, message in (
+        (0, ValueError, "count must be at least 1; got 0"),
+        (-1, ValueError, "count must be at least 1; got -1"),
+        (1.5, TypeError, "count must be an int; got float"),
+        (True, TypeError, "count must be an int; got bool"),
+        ("2", TypeError, "count must be an int; got str"),
+    ):
+        with pytest.raises(error, match=f"^{message}$"):
+            _kernels.set_num_threads(bad)
+        assert _kernels.get_num_threads() == before  # unchanged
+    with _num_threads(before + 1):
+        assert _kernels.get_num_threads() == before + 1
+    assert _kernels.get_num_threads() == before
 
 
 def test_float32_mean_accumulates_exactly():
@@ -936,10 +1023,10 @@ def test_a_mask_in_the_kernel_equals_indexing_bit_for_bit(dtype):
 
 def test_a_mask_whose_true_bytes_are_not_1_is_read_as_numpy_reads_it():
     # NumPy reads any nonzero byte of a bool array as True (a view of other bytes, a mask
-    # from C code): the kernel counted the bytes themselves, and packing the kept elements
-    # then wrote past its buffer (the process aborted)
+    # from C code): a kernel that counted the bytes themselves would pack the kept elements
+    # past its buffer (the numba kernels did: the process aborted)
     rng = np.random.default_rng(16)
-    n = 3 * _kernels.SERIAL_SIZE + 7
+    n = 3 * launch.SERIAL_SIZE + 7
     x, y = rng.normal(0, 3, n).astype(np.float32), rng.random(n).astype(np.float32)
     m = rng.random(n) < 0.7
     odd = (m.view(np.uint8) * rng.integers(1, 255, n, dtype=np.uint8)).view(bool)
@@ -952,22 +1039,6 @@ def test_a_mask_whose_true_bytes_are_not_1_is_read_as_numpy_reads_it():
         assert value.tobytes() == value0.tobytes()
         assert grad.tobytes() == grad0.tobytes()
         assert BCEL(x, y, reduction=reduction, where=odd).tobytes() == value0.tobytes()
-
-
-def test_masked_sums_do_not_depend_on_the_thread_count():
-    rng = np.random.default_rng(19)
-    n = 7 * _summation.BLOCK + 5
-    x, y = rng.normal(0, 4, n).astype(np.float32), rng.random(n).astype(np.float32)
-    m = rng.random(n) < 0.3
-    before = numba.get_num_threads()
-    try:
-        results = []
-        for threads in sorted({1, before}):
-            numba.set_num_threads(threads)
-            results.append(BCEL(x, y, reduction="sum", where=m).tobytes())
-    finally:
-        numba.set_num_threads(before)
-    assert len(set(results)) == 1
 
 
 @pytest.mark.parametrize("kept", [0, _dispatch.KERNEL_MIN_SIZE - 1, _dispatch.KERNEL_MIN_SIZE])
@@ -1041,3 +1112,62 @@ def test_paddle_focal_loss_in_the_kernel_matches_the_formula(dtype):
     assert _dispatch.kernel_plan(call) is not None
     assert_close(got, _evaluate.evaluate(call, fast=False), dtype)
     assert (got[::3] == 0).all()
+
+
+READ_ONLY = """
+import numpy as np, bceloss, sys
+x = np.linspace(-5, 5, 100_000, dtype=np.float32)
+y = (x > 0).astype(np.float32)
+value = bceloss.binary_cross_entropy_with_logits(x, y)
+print(float(value))
+sys.argv = ["bceloss", "eval", "--sample"]
+from bceloss.cli import main
+main()
+"""
+
+
+def _tree(root):
+    """Every file under root, with its size and modification time."""
+    return {
+        (path, os.path.getsize(path), os.path.getmtime(path))
+        for path in (os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+    }
+
+
+def test_a_read_only_install_without_a_home_computes_and_writes_nothing(tmp_path):
+    # (a container's usual case.) The kernels are compiled at install: a large call and the
+    # command line work with no writable home or cache, and the package's files stay as they
+    # are (the numba kernels wrote their cache next to the package or failed).
+    import shutil
+
+    package = tmp_path / "site" / "bceloss"
+    shutil.copytree(os.path.dirname(bceloss.__file__), package)
+    for d, _, files in os.walk(package):
+        os.chmod(d, 0o555)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o444)
+    before = _tree(tmp_path / "site")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(tmp_path / "site"),
+        "HOME": str(tmp_path / "no-home"),  # does not exist
+        "XDG_CACHE_HOME": str(tmp_path / "no-cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", READ_ONLY],
+            capture_output=True, text=True, timeout=120, check=False, env=env, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        for d, _, _ in os.walk(package):
+            os.chmod(d, 0o755)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    x = np.linspace(-5, 5, 100_000)
+    want = np.mean(np.logaddexp(0, x) - x * (x > 0))
+    assert abs(float(lines[0]) - want) <= 1e-6 * want
+    assert "0.09643331520293881" in done.stdout
+    assert _tree(tmp_path / "site") == before
+    assert not (tmp_path / "no-home").exists()
+    assert not (tmp_path / "no-cache").exists()

@@ -1,9 +1,12 @@
-"""`_focal_terms.focal_terms`, the sigmoid focal loss at one element for the fused kernels:
-against the mpmath oracle on test_focal's samples and tolerances, against `_formulas.focal` at
-infinite logits and NaN, equal to `_kernels.logits_terms` bit for bit with gamma = 0 and alpha
-off; and the `_fastmath` functions it brought, against mpmath and NumPy's exact ldexp."""
+"""The sigmoid focal loss at one element in the fused kernel (formulas.hpp's `focal`, run
+through `_kernels.elementwise`): against the mpmath oracle on test_focal's samples and
+tolerances, against `_formulas.focal` at infinite logits and NaN, equal to the BCE kernel bit
+for bit with gamma = 0 and alpha off; and the fastmath.hpp functions it brought, through the
+extension's test probe (`_native.fastmath`), against mpmath and NumPy's exact ldexp."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import array_api_compat
 import mpmath as mp
@@ -12,33 +15,54 @@ import oracle
 import pytest
 import samples
 import tolerances
-from numba import njit
 from test_focal import CASES, _assert_gradients, _case, _tol
 
-from bceloss import _fastmath, _formulas, _kernels
-from bceloss._focal_terms import focal_terms
+import bceloss
+from bceloss import _formulas, _kernels, _validation
+from bceloss._kernels import _native, launch
 
 DTYPES = (np.float32, np.float64)
 
 
-@njit(error_model="numpy")
-def _focal_loop(x, y, w, alpha, gamma, loss, gx, gy):
-    # a kernel's loop: scalars read in the loop itself, the index unsigned (no wraparound),
-    # the weight a constant 1 when there is none (`_kernels.weight_at`)
-    for k in range(np.uint64(x.size)):
-        wk = _kernels.weight_at(w, k, x[k])
-        loss[k], gx[k], gy[k] = focal_terms(x[k], y[k], wk, alpha, gamma)
+def _terms(call, focal=None):
+    """(loss, d/dx, d/dy) of a validated call, elementwise, as the kernel computes them; with
+    `focal`, the plan's focal options replaced by it."""
+    plan = _kernels.plan(call)
+    assert plan is not None
+    if focal is not None:
+        plan = dataclasses.replace(plan, focal=focal)
+    return _kernels.elementwise(call, plan, loss=True, grad_input=True, grad_target=True)
 
 
 def _focal(x, y, alpha, gamma, w=None):
-    """(loss, d/dx, d/dy) of focal_terms over arrays in x's dtype; alpha < 0 is None (off).
-    gamma goes in as float64 whatever the dtype: a float32 gamma would be rounded (0.3 by
-    4e-8 relatively), and m^gamma with it, by -log(m^gamma) times that."""
+    """(loss, d/dx, d/dy) of the kernel's focal loss over arrays in x's dtype; alpha < 0 is
+    off. gamma goes in as float64 whatever the dtype (the plan's): a float32 gamma would be
+    rounded (0.3 by 4e-8 relatively), and m^gamma with it, by -log(m^gamma) times that. The
+    focal code runs even where the plan takes BCE's (gamma = 0 with alpha off)."""
     dt = x.dtype.type
-    w = None if w is None else np.asarray(w, dt)
-    out = [np.empty_like(x) for _ in range(3)]
-    alpha = None if alpha < 0 else dt(alpha)
-    _focal_loop(x, np.asarray(y, dt), w, alpha, np.float64(gamma), *out)
+    y = np.asarray(y, dt)
+    if w is None:  # the public binding
+        call = bceloss.sigmoid_focal_loss._bceloss_bind(x, y, alpha, gamma, "none")
+    else:  # as the binding validates, with a weight
+        call = _validation.validate(
+            logits=True,
+            input=x,
+            target=y,
+            weight=np.asarray(w, dt),
+            pos_weight=None,
+            reduction_name="none",
+            focal=_validation.focal_options(alpha, gamma),
+        )
+    focal = (None if alpha < 0 else dt(alpha), np.float64(gamma))
+    planned = _kernels.plan(call).focal
+    if planned is None:  # gamma = 0, alpha off: BCE's kernel
+        assert gamma == 0
+        assert alpha < 0
+    else:
+        assert planned == focal
+        assert all(type(a) is type(b) for a, b in zip(planned, focal, strict=True))
+    out = _terms(call, focal=focal)
+    assert all(a.dtype == dt for a in out)
     return out
 
 
@@ -119,11 +143,15 @@ def test_limits_and_nan_match_the_formula(dtype, alpha, gamma):
     assert np.isnan(np.array(got)[:, np.isnan(X)]).all()
 
 
-@njit(error_model="numpy")
-def _bce_loop(x, y, loss, gx, gy):
-    one = _fastmath.constants(x[0]).one  # as the kernel passes an absent weight
-    for k in range(np.uint64(x.size)):
-        loss[k], gx[k], gy[k] = _kernels.logits_terms(x[k], y[k], one, one, False, None)
+def _bce(x, y):
+    """(loss, d/dx, d/dy) of BCE with logits elementwise, no weight, no pos_weight: the
+    kernel's logits terms."""
+    call = _validation.validate(
+        logits=True, input=x, target=y, weight=None, pos_weight=None, reduction_name="none"
+    )
+    assert call.gamma is None
+    assert _kernels.plan(call).focal is None
+    return _terms(call)
 
 
 def _same_bits(a, b):
@@ -135,15 +163,23 @@ def _same_bits(a, b):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gamma_0_and_alpha_off_is_the_bce_kernel_bit_for_bit(dtype):
+def test_gamma_0_and_alpha_off_is_the_bce_kernel_bit_for_bit(monkeypatch, dtype):
+    kinds = []  # the kernel each pass runs: _native.run's first argument
+    run = launch.run_native
+
+    def spy(*args):
+        kinds.append(args[0])
+        return run(*args)
+
+    monkeypatch.setattr(launch, "run_native", spy)
     rng = np.random.default_rng(11)
     special = [np.inf, -np.inf, np.nan, 0.0, 90.0, -104.5, 746.5, -1e4]
     x = np.append(samples.logits(rng, (400,)), special).astype(dtype)
     y = np.append(samples.targets(rng, (400,)), [0.3, 0.0, 0.5, 1.0, 0.0, 1.0, 0.0, 0.25])
     y = y.astype(dtype)
     got = _focal(x, y, -1.0, 0.0)
-    want = [np.empty_like(x) for _ in range(3)]
-    _bce_loop(x, y, *want)
+    want = _bce(x, y)
+    assert kinds == [launch._KINDS["focal"], launch._KINDS["logits"]]  # two kernels compared
     assert _same_bits(got[0], want[0])
     assert _same_bits(got[1], want[1])
     # d/dy: -x (the formula's) against (p - 1) log1p(exp(-|x|)) + max(-x, 0) - max(x, 0), the
@@ -151,32 +187,19 @@ def test_gamma_0_and_alpha_off_is_the_bce_kernel_bit_for_bit(dtype):
     np.testing.assert_array_equal(got[2], want[2])
 
 
-# --- the _fastmath functions the focal loss brought ------------------------------------
+# --- the fastmath.hpp functions the focal loss brought --------------------------------
+
+# exp_neg_parts' clamp (fastmath.hpp, Constants<F>::parts_arg_max: twice exp_neg's)
+PARTS_ARG_MAX = {np.float32: 2 * 104.0, np.float64: 2 * 746.0}
 
 
-@njit(error_model="numpy")
-def _fastmath_apply(which, a, out, out2):
-    c = _fastmath.constants(a[0])
-    for i in range(a.size):
-        v = a[i]
-        # exp_neg_parts up to its clamp (as focal_terms calls it)
-        top = _fastmath.scaling(v).parts_arg_max
-        t = top if v > top else v  # noqa: FURB136 (NaN passes)
-        pm1, n = _fastmath.exp_neg_parts(t)
-        if which == 0:
-            out[i] = _fastmath.expm1_from_parts(pm1, n)
-        elif which == 1:  # and scaled once
-            out[i] = _fastmath.ldexp_neg(c.one + pm1, n)
-            out2[i] = pm1
-        elif which == 2:
-            k, f = _fastmath.log_parts(v)
-            out[i], out2[i] = k, f
-
-
-@njit(error_model="numpy")
-def _ldexp_neg(v, j, out):
-    for i in range(v.size):
-        out[i] = _fastmath.ldexp_neg(v[i], j[i])
+def _probe(name, a, j=None, pair=False):
+    """fastmath.hpp's `name` at every element of a (and j), through the extension's probe:
+    out, or (out, out2) for the functions returning two."""
+    out = np.empty_like(a)
+    out2 = np.empty_like(a) if pair else None
+    _native.fastmath(name, a, out, out2, None if j is None else np.asarray(j, np.int64))
+    return (out, out2) if pair else out
 
 
 def _mp_ulps(got, fn, a, dtype):
@@ -191,11 +214,9 @@ def test_expm1_from_parts_within_2_ulp(dtype):
     rng = np.random.default_rng(12)
     a = np.concatenate([rng.uniform(0, 2, 800), 10.0 ** rng.uniform(-30, 0, 800),
                         rng.uniform(2, 50, 400)]).astype(dtype)  # fmt: skip
-    out = np.empty_like(a)
-    _fastmath_apply(0, a, out, out.copy())
+    out = _probe("expm1_from_parts", a)
     assert _mp_ulps(out, lambda v: mp.expm1(-v), a, dtype).max() <= 2
-    special = np.array([0.0, np.inf, np.nan, 1e30], dtype)
-    _fastmath_apply(0, special, out := np.empty_like(special), out.copy())
+    out = _probe("expm1_from_parts", np.array([0.0, np.inf, np.nan, 1e30], dtype))
     np.testing.assert_array_equal(out, [0.0, -1.0, np.nan, -1.0])
 
 
@@ -203,59 +224,42 @@ def test_expm1_from_parts_within_2_ulp(dtype):
 def test_exp_neg_parts_within_2_ulp_out_to_their_clamp(dtype):
     # 2^-n (1 + P) = exp(-t) beyond exp_neg's clamp too (to 0 there), |P| < 0.42
     rng = np.random.default_rng(13)
-    big = float(_fastmath._scaling(dtype).parts_arg_max)
+    big = PARTS_ARG_MAX[dtype]
+    # the clamp is there: P at big and far beyond it are one, just below it another
+    _, pm1 = _probe("exp_neg_parts", np.array([big, 1e30, 0.999 * big], dtype), pair=True)
+    assert pm1[0] == pm1[1] != pm1[2]
     a = np.concatenate([rng.uniform(0, 2, 600), rng.uniform(0, 1.2 * big, 1400)])
     a = a.astype(dtype)
-    out, pm1 = np.empty_like(a), np.empty_like(a)
-    _fastmath_apply(1, a, out, pm1)
+    out, pm1 = _probe("exp_neg_parts", a, pair=True)
     assert (np.abs(pm1) < 0.42).all()
     assert _mp_ulps(out, lambda v: mp.exp(-v), a, dtype).max() <= 2
-    special = np.array([0.0, np.inf, np.nan], dtype)
-    _fastmath_apply(1, special, out := np.empty_like(special), out.copy())
+    out, _ = _probe("exp_neg_parts", np.array([0.0, np.inf, np.nan], dtype), pair=True)
     np.testing.assert_array_equal(out, [1.0, 0.0, np.nan])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ldexp_neg_rounds_once(dtype):
     rng = np.random.default_rng(14)
-    itype = np.int32 if dtype == np.float32 else np.int64
     v = rng.uniform(0.5, 2.0, 4000).astype(dtype)
     top = -np.finfo(dtype).minexp + np.finfo(dtype).nmant + 8  # past the smallest subnormal
-    j = rng.integers(0, top, 4000).astype(itype)
+    j = rng.integers(0, top, 4000)
     j[:3] = [0, 5000, -3]  # beyond the range: 0; negative: read as 0
-    out = np.empty_like(v)
-    _ldexp_neg(v, j, out)
+    out = _probe("ldexp_neg", v, j)
     np.testing.assert_array_equal(out, np.ldexp(v, -np.clip(j, 0, None)))
 
 
-@njit(error_model="numpy")
-def _scaled_down(v, j, out, portable):
-    for i in range(v.size):
-        if portable:
-            out[i] = _fastmath.scaled_down_by_bits(v[i], j[i])
-        else:
-            out[i] = _fastmath.scaled_down(v[i], j[i])
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_both_ways_of_scaling_by_powers_of_2_round_once(dtype):
-    # exp's 2^-n: vscalef where numba compiles for AVX-512 (this machine's way), the floats'
-    # bits elsewhere (the portable way, run here too); both equal C's ldexp over the whole
-    # range, subnormal and zero results included
+def test_scaling_by_powers_of_2_from_their_bits_rounds_once(dtype):
+    # exp's 2^-n, built from the floats' bits (2^-(j - 64) times 2^-64 where 2^-j would be
+    # subnormal): equal to C's ldexp over the whole range, subnormal and zero results included
     info = np.finfo(dtype)
-    itype = np.int32 if dtype == np.float32 else np.int64
-    j = np.arange(0, info.maxexp + 63, dtype=itype).repeat(40)
+    j = np.arange(0, info.maxexp + 63).repeat(40)
     v = np.random.default_rng(16).uniform(0.5, 2.0, j.size).astype(dtype)
     v[1::40], v[2::40] = dtype(0.5), np.nextafter(dtype(2), dtype(0))
     want = np.ldexp(v, -j)
     assert (want == 0).any()
     assert (np.abs(want) < info.smallest_normal).any()
-    for portable in (False, True):
-        out = np.empty_like(v)
-        _scaled_down(v, j, out, portable)
-        np.testing.assert_array_equal(out, want)
-    asm = _scaled_down.inspect_asm(_scaled_down.signatures[-1])
-    assert ("vscalef" in asm) == _fastmath._vector_scaling()
+    np.testing.assert_array_equal(_probe("scaled_down_by_bits", v, j), want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -266,8 +270,7 @@ def test_log_parts_split_exactly(dtype):
                         [float(info.smallest_subnormal), float(info.smallest_normal), 1.0]])  # fmt: skip
     v = v.astype(dtype)
     v = v[v > 0]
-    k, f = np.empty_like(v), np.empty_like(v)
-    _fastmath_apply(2, v, k, f)
+    k, f = _probe("log_parts", v, pair=True)
     assert (k == np.round(k)).all()
     m = 1 + f.astype(np.float64)
     assert ((m >= np.sqrt(0.5)) & (m <= np.sqrt(2))).all()

@@ -3,7 +3,8 @@
 The core follows PyTorch (`binary_cross_entropy`, `binary_cross_entropy_with_logits`,
 `BCELoss`, `BCEWithLogitsLoss`); `bceloss.compat` holds the MindSpore and Paddle flavours.
 `sigmoid_focal_loss` is torchvision's, computed without cancellation. `value_and_grad` gives
-any of them with its closed-form gradient.
+any of them with its closed-form gradient. `set_num_threads` sets how many threads the
+compiled kernels run large NumPy calls on.
 """
 
 from bceloss import compat
@@ -12,6 +13,7 @@ from bceloss._functional import (
     binary_cross_entropy_with_logits,
     sigmoid_focal_loss,
 )
+from bceloss._kernels.threads import get_num_threads, set_num_threads
 from bceloss._modules import BCELoss, BCEWithLogitsLoss
 from bceloss._value_and_grad import value_and_grad
 
@@ -23,6 +25,8 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "compat",
+    "get_num_threads",
+    "set_num_threads",
     "sigmoid_focal_loss",
     "value_and_grad",
 ]

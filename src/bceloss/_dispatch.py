@@ -28,8 +28,10 @@ _ADAPTERS = {
 }
 _GENERIC = ("bceloss._array_api", "ArrayAPI")  # CuPy and any other array API library
 _BACKENDS: dict = {}  # namespace -> adapter instance
-# the namespace of the arrays of each type met (array_api_compat's answer depends on the type)
-_NAMESPACES = {np.ndarray: array_api_compat.array_namespace(np.empty(0))}
+# the namespace of the arrays of each type met (array_api_compat's answer depends on the type),
+# filled as they come: array-api-compat's NumPy namespace alone takes longer to import than
+# the rest of the library, and `import bceloss` does not wait for it
+_NAMESPACES: dict = {}
 
 # frameworks whose tensors are not array API arrays: their adapter (module, class) takes the
 # call at the edge, before validation (`edge_adapter`), and hands the core NumPy views

@@ -1,0 +1,428 @@
+// bceloss._kernels._native: the fused kernels' entry points for Python (see launch.py).
+//
+// Arrays arrive through the buffer protocol, flat and C-contiguous, float16 and bfloat16 as
+// their bits (uint16 and int16): the planning (plan.py) has laid them out. Every length and
+// type is checked here again, so that no mistake above can make the kernels read or write
+// outside an array.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "loops.hpp"
+#include "threads.hpp"
+
+namespace {
+
+using bceloss::Storage;
+
+// A buffer held for the length of a call (released on every path out).
+struct Held {
+    Py_buffer view{};
+    bool held = false;
+    Held() = default;
+    Held(const Held&) = delete;
+    Held& operator=(const Held&) = delete;
+    ~Held() {
+        if (held) PyBuffer_Release(&view);
+    }
+    int64_t size() const { return held ? static_cast<int64_t>(view.len / view.itemsize) : 0; }
+};
+
+bool storage_of_format(const Py_buffer& v, Storage* type) {
+    const char* f = v.format == nullptr ? "B" : v.format;
+    if (*f == '@' || *f == '=' || *f == '<') ++f;    // native order (little-endian here or not:
+    if (f[0] == '\0' || f[1] != '\0') return false;  // the planning made every array native)
+    const Py_ssize_t size = v.itemsize;
+    switch (f[0]) {
+        case 'f':
+            *type = Storage::f32;
+            return size == 4;
+        case 'd':
+            *type = Storage::f64;
+            return size == 8;
+        case 'e':
+        case 'H':
+            *type = Storage::f16;
+            return size == 2;
+        case 'h':
+            *type = Storage::bf16;
+            return size == 2;
+        case '?':
+            *type = Storage::b8;
+            return size == 1;
+        case 'b':
+            *type = Storage::i8;
+            return size == 1;
+        case 'B':
+            *type = Storage::u8;
+            return size == 1;
+        case 'i':
+        case 'l':
+        case 'q':
+            *type = size == 4 ? Storage::i32 : Storage::i64;
+            return size == 4 || size == 8;
+        case 'I':
+        case 'L':
+        case 'Q':
+            *type = size == 4 ? Storage::u32 : Storage::u64;
+            return size == 4 || size == 8;
+        default:
+            return false;
+    }
+}
+
+bool fail(const char* name, const char* problem) {
+    PyErr_Format(PyExc_ValueError, "bceloss kernel: %s %s", name, problem);
+    return false;
+}
+
+// obj (None for absent) held as a flat C-contiguous buffer.
+bool hold(PyObject* obj, Held& h, bool writable, const char* name) {
+    if (obj == Py_None) return true;
+    const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &h.view, flags) != 0) return false;
+    h.held = true;
+    if (h.view.ndim > 1) return fail(name, "is not flat");
+    return true;
+}
+
+bool operand(PyObject* obj, Held& h, bceloss::Operand& a, const char* name, int64_t n,
+             bool periodic) {
+    a = bceloss::Operand{nullptr, Storage::f32, 1};
+    if (!hold(obj, h, false, name)) return false;
+    if (!h.held) return true;
+    if (!storage_of_format(h.view, &a.type)) return fail(name, "has a type the kernel cannot read");
+    a.data = h.view.buf;
+    a.period = h.size();
+    if (periodic ? a.period < 1 : a.period != n) return fail(name, "has the wrong length");
+    return true;
+}
+
+bool output(PyObject* obj, Held& h, bceloss::Output& o, const char* name, int64_t n) {
+    o = bceloss::Output{nullptr, Storage::f32};
+    if (!hold(obj, h, true, name)) return false;
+    if (!h.held) return true;
+    if (!storage_of_format(h.view, &o.type) || static_cast<int>(o.type) > 3) {
+        return fail(name, "is not floating");
+    }
+    if (h.size() != n) return fail(name, "has the wrong length");
+    o.data = h.view.buf;
+    return true;
+}
+
+bool sums(PyObject* obj, Held& h, double** out, const char* name, int64_t blocks) {
+    *out = nullptr;
+    if (!hold(obj, h, true, name)) return false;
+    if (!h.held) return true;
+    Storage type;
+    if (!storage_of_format(h.view, &type) || type != Storage::f64 || h.size() != blocks) {
+        return fail(name, "must be float64, one element a block");
+    }
+    *out = static_cast<double*>(h.view.buf);
+    return true;
+}
+
+template <class F>
+struct Chunks {
+    const bceloss::Call<F>* call;
+    int64_t chunks;
+};
+
+template <class F>
+void run_chunk(void* context, int64_t chunk) {
+    const Chunks<F>& c = *static_cast<const Chunks<F>*>(context);
+    const int64_t blocks = c.call->blocks;
+    bceloss::run_blocks(*c.call, chunk * blocks / c.chunks, (chunk + 1) * blocks / c.chunks);
+}
+
+struct Arguments {
+    int kind, grad, team;
+    long long chunks;
+    double ignore, smooth_keep, smooth_add, alpha, gamma, divisor;
+    int has_alpha;
+    bceloss::Operand x, y, w, p, wd;
+    const uint8_t* keep;
+    bceloss::Output out, gx, gy;
+    double *sums, *wsums;
+    const int64_t* starts;
+    int64_t blocks;
+};
+
+template <class F>
+void launch(const Arguments& a) {
+    bceloss::Call<F> call{};
+    const bool terms = a.sums != nullptr || a.out.data != nullptr || a.grad > 0;
+    call.segment = terms ? bceloss::segment_for<F>(
+                               static_cast<bceloss::Kind>(a.kind), a.grad, a.w.data != nullptr,
+                               a.kind == 2 ? a.has_alpha != 0 : a.p.data != nullptr)
+                         : nullptr;
+    call.x = a.x;
+    call.y = a.y;
+    call.w = a.w;
+    call.p = a.p;
+    call.wd = a.wd;
+    call.keep = a.keep;
+    call.options =
+        bceloss::Options<F>{static_cast<F>(a.divisor),
+                            {static_cast<F>(a.smooth_keep), static_cast<F>(a.smooth_add)},
+                            static_cast<F>(a.ignore),
+                            static_cast<F>(a.alpha),
+                            a.gamma};
+    call.out = a.out;
+    call.gx = a.gx;
+    call.gy = a.gy;
+    call.sums = a.sums;
+    call.wsums = a.wsums;
+    call.starts = a.starts;
+    call.blocks = a.blocks;
+    Chunks<F> chunks{&call, a.chunks};
+    bceloss::run_chunks(a.team, a.chunks, &run_chunk<F>, &chunks);
+}
+
+const char run_doc[] =
+    "run(kind, compute64, x, y, w, p, keep, wd, out, gx, gy, sums, wsums, starts, ignore,\n"
+    "    smooth_keep, smooth_add, has_alpha, alpha, gamma, divisor, team, chunks)\n"
+    "--\n\n"
+    "One pass of the fused kernel over a planned call (see bceloss._kernels.launch).";
+
+PyObject* run(PyObject*, PyObject* args) {
+    int kind, compute64, has_alpha, team;
+    long long chunks;
+    PyObject *x, *y, *w, *p, *keep, *wd, *out, *gx, *gy, *bsums, *wsums, *starts;
+    double ignore, smooth_keep, smooth_add, alpha, gamma, divisor;
+    if (!PyArg_ParseTuple(args, "ipOOOOOOOOOOOOdddpdddiL", &kind, &compute64, &x, &y, &w, &p, &keep,
+                          &wd, &out, &gx, &gy, &bsums, &wsums, &starts, &ignore, &smooth_keep,
+                          &smooth_add, &has_alpha, &alpha, &gamma, &divisor, &team, &chunks)) {
+        return nullptr;
+    }
+    if (kind < 0 || kind > 2 || team < 1 || chunks < 1) {
+        PyErr_SetString(PyExc_ValueError, "bceloss kernel: bad kind, team or chunks");
+        return nullptr;
+    }
+    Held hs, hx, hy, hw, hp, hk, hwd, hout, hgx, hgy, hsums, hwsums;
+    Arguments a{};
+    a.kind = kind;
+    a.team = team;
+    a.chunks = chunks;
+    a.ignore = ignore;
+    a.smooth_keep = smooth_keep;
+    a.smooth_add = smooth_add;
+    a.has_alpha = has_alpha;
+    a.alpha = alpha;
+    a.gamma = gamma;
+    a.divisor = divisor;
+    if (!hold(starts, hs, false, "starts")) return nullptr;
+    Storage st;
+    if (!hs.held || !storage_of_format(hs.view, &st) || st != Storage::i64 || hs.size() < 2) {
+        fail("starts", "must be int64, blocks + 1 of them");
+        return nullptr;
+    }
+    a.starts = static_cast<const int64_t*>(hs.view.buf);
+    a.blocks = hs.size() - 1;
+    const int64_t n = a.starts[a.blocks];
+    for (int64_t b = 0; b < a.blocks; ++b) {
+        if (a.starts[b] > a.starts[b + 1] || a.starts[b] < 0) {
+            fail("starts", "must increase from 0");
+            return nullptr;
+        }
+    }
+    if (a.chunks > a.blocks) a.chunks = a.blocks;
+    if (!operand(x, hx, a.x, "x", n, false) || !operand(y, hy, a.y, "y", n, false) ||
+        !operand(w, hw, a.w, "w", n, true) || !operand(p, hp, a.p, "p", n, true) ||
+        !operand(wd, hwd, a.wd, "wd", n, true) || !hold(keep, hk, false, "keep") ||
+        !output(out, hout, a.out, "out", n) || !output(gx, hgx, a.gx, "gx", n) ||
+        !output(gy, hgy, a.gy, "gy", n) || !sums(bsums, hsums, &a.sums, "sums", a.blocks) ||
+        !sums(wsums, hwsums, &a.wsums, "wsums", a.blocks)) {
+        return nullptr;
+    }
+    if (a.x.data == nullptr || a.y.data == nullptr) {
+        fail("x and y", "are required");
+        return nullptr;
+    }
+    if (a.wsums != nullptr && a.wd.data == nullptr) {
+        fail("wd", "is required where wsums is wanted");
+        return nullptr;
+    }
+    if (hk.held && (hk.size() != n || hk.view.itemsize != 1)) {
+        fail("keep", "must hold a byte an element");
+        return nullptr;
+    }
+    a.keep = hk.held ? static_cast<const uint8_t*>(hk.view.buf) : nullptr;
+    a.grad = a.gy.data != nullptr ? 2 : (a.gx.data != nullptr ? 1 : 0);
+    Py_BEGIN_ALLOW_THREADS if (compute64) { launch<double>(a); }
+    else {
+        launch<float>(a);
+    }
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+const char kept_blocks_doc[] =
+    "kept_blocks(keep, starts)\n--\n\n"
+    "Where each block of BLOCK kept elements of the byte mask `keep` begins, into `starts`\n"
+    "(int64, len(keep) // BLOCK + 2 of them): returns (blocks, kept).";
+
+PyObject* kept_blocks(PyObject*, PyObject* args) {
+    PyObject *keep, *starts;
+    if (!PyArg_ParseTuple(args, "OO", &keep, &starts)) return nullptr;
+    Held hk, hs;
+    if (!hold(keep, hk, false, "keep") || !hold(starts, hs, true, "starts")) return nullptr;
+    Storage st;
+    const int64_t n = hk.size();
+    if (!hk.held || hk.view.itemsize != 1 || n < 1) {
+        fail("keep", "must hold a byte an element, at least one");
+        return nullptr;
+    }
+    if (!hs.held || !storage_of_format(hs.view, &st) || st != Storage::i64 ||
+        hs.size() < n / bceloss::BLOCK + 2) {
+        fail("starts", "must be int64, len(keep) // BLOCK + 2 of them");
+        return nullptr;
+    }
+    int64_t kept = 0, blocks = 0;
+    Py_BEGIN_ALLOW_THREADS blocks = bceloss::kept_blocks(
+        static_cast<const uint8_t*>(hk.view.buf), n, static_cast<int64_t*>(hs.view.buf), &kept);
+    Py_END_ALLOW_THREADS return Py_BuildValue("LL", static_cast<long long>(blocks),
+                                              static_cast<long long>(kept));
+}
+
+// The elementary functions of fastmath.hpp, one array at a time: for the tests, which hold
+// each to the exact value (the kernels inline them; nothing else calls this).
+template <class F>
+bool fastmath_apply(const char* name, int64_t n, const F* a, F* out, F* out2, const int64_t* j) {
+    using Int = typename bceloss::Constants<F>::Int;
+    using bceloss::Constants;
+    const std::string which(name);
+    for (int64_t i = 0; i < n; ++i) {
+        const F v = a[i];
+        // exp_neg_parts up to its clamp, as the focal loss calls it
+        const F t = v > Constants<F>::parts_arg_max ? Constants<F>::parts_arg_max : v;
+        if (which == "exp_neg") {
+            out[i] = bceloss::exp_neg(v);
+        } else if (which == "log1p_unit") {
+            out[i] = bceloss::log1p_unit(v);
+        } else if (which == "log") {
+            out[i] = bceloss::log(v);
+        } else if (which == "log1p_neg") {
+            out[i] = bceloss::log1p_neg(v);
+        } else if (which == "expm1_from_parts") {
+            const auto parts = bceloss::exp_neg_parts(t);
+            out[i] = bceloss::expm1_from_parts(parts.pm1, parts.n);
+        } else if (which == "exp_neg_parts") {  // 2^-n (1 + P), scaled once, and P
+            const auto parts = bceloss::exp_neg_parts(t);
+            out[i] = bceloss::ldexp_neg(Constants<F>::one + parts.pm1, parts.n);
+            out2[i] = parts.pm1;
+        } else if (which == "log_parts") {
+            const auto parts = bceloss::log_parts(v);
+            out[i] = parts.k;
+            out2[i] = parts.f;
+        } else if (which == "ldexp_neg") {
+            out[i] = bceloss::ldexp_neg(v, static_cast<Int>(j[i]));
+        } else if (which == "scaled_down_by_bits") {
+            out[i] = bceloss::scaled_down_by_bits(v, static_cast<Int>(j[i]));
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
+const char fastmath_doc[] =
+    "fastmath(name, a, out, out2, j)\n--\n\n"
+    "out[i] (and out2[i]) = the function `name` of fastmath.hpp at a[i] (and j[i], int64),\n"
+    "for float32 or float64 arrays: for the tests.";
+
+PyObject* fastmath(PyObject*, PyObject* args) {
+    const char* name;
+    PyObject *a, *out, *out2, *j;
+    if (!PyArg_ParseTuple(args, "sOOOO", &name, &a, &out, &out2, &j)) return nullptr;
+    Held ha, ho, ho2, hj;
+    if (!hold(a, ha, false, "a") || !hold(out, ho, true, "out") || !hold(out2, ho2, true, "out2") ||
+        !hold(j, hj, false, "j")) {
+        return nullptr;
+    }
+    Storage ta, to;
+    const int64_t n = ha.size();
+    if (!ha.held || !ho.held || !storage_of_format(ha.view, &ta) ||
+        !storage_of_format(ho.view, &to) || ta != to ||
+        (ta != Storage::f32 && ta != Storage::f64) || ho.size() != n ||
+        (ho2.held && ho2.size() != n) || (hj.held && hj.size() != n)) {
+        fail("a, out, out2 and j", "must be float32 or float64 arrays of one length (j int64)");
+        return nullptr;
+    }
+    bool known;
+    if (ta == Storage::f32) {
+        known = fastmath_apply<float>(name, n, static_cast<const float*>(ha.view.buf),
+                                      static_cast<float*>(ho.view.buf),
+                                      ho2.held ? static_cast<float*>(ho2.view.buf) : nullptr,
+                                      hj.held ? static_cast<const int64_t*>(hj.view.buf) : nullptr);
+    } else {
+        known = fastmath_apply<double>(
+            name, n, static_cast<const double*>(ha.view.buf), static_cast<double*>(ho.view.buf),
+            ho2.held ? static_cast<double*>(ho2.view.buf) : nullptr,
+            hj.held ? static_cast<const int64_t*>(hj.view.buf) : nullptr);
+    }
+    if (!known) {
+        PyErr_Format(PyExc_ValueError, "bceloss kernel: no function %s in fastmath.hpp", name);
+        return nullptr;
+    }
+    Py_RETURN_NONE;
+}
+
+const char encode_doc[] =
+    "encode(a, out)\n--\n\n"
+    "out = a (float32 or float64) stored as the kernels store an output of out's type\n"
+    "(float16 as uint16 bits, bfloat16 as int16 bits): for the tests.";
+
+PyObject* encode(PyObject*, PyObject* args) {
+    PyObject *a, *out;
+    if (!PyArg_ParseTuple(args, "OO", &a, &out)) return nullptr;
+    Held ha, ho;
+    bceloss::Output o;
+    if (!hold(a, ha, false, "a") || !output(out, ho, o, "out", ha.size())) return nullptr;
+    Storage ta;
+    if (!ha.held || !ho.held || !storage_of_format(ha.view, &ta) ||
+        (ta != Storage::f32 && ta != Storage::f64)) {
+        fail("a", "must be a float32 or float64 array");
+        return nullptr;
+    }
+    if (ta == Storage::f32) {
+        bceloss::encode<float>(o, 0, ha.size(), static_cast<const float*>(ha.view.buf));
+    } else {
+        bceloss::encode<double>(o, 0, ha.size(), static_cast<const double*>(ha.view.buf));
+    }
+    Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"run", run, METH_VARARGS, run_doc},
+    {"kept_blocks", kept_blocks, METH_VARARGS, kept_blocks_doc},
+    {"fastmath", fastmath, METH_VARARGS, fastmath_doc},
+    {"encode", encode, METH_VARARGS, encode_doc},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "_native",
+    "The fused kernels of bceloss, compiled ahead of time (see bceloss._kernels).",
+    -1,
+    methods,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__native() {
+    PyObject* m = PyModule_Create(&module);
+    if (m != nullptr && (PyModule_AddIntConstant(m, "BLOCK", bceloss::BLOCK) != 0 ||
+                         PyModule_AddIntConstant(m, "LANES", bceloss::LANES) != 0)) {
+        Py_DECREF(m);
+        return nullptr;
+    }
+    return m;
+}

@@ -1,0 +1,56 @@
+"""How many threads the fused kernels use: `BCELOSS_NUM_THREADS`, else every core this
+process may run on; `set_num_threads` changes it for the process (every Python thread)."""
+
+from __future__ import annotations
+
+import operator
+import os
+
+
+def _available() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _from_environment() -> int:
+    value = os.environ.get("BCELOSS_NUM_THREADS", "").strip()
+    if not value:
+        return _available()
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        msg = f"BCELOSS_NUM_THREADS must be a positive integer; got {value!r}"
+        raise ValueError(msg)
+    return count
+
+
+_count: int | None = None
+
+
+def get_num_threads() -> int:
+    """The number of threads a large kernel call runs on (the calling thread included)."""
+    global _count
+    if _count is None:
+        _count = _from_environment()
+    return _count
+
+
+def set_num_threads(count: int) -> None:
+    """Run large kernel calls on `count` threads (the calling thread included), from now on,
+    in this process; the environment variable BCELOSS_NUM_THREADS sets it at start-up."""
+    global _count
+    if isinstance(count, bool):
+        msg = "count must be an int; got bool"
+        raise TypeError(msg)
+    try:
+        count = operator.index(count)  # an int, a NumPy integer
+    except TypeError:
+        msg = f"count must be an int; got {type(count).__name__}"
+        raise TypeError(msg) from None
+    if count < 1:
+        msg = f"count must be at least 1; got {count}"
+        raise ValueError(msg)
+    _count = count
