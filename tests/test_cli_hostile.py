@@ -19,6 +19,9 @@ import bceloss
 from bceloss.cli import main, sources, stream
 
 ROOT = Path(__file__).resolve().parents[1]
+# where the bceloss these tests import lives (an install, or src/ with the extension built in
+# place): the subprocesses import the same
+_IMPORTED = os.path.dirname(os.path.dirname(bceloss.__file__))
 
 
 def run(argv, capsys):
@@ -65,7 +68,7 @@ def bounded(argv: list[str], cwd: Path, limit_mib: int = 1024) -> tuple[int, str
         "    print(int(hwm.group(1)) / 1024, file=sys.stderr)\n"
         "sys.exit(status)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": _IMPORTED}
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=cwd,
@@ -369,7 +372,7 @@ def test_fifo_directory_and_device_are_named_for_what_they_are(tmp_path, capsys)
 def test_inproc_scheduler_is_one_line_and_no_late_traceback(tmp_path):
     pytest.importorskip("distributed", reason="dask.distributed is not installed")
     np.save(tmp_path / "x.npy", np.zeros(3))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": _IMPORTED}
     done = subprocess.run(
         [sys.executable, "-m", "bceloss", "eval", "x.npy", "x.npy", "--scheduler", "inproc://x"],
         cwd=tmp_path,

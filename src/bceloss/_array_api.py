@@ -86,7 +86,7 @@ class NumPyBacked(ArrayAPI):
 
 class NumPy(NumPyBacked):
     """NumPy: sums in `_summation`'s fixed blocks (any chunking adds up to the same bits),
-    the fused kernel from `_dispatch.KERNEL_MIN_SIZE` elements, 0-d arrays for scalars."""
+    the fused kernel (from `_dispatch.KERNEL_MIN_SIZE` elements), 0-d arrays for scalars."""
 
     fused_kernel = True
     writable_out = True

@@ -40,7 +40,9 @@ _EDGE_ADAPTERS: dict[str, tuple[str, str]] = {
     "paddle": ("bceloss._paddle", "Paddle"),
 }
 
-KERNEL_MIN_SIZE = 4096  # elements (kept, under a mask); see docs/performance.md
+# elements (kept, under a mask) from which NumPy calls take the kernel: all with one, as a
+# kernel call costs a few microseconds and NumPy's composite tens (docs/performance.md)
+KERNEL_MIN_SIZE = 1
 
 
 def type_name(obj) -> str:
@@ -132,9 +134,7 @@ def kernel_plan(call, min_size: int = KERNEL_MIN_SIZE):
     """The fused kernel's plan for `call` (see `_kernels.plan`), or None: the formula runs.
 
     The kernel reads NumPy arrays (PyTorch CPU tensors reach it as NumPy views, through
-    their adapter). Below `min_size` elements (kept, under a mask) the formula runs and the
-    kernels are not imported: both take tens of microseconds there, and a program computing
-    only small losses is spared the kernels' import and first compilation.
+    their adapter). Below `min_size` elements (kept, under a mask) the formula runs.
     """
     if not call.backend.fused_kernel or math.prod(call.shape) < min_size:
         return None

@@ -165,7 +165,7 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", *
       >>> x = np.array([20.0, -1.0, 0.5], np.float32)
       >>> y = np.array([1.0, 0.0, 1.0], np.float32)
       >>> print(bceloss.sigmoid_focal_loss(x, y))  # torchvision gives 0 for the first
-      [2.1891279e-27 1.6993538e-02 1.6893374e-02]
+      [2.1891279e-27 1.6993543e-02 1.6893374e-02]
 
     References:
       Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV 2017.
