@@ -1171,3 +1171,35 @@ def test_a_read_only_install_without_a_home_computes_and_writes_nothing(tmp_path
     assert _tree(tmp_path / "site") == before
     assert not (tmp_path / "no-home").exists()
     assert not (tmp_path / "no-cache").exists()
+
+
+def test_the_native_entry_points_refuse_arguments_that_would_reach_outside_an_array():
+    # the planning never passes these; the checks in native.cpp keep a mistake from reading
+    # or writing past an array (each of these crashed the process before the checks)
+    a = np.linspace(0.5, 2, 8)
+    with pytest.raises(ValueError, match="needs out2"):
+        _native.fastmath("log_parts", a, np.empty(8), None, None)
+    with pytest.raises(ValueError, match="needs out2"):  # (or j)
+        _native.fastmath("ldexp_neg", a, np.empty(8), None, None)
+    with pytest.raises(ValueError, match="type"):
+        _native.fastmath("exp_neg_parts", a, np.empty(8), np.empty(8, np.float32), None)
+    with pytest.raises(ValueError, match="type"):
+        _native.fastmath("ldexp_neg", a, np.empty(8), None, np.zeros(8, np.int32))
+    with pytest.raises(ValueError, match="no size"):
+        _native.kept_blocks(np.empty(5, "V0"), np.empty(2, np.int64))
+    shared = np.zeros(16, np.int64)
+    with pytest.raises(ValueError, match="overlap"):
+        _native.kept_blocks(shared.view(np.uint8)[:64], shared[6:8])
+    # starts are copied before the GIL is released: an output over them changes nothing
+    x, y = np.linspace(-3, 3, 24), np.linspace(0, 1, 24)
+    call = _call(True, x, y)
+    pl = _kernels.plan(call)
+    want = _kernels.elementwise(call, pl)[0]
+    out = np.empty(24)
+    starts = out[22:].view(np.int64)  # the last two outputs
+    starts[:] = [0, 24]
+    launch.run_native(
+        0, True, pl.x, pl.y, None, None, None, None, out, None, None, None, None, starts,
+        math.nan, 1.0, 0.0, False, 0.0, 0.0, 1.0, 1, 1,
+    )  # fmt: skip
+    assert out.tobytes() == want.tobytes()

@@ -366,7 +366,11 @@ BCELOSS_INLINE F times(F a, F b) {
 // w v, reading 0 * inf as 0 and keeping NaN, as _formulas._mul_limit.
 template <class F>
 BCELOSS_INLINE F weighted(F w, F v) {
-    return (w == Constants<F>::zero) & !std::isnan(v) ? Constants<F>::zero : w * v;
+    // w = 0: 0, or NaN for a NaN v, as min(|v|, 0) gives it (0 < NaN is false); one select
+    // on w, so that GCC vectorises the loops around it
+    const F a = std::fabs(v);
+    const F zero_or_nan = Constants<F>::zero < a ? Constants<F>::zero : a;
+    return w == Constants<F>::zero ? zero_or_nan : w * v;
 }
 
 // ---------------------------------------------------------------------------------------

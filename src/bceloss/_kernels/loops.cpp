@@ -172,7 +172,7 @@ int64_t kept_blocks(const uint8_t* keep, int64_t n, int64_t* starts, int64_t* ke
             rank -= count;
             k += GROUP;
         }
-        while (rank != 0 || keep[k] == 0) {
+        while (k < n && (rank != 0 || keep[k] == 0)) {  // (k < n: a mask changed meanwhile)
             rank -= keep[k] != 0;
             ++k;
         }

@@ -13,11 +13,17 @@
 
 #include "formulas.hpp"
 
+#if !defined(__GNUC__)
+#error "bceloss's kernels need GCC or clang (vector extensions, __restrict, __builtin_*)"
+#endif
+
 // One build serves every x86-64 machine: the hot loops are compiled for AVX-512 (x86-64-v4),
 // AVX2 with FMA (x86-64-v3) and the baseline, and the loader picks one for the CPU (GCC's
 // function multiversioning, through glibc's ifunc). Elsewhere the baseline alone: the same
-// results, as nothing is contracted unless written as fma.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+// results, as nothing is contracted unless written as fma. (Older GCCs know no
+// arch=x86-64-v4 clone.)
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
+    defined(__GLIBC__)
 #define BCELOSS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define BCELOSS_CLONES

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "loops.hpp"
 #include "threads.hpp"
@@ -33,8 +34,12 @@ struct Held {
 
 bool storage_of_format(const Py_buffer& v, Storage* type) {
     const char* f = v.format == nullptr ? "B" : v.format;
-    if (*f == '@' || *f == '=' || *f == '<') ++f;    // native order (little-endian here or not:
-    if (f[0] == '\0' || f[1] != '\0') return false;  // the planning made every array native)
+    // native byte order only (the planning makes every array native)
+    const bool little = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+    if (*f == '@' || *f == '=' || (*f == '<' && little) || ((*f == '>' || *f == '!') && !little)) {
+        ++f;
+    }
+    if (f[0] == '\0' || f[1] != '\0') return false;
     const Py_ssize_t size = v.itemsize;
     switch (f[0]) {
         case 'f':
@@ -86,6 +91,7 @@ bool hold(PyObject* obj, Held& h, bool writable, const char* name) {
     if (PyObject_GetBuffer(obj, &h.view, flags) != 0) return false;
     h.held = true;
     if (h.view.ndim > 1) return fail(name, "is not flat");
+    if (h.view.itemsize < 1) return fail(name, "has elements of no size");
     return true;
 }
 
@@ -220,7 +226,10 @@ PyObject* run(PyObject*, PyObject* args) {
         fail("starts", "must be int64, blocks + 1 of them");
         return nullptr;
     }
-    a.starts = static_cast<const int64_t*>(hs.view.buf);
+    // a copy, checked: the caller's array could change (or be an output) while the GIL is out
+    std::vector<int64_t> starts_copy(static_cast<const int64_t*>(hs.view.buf),
+                                     static_cast<const int64_t*>(hs.view.buf) + hs.size());
+    a.starts = starts_copy.data();
     a.blocks = hs.size() - 1;
     const int64_t n = a.starts[a.blocks];
     for (int64_t b = 0; b < a.blocks; ++b) {
@@ -252,11 +261,14 @@ PyObject* run(PyObject*, PyObject* args) {
     }
     a.keep = hk.held ? static_cast<const uint8_t*>(hk.view.buf) : nullptr;
     a.grad = a.gy.data != nullptr ? 2 : (a.gx.data != nullptr ? 1 : 0);
-    Py_BEGIN_ALLOW_THREADS if (compute64) { launch<double>(a); }
-    else {
-        launch<float>(a);
-    }
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+        if (compute64) {
+            launch<double>(a);
+        } else {
+            launch<float>(a);
+        }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 const char kept_blocks_doc[] =
@@ -280,11 +292,18 @@ PyObject* kept_blocks(PyObject*, PyObject* args) {
         fail("starts", "must be int64, len(keep) // BLOCK + 2 of them");
         return nullptr;
     }
+    const char* k0 = static_cast<const char*>(hk.view.buf);
+    const char* s0 = static_cast<const char*>(hs.view.buf);
+    if (k0 < s0 + hs.view.len && s0 < k0 + hk.view.len) {
+        fail("keep and starts", "overlap");
+        return nullptr;
+    }
     int64_t kept = 0, blocks = 0;
-    Py_BEGIN_ALLOW_THREADS blocks = bceloss::kept_blocks(
-        static_cast<const uint8_t*>(hk.view.buf), n, static_cast<int64_t*>(hs.view.buf), &kept);
-    Py_END_ALLOW_THREADS return Py_BuildValue("LL", static_cast<long long>(blocks),
-                                              static_cast<long long>(kept));
+    Py_BEGIN_ALLOW_THREADS
+        blocks = bceloss::kept_blocks(static_cast<const uint8_t*>(hk.view.buf), n,
+                                      static_cast<int64_t*>(hs.view.buf), &kept);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("LL", static_cast<long long>(blocks), static_cast<long long>(kept));
 }
 
 // The elementary functions of fastmath.hpp, one array at a time: for the tests, which hold
@@ -351,6 +370,18 @@ PyObject* fastmath(PyObject*, PyObject* args) {
         fail("a, out, out2 and j", "must be float32 or float64 arrays of one length (j int64)");
         return nullptr;
     }
+    Storage t2 = ta, tj = Storage::i64;
+    if ((ho2.held && (!storage_of_format(ho2.view, &t2) || t2 != ta)) ||
+        (hj.held && (!storage_of_format(hj.view, &tj) || tj != Storage::i64))) {
+        fail("out2 and j", "must have a's type and int64");
+        return nullptr;
+    }
+    const std::string which(name);
+    if ((!ho2.held && (which == "exp_neg_parts" || which == "log_parts")) ||
+        (!hj.held && (which == "ldexp_neg" || which == "scaled_down_by_bits"))) {
+        fail(name, "needs out2 (exp_neg_parts, log_parts) or j (ldexp_neg, scaled_down_by_bits)");
+        return nullptr;
+    }
     bool known;
     if (ta == Storage::f32) {
         known = fastmath_apply<float>(name, n, static_cast<const float*>(ha.view.buf),
@@ -395,11 +426,25 @@ PyObject* encode(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+// An entry point with C++ exceptions (no memory for a copy, say) turned into Python's; the
+// code that runs without the GIL throws none.
+template <PyObject* (*Entry)(PyObject*, PyObject*)>
+PyObject* guarded(PyObject* self, PyObject* args) {
+    try {
+        return Entry(self, args);
+    } catch (const std::bad_alloc&) {
+        return PyErr_NoMemory();
+    } catch (const std::exception& e) {
+        PyErr_Format(PyExc_RuntimeError, "bceloss kernel: %s", e.what());
+        return nullptr;
+    }
+}
+
 PyMethodDef methods[] = {
-    {"run", run, METH_VARARGS, run_doc},
-    {"kept_blocks", kept_blocks, METH_VARARGS, kept_blocks_doc},
-    {"fastmath", fastmath, METH_VARARGS, fastmath_doc},
-    {"encode", encode, METH_VARARGS, encode_doc},
+    {"run", guarded<run>, METH_VARARGS, run_doc},
+    {"kept_blocks", guarded<kept_blocks>, METH_VARARGS, kept_blocks_doc},
+    {"fastmath", guarded<fastmath>, METH_VARARGS, fastmath_doc},
+    {"encode", guarded<encode>, METH_VARARGS, encode_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
