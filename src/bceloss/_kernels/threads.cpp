@@ -85,10 +85,12 @@ struct Pool {
     int started = 0;
 
     void serve() {
+        // the requests made when this helper last took one: any made since, during its
+        // chunks or its wait, ends the wait below at once
+        int64_t seen = posted.load(std::memory_order_acquire);
         for (;;) {
             // A short wait for the next call before sleeping: a training loop's next loss
             // comes within microseconds, and waking a sleeping thread costs tens of them.
-            const int64_t seen = posted.load(std::memory_order_acquire);
             spin_while([&] { return posted.load(std::memory_order_acquire) == seen; });
             std::shared_ptr<Job> job;
             {
@@ -99,6 +101,7 @@ struct Pool {
                 Request& front = requests.front();
                 job = front.job;
                 if (--front.helpers == 0) requests.pop_front();
+                seen = posted.load(std::memory_order_acquire);
             }
             take_chunks(*job);
         }
