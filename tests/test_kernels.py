@@ -616,18 +616,24 @@ def test_concurrent_calls_from_many_python_threads_get_the_bits_of_one_call(monk
     assert [team for team, _ in seen] == [3] * 160  # every call ran on a team
 
 
-FORKED = """
-import multiprocessing, os, warnings
-import numpy as np, bceloss
-from bceloss import _kernels
+# A subprocess's record of the team each kernel call ran on (the argument before last)
+SPY_ON_TEAMS = """
 from bceloss._kernels import launch
-warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
 teams = []
 run = launch.run_native
 def spy(*args):
     teams.append(args[-2])
     return run(*args)
 launch.run_native = spy
+"""
+
+FORKED = (
+    SPY_ON_TEAMS
+    + """
+import multiprocessing, os, warnings
+import numpy as np, bceloss
+from bceloss import _kernels
+warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
 def threads():  # the process's threads, the kernels' helpers included (Linux)
     return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
 _kernels.set_num_threads(3)
@@ -652,6 +658,7 @@ assert child_teams == [3], child_teams
 assert before is None or after >= before + 2, (before, after)  # a pool of its own
 assert value == parent
 """
+)
 
 
 def _subprocess_env(**variables):
@@ -683,20 +690,16 @@ def test_a_process_forked_after_a_parallel_call_computes_in_parallel_too():
     assert done.returncode == 0, done.stderr
 
 
-THREADS_FROM_ENVIRONMENT = """
+THREADS_FROM_ENVIRONMENT = (
+    SPY_ON_TEAMS
+    + """
 import os, numpy as np, bceloss
 from bceloss import _kernels
-from bceloss._kernels import launch
-teams = []
-run = launch.run_native
-def spy(*args):
-    teams.append(args[-2])
-    return run(*args)
-launch.run_native = spy
 x = np.linspace(-4, 4, 40 * launch.SERIAL_SIZE)  # 160 blocks
 bceloss.binary_cross_entropy_with_logits(x, (x > 0) * 1.0)
 print(_kernels.get_num_threads(), teams)
 """
+)
 
 
 def _run_script(script, **variables):

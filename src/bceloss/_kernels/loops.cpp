@@ -12,6 +12,19 @@ void decode_run(const S* __restrict src, int64_t count, F* __restrict dst) {
     for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<F>(src[k]);
 }
 
+// buf into the bits of a half type, through `narrow` (float to the bits); a float64 value
+// through a float32 rounded to odd, so that it is rounded once
+template <class F, class Narrow>
+void encode_bits(uint16_t* __restrict dst, int64_t count, const F* __restrict buf, Narrow narrow) {
+    for (int64_t k = 0; k < count; ++k) {
+        if constexpr (std::is_same_v<F, double>) {
+            dst[k] = narrow(float32_round_to_odd(buf[k]));
+        } else {
+            dst[k] = narrow(buf[k]);
+        }
+    }
+}
+
 }  // namespace
 
 template <class F>
@@ -65,28 +78,12 @@ BCELOSS_CLONES void encode(const Output& out, int64_t start, int64_t count, cons
             for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<double>(buf[k]);
             return;
         }
-        case Storage::f16: {
-            uint16_t* dst = static_cast<uint16_t*>(out.data) + start;
-            for (int64_t k = 0; k < count; ++k) {
-                if constexpr (std::is_same_v<F, double>) {
-                    dst[k] = float_to_half(float32_round_to_odd(buf[k]));
-                } else {
-                    dst[k] = float_to_half(buf[k]);
-                }
-            }
-            return;
-        }
-        case Storage::bf16: {
-            uint16_t* dst = static_cast<uint16_t*>(out.data) + start;
-            for (int64_t k = 0; k < count; ++k) {
-                if constexpr (std::is_same_v<F, double>) {
-                    dst[k] = float_to_bfloat16(float32_round_to_odd(buf[k]));
-                } else {
-                    dst[k] = float_to_bfloat16(buf[k]);
-                }
-            }
-            return;
-        }
+        case Storage::f16:
+            return encode_bits(static_cast<uint16_t*>(out.data) + start, count, buf,
+                               [](float v) { return float_to_half(v); });
+        case Storage::bf16:
+            return encode_bits(static_cast<uint16_t*>(out.data) + start, count, buf,
+                               [](float v) { return float_to_bfloat16(v); });
         default:  // outputs are floating (the planning sees to it)
             return;
     }

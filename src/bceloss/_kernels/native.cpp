@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include "loops.hpp"
@@ -307,44 +306,84 @@ PyObject* kept_blocks(PyObject*, PyObject* args) {
 }
 
 // The elementary functions of fastmath.hpp, one array at a time: for the tests, which hold
-// each to the exact value (the kernels inline them; nothing else calls this).
+// each to the exact value (the kernels inline them; nothing else calls this). Each name with
+// what it needs besides `a` and `out`.
+enum class Elementary {
+    exp_neg,
+    log1p_unit,
+    log,
+    log1p_neg,
+    expm1_from_parts,
+    exp_neg_parts,
+    log_parts,
+    ldexp_neg,
+    scaled_down_by_bits
+};
+
+struct ElementaryName {
+    const char* name;
+    Elementary fn;
+    bool out2, j;
+};
+
+constexpr ElementaryName ELEMENTARY[] = {
+    {"exp_neg", Elementary::exp_neg, false, false},
+    {"log1p_unit", Elementary::log1p_unit, false, false},
+    {"log", Elementary::log, false, false},
+    {"log1p_neg", Elementary::log1p_neg, false, false},
+    {"expm1_from_parts", Elementary::expm1_from_parts, false, false},
+    {"exp_neg_parts", Elementary::exp_neg_parts, true, false},
+    {"log_parts", Elementary::log_parts, true, false},
+    {"ldexp_neg", Elementary::ldexp_neg, false, true},
+    {"scaled_down_by_bits", Elementary::scaled_down_by_bits, false, true},
+};
+
 template <class F>
-bool fastmath_apply(const char* name, int64_t n, const F* a, F* out, F* out2, const int64_t* j) {
+void fastmath_apply(Elementary fn, int64_t n, const F* a, F* out, F* out2, const int64_t* j) {
     using Int = typename bceloss::Constants<F>::Int;
     using bceloss::Constants;
-    const std::string which(name);
     for (int64_t i = 0; i < n; ++i) {
         const F v = a[i];
         // exp_neg_parts up to its clamp, as the focal loss calls it
         const F t = v > Constants<F>::parts_arg_max ? Constants<F>::parts_arg_max : v;
-        if (which == "exp_neg") {
-            out[i] = bceloss::exp_neg(v);
-        } else if (which == "log1p_unit") {
-            out[i] = bceloss::log1p_unit(v);
-        } else if (which == "log") {
-            out[i] = bceloss::log(v);
-        } else if (which == "log1p_neg") {
-            out[i] = bceloss::log1p_neg(v);
-        } else if (which == "expm1_from_parts") {
-            const auto parts = bceloss::exp_neg_parts(t);
-            out[i] = bceloss::expm1_from_parts(parts.pm1, parts.n);
-        } else if (which == "exp_neg_parts") {  // 2^-n (1 + P), scaled once, and P
-            const auto parts = bceloss::exp_neg_parts(t);
-            out[i] = bceloss::ldexp_neg(Constants<F>::one + parts.pm1, parts.n);
-            out2[i] = parts.pm1;
-        } else if (which == "log_parts") {
-            const auto parts = bceloss::log_parts(v);
-            out[i] = parts.k;
-            out2[i] = parts.f;
-        } else if (which == "ldexp_neg") {
-            out[i] = bceloss::ldexp_neg(v, static_cast<Int>(j[i]));
-        } else if (which == "scaled_down_by_bits") {
-            out[i] = bceloss::scaled_down_by_bits(v, static_cast<Int>(j[i]));
-        } else {
-            return false;
+        switch (fn) {
+            case Elementary::exp_neg:
+                out[i] = bceloss::exp_neg(v);
+                break;
+            case Elementary::log1p_unit:
+                out[i] = bceloss::log1p_unit(v);
+                break;
+            case Elementary::log:
+                out[i] = bceloss::log(v);
+                break;
+            case Elementary::log1p_neg:
+                out[i] = bceloss::log1p_neg(v);
+                break;
+            case Elementary::expm1_from_parts: {
+                const auto parts = bceloss::exp_neg_parts(t);
+                out[i] = bceloss::expm1_from_parts(parts.pm1, parts.n);
+                break;
+            }
+            case Elementary::exp_neg_parts: {  // 2^-n (1 + P), scaled once, and P
+                const auto parts = bceloss::exp_neg_parts(t);
+                out[i] = bceloss::ldexp_neg(Constants<F>::one + parts.pm1, parts.n);
+                out2[i] = parts.pm1;
+                break;
+            }
+            case Elementary::log_parts: {
+                const auto parts = bceloss::log_parts(v);
+                out[i] = parts.k;
+                out2[i] = parts.f;
+                break;
+            }
+            case Elementary::ldexp_neg:
+                out[i] = bceloss::ldexp_neg(v, static_cast<Int>(j[i]));
+                break;
+            case Elementary::scaled_down_by_bits:
+                out[i] = bceloss::scaled_down_by_bits(v, static_cast<Int>(j[i]));
+                break;
         }
     }
-    return true;
 }
 
 const char fastmath_doc[] =
@@ -376,27 +415,28 @@ PyObject* fastmath(PyObject*, PyObject* args) {
         fail("out2 and j", "must have a's type and int64");
         return nullptr;
     }
-    const std::string which(name);
-    if ((!ho2.held && (which == "exp_neg_parts" || which == "log_parts")) ||
-        (!hj.held && (which == "ldexp_neg" || which == "scaled_down_by_bits"))) {
+    const ElementaryName* found = nullptr;
+    for (const ElementaryName& e : ELEMENTARY) {
+        if (std::strcmp(e.name, name) == 0) found = &e;
+    }
+    if (found == nullptr) {
+        PyErr_Format(PyExc_ValueError, "bceloss kernel: no function %s in fastmath.hpp", name);
+        return nullptr;
+    }
+    if ((found->out2 && !ho2.held) || (found->j && !hj.held)) {
         fail(name, "needs out2 (exp_neg_parts, log_parts) or j (ldexp_neg, scaled_down_by_bits)");
         return nullptr;
     }
-    bool known;
     if (ta == Storage::f32) {
-        known = fastmath_apply<float>(name, n, static_cast<const float*>(ha.view.buf),
-                                      static_cast<float*>(ho.view.buf),
-                                      ho2.held ? static_cast<float*>(ho2.view.buf) : nullptr,
-                                      hj.held ? static_cast<const int64_t*>(hj.view.buf) : nullptr);
+        fastmath_apply<float>(found->fn, n, static_cast<const float*>(ha.view.buf),
+                              static_cast<float*>(ho.view.buf),
+                              ho2.held ? static_cast<float*>(ho2.view.buf) : nullptr,
+                              hj.held ? static_cast<const int64_t*>(hj.view.buf) : nullptr);
     } else {
-        known = fastmath_apply<double>(
-            name, n, static_cast<const double*>(ha.view.buf), static_cast<double*>(ho.view.buf),
-            ho2.held ? static_cast<double*>(ho2.view.buf) : nullptr,
-            hj.held ? static_cast<const int64_t*>(hj.view.buf) : nullptr);
-    }
-    if (!known) {
-        PyErr_Format(PyExc_ValueError, "bceloss kernel: no function %s in fastmath.hpp", name);
-        return nullptr;
+        fastmath_apply<double>(found->fn, n, static_cast<const double*>(ha.view.buf),
+                               static_cast<double*>(ho.view.buf),
+                               ho2.held ? static_cast<double*>(ho2.view.buf) : nullptr,
+                               hj.held ? static_cast<const int64_t*>(hj.view.buf) : nullptr);
     }
     Py_RETURN_NONE;
 }
