@@ -392,6 +392,31 @@ def test_weight_0_wins_over_an_infinite_pos_weight_on_both_paths(n):
     assert np.isnan(BCEL(x, y, w, "none", p)[0])
 
 
+@pytest.mark.parametrize("wdtype", ["float32", "bfloat16", "float64"])
+@pytest.mark.parametrize("rows", [1, 8197])  # one block, and several with a periodic weight
+def test_weighted_mean_of_weights_near_the_dtypes_largest_is_not_inf(wdtype, rows):
+    # sum(w l) / sum(w) does not depend on the weights' scale: weights 2^126 times larger (w l
+    # and sum(w) beyond float32's range) give the loss and gradients of the weights as they
+    # are, on the kernels (float32 input)
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((rows, 3)) * 3).astype(np.float32)
+    y = rng.random((rows, 3)).astype(np.float32)
+    w = rng.uniform(1, 4, 3).astype(np.float32)
+    big = (w.astype(np.float64) * 2.0**126).astype(ml_dtypes.finfo(wdtype).dtype)
+    small = (big.astype(np.float64) * 2.0**-126).astype(np.float32)  # big, exactly rescaled
+    want_loss, (want_gx, want_gy) = bceloss.value_and_grad(BCEL, (0, 1))(
+        x, y, small, "weighted_mean"
+    )
+    loss, (gx, gy) = bceloss.value_and_grad(BCEL, (0, 1))(x, y, big, "weighted_mean")
+    # a power of two scales exactly: the same bits, value and gradients
+    assert np.isfinite(want_loss)
+    assert np.isfinite(want_gx).all()
+    assert np.isfinite(want_gy).all()
+    assert loss == want_loss == BCEL(x, y, big, "weighted_mean")
+    np.testing.assert_array_equal(gx, want_gx)
+    np.testing.assert_array_equal(gy, want_gy)
+
+
 def test_torch_out_follows_numpys_rules():
     torch = pytest.importorskip("torch")
     vg = bceloss.value_and_grad(BCEL)

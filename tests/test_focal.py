@@ -411,3 +411,35 @@ def test_tiny_m_against_oracle(library, dtype, alpha, gamma):
     # m is not, and so are gradients there
     held = (_log_m(x, y) < np.log(float(np.finfo(dtype).smallest_normal))) & (np.abs(dy) > 1e-300)
     assert held.sum() >= (3 if gamma < 1 else 0)
+
+
+@pytest.mark.parametrize("library", [*LIBRARIES, "jax"])
+@pytest.mark.parametrize("fast", [True, False])  # the kernel (NumPy, PyTorch CPU) or formula
+def test_target_outside_0_1_is_nan_on_both_paths(library, fast):
+    # 1 - p_t is negative for y = 1.5 at x = 4 (and m^gamma has no real value): NaN, loss
+    # and both gradients, at the outside elements only; the others as if alone
+    if library == "jax":
+        jnp = pytest.importorskip("jax.numpy", reason="jax is not installed")
+        to, back = jnp.asarray, np.asarray  # float32 (JAX by default)
+    else:
+        to, back = _library(library, np.float64)
+    x = np.array([-3.0, 4.0, 0.5, 20.0, -1.0, 2.0])
+    y = np.array([1.5, 1.5, 0.3, -0.5, 1.0 + 2**-20, 0.0])
+    inside = (y >= 0) & (y <= 1)
+    for alpha, gamma in [(0.25, 2.0), (-1.0, 1.5), (0.6, 0.0)]:
+        call = FOCAL._bceloss_bind(to(x), to(y), alpha, gamma, "none")
+        got = back(_evaluate.evaluate(call, fast=fast))
+        _, (gx, gy) = _evaluate.loss_and_grad(
+            FOCAL._bceloss_bind(to(x), to(y), alpha, gamma, "sum"), (0, 1), fast=fast
+        )
+        alone = FOCAL._bceloss_bind(to(x[inside]), to(y[inside]), alpha, gamma, "none")
+        want = back(_evaluate.evaluate(alone, fast=fast))
+        for v in (got, back(gx), back(gy)):
+            assert np.isnan(v[~inside]).all()
+            assert not np.isnan(v[inside]).any()
+        np.testing.assert_array_equal(got[inside], want)
+    # Paddle's ignored label -100 is outside [0, 1] too: it still gives 0, on both paths
+    call = pd.sigmoid_focal_loss._bceloss_bind(x, np.where(inside, y, -100.0), None, 0.25, 2.0)
+    assert _evaluate.evaluate(call, fast=fast) == _evaluate.evaluate(
+        pd.sigmoid_focal_loss._bceloss_bind(x[inside], y[inside], None, 0.25, 2.0), fast=fast
+    )

@@ -292,8 +292,12 @@ def focal(
 
     r and ce / m stay bounded where m underflows; they and m^gamma are computed from m scaled
     by a power of 2 where m is tiny (`_Modulation`). gamma = 0 and alpha None give `logits`
-    exactly. Infinite logits give their limits.
+    exactly. Infinite logits give their limits. A target outside [0, 1] gives NaN (values
+    and gradients): m may be negative there, and m^gamma has no real value.
     """
+    # the "double where": an outside target computes on y = 1/2, then its results become NaN
+    outside = (y < 0) | (y > 1)
+    y = xp.where(outside, xp.ones_like(y) / 2, y)
     ce, ce_x, _ = logits(xp, x, y, loss=True, grad_input=grad_input)
     at = None if alpha is None else alpha * y + (1 - alpha) * (1 - y)
     l = gx = gy = None
@@ -329,6 +333,7 @@ def focal(
         if mod is not None:
             gy = mod.times(gy)
         gy = xp.where(xp.isinf(x), _focal_limit(xp, x, y, alpha, at, gamma), gy)
+    l, gx, gy = (None if v is None else xp.where(outside, xp.nan, v) for v in (l, gx, gy))
     return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
 
 

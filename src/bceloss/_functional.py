@@ -146,7 +146,8 @@ def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", *
 
     Args:
       input: logits, a floating array of any shape.
-      target: an array of input's shape, in [0, 1] (integer and bool are cast).
+      target: an array of input's shape, in [0, 1] (integer and bool are cast); an element
+        outside [0, 1] gives NaN (loss and gradients), where 1 - p_t may be negative.
       alpha: the weight of the positives in (0, 1); < 0 turns it off.
       gamma: the focusing exponent, a number in [0, 100].
       reduction: 'none', 'mean', 'sum' or 'weighted_mean' (no weight: equal to 'mean').

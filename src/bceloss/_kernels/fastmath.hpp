@@ -45,6 +45,7 @@ struct Constants<float> {
     static constexpr float two = 2.0f;
     static constexpr float half = 0.5f;
     static constexpr float inf = std::numeric_limits<float>::infinity();
+    static constexpr float nan = std::numeric_limits<float>::quiet_NaN();
     static constexpr float tiny = std::numeric_limits<float>::min();
     // ln 2 split so that k ln2_hi is exact for the k that occur (Cody and Waite)
     static constexpr float ln2_hi = float(0.693145751953125);
@@ -106,6 +107,7 @@ struct Constants<double> {
     static constexpr double two = 2.0;
     static constexpr double half = 0.5;
     static constexpr double inf = std::numeric_limits<double>::infinity();
+    static constexpr double nan = std::numeric_limits<double>::quiet_NaN();
     static constexpr double tiny = std::numeric_limits<double>::min();
     static constexpr double ln2_hi = 6.93147180369123816490e-01;
     static constexpr double ln2_lo = 1.90821492927058770002e-10;

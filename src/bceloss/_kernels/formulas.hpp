@@ -169,8 +169,9 @@ BCELOSS_INLINE F alpha_mix(F alpha, F at, F ce, F v) {
 // The sigmoid focal loss at one element, as _formulas.focal: l = w a_t m^gamma ce, with
 // m = 1 - p_t and ce BCE with logits. HasAlpha false: alpha off (a_t = 1, the argument
 // unused). gamma >= 0, double whatever F (m^gamma is computed in double and rounded once);
-// 0 gives BCE with logits weighted by a_t, values and gradients. NaN in x gives NaN; an
-// infinite x, the limits of _formulas._focal_limit. Zero at the ignored label.
+// 0 gives BCE with logits weighted by a_t, values and gradients. NaN in x, or a target
+// outside [0, 1], gives NaN; an infinite x, the limits of _formulas._focal_limit. Zero at
+// the ignored label.
 template <class F, bool HasAlpha>
 BCELOSS_INLINE Terms<F> focal(F x, F y, F w, F alpha, double gamma, F ignore) {
     using C = Constants<F>;
@@ -249,6 +250,12 @@ BCELOSS_INLINE Terms<F> focal(F x, F y, F w, F alpha, double gamma, F ignore) {
     gy = u == C::inf ? lim : gy;
     loss = weighted(at, loss);
     gx = at * gx;
+    // A target outside [0, 1] has no focal loss: m = 1 - p_t may be negative there, and
+    // m^gamma has no real value. NaN, values and gradients, as _formulas.focal.
+    const bool outside = y < C::zero || y > C::one;
+    loss = outside ? C::nan : loss;
+    gx = outside ? C::nan : gx;
+    gy = outside ? C::nan : gy;
     const bool ign = y == ignore;
     return {ign ? C::zero : weighted(w, loss), ign ? C::zero : w * gx,
             ign ? C::zero : weighted(w, gy)};

@@ -15,7 +15,7 @@ import numpy as np
 
 from bceloss import _dtypes, _reduce, _summation
 from bceloss._kernels._native import run as run_native
-from bceloss._kernels.plan import Plan, storage
+from bceloss._kernels.plan import Plan, downscaled, storage
 from bceloss._kernels.threads import get_num_threads
 
 CHUNKS_PER_THREAD = 8
@@ -88,16 +88,33 @@ def _total(call, sums, denominator) -> np.ndarray:
     return _reduce.finish(_summation.combine(sums), denominator, call.reduction, call.dtype)
 
 
+def _rescued(call, pl: Plan, run):
+    """What `run(pl)` returns first (it returns (result, finite)), or where that is not
+    finite, `run` on the plan with weights scaled down (`plan.downscaled`): a 'weighted_mean'
+    of weights near the dtype's largest number whose products w l, or their sum, overflowed.
+    Ordinary calls pay one `isfinite`."""
+    result, finite = run(pl)
+    if finite or pl.wd is None:
+        return result
+    smaller = downscaled(call, pl)
+    return result if smaller is None else run(smaller)[0]
+
+
 def loss(call, pl: Plan):
     """The loss of a call that `plan` accepted."""
     if call.reduction == "none":
         out = np.empty(call.shape, call.dtype)
         _run(call, pl, out=out)
         return out
-    sums = _block_array(pl)
-    wsums = None if pl.wd is None else _block_array(pl)  # 'weighted_mean', in the same pass
-    _run(call, pl, sums=sums, wsums=wsums)
-    return _total(call, sums, pl.kept if wsums is None else _summation.combine(wsums))
+
+    def run(pl):
+        sums = _block_array(pl)
+        wsums = None if pl.wd is None else _block_array(pl)  # 'weighted_mean', in the same pass
+        _run(call, pl, sums=sums, wsums=wsums)
+        total = _total(call, sums, pl.kept if wsums is None else _summation.combine(wsums))
+        return total, np.isfinite(total)
+
+    return _rescued(call, pl, run)
 
 
 def elementwise(call, pl: Plan, *, loss=True, grad_input=False, grad_target=False):
@@ -122,16 +139,20 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
         gx = np.empty(call.shape, call.input.dtype) if out is None else out
     if 1 in wrt:
         gy = np.empty(call.shape, _target_grad_dtype(call))
-    # d/dx of a mean is the elementwise gradient over the denominator in the computation
-    # dtype (as _reduce.gradient divides; nothing kept divides by 1). A 'weighted_mean' needs
-    # its weights' sum first: a pass reading the weight alone. A backward pass's seed joins
-    # the divisor.
-    denominator = _denominator(call, pl)
-    if call.reduction == "mean":
-        divisor = float(pl.ct(max(denominator, 1))) / seed
-    else:
-        divisor = float(pl.ct(denominator)) / seed
-    sums = _block_array(pl)
-    _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=divisor)
+
+    def run(pl):
+        # d/dx of a mean is the elementwise gradient over the denominator in the computation
+        # dtype (as _reduce.gradient divides; nothing kept divides by 1). A 'weighted_mean'
+        # needs its weights' sum first: a pass reading the weight alone. A backward pass's
+        # seed joins the divisor.
+        denominator = _denominator(call, pl)
+        with np.errstate(over="ignore"):  # a weights' sum beyond the dtype: rescued below
+            divisor = pl.ct(max(denominator, 1) if call.reduction == "mean" else denominator)
+        sums = _block_array(pl)
+        _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=float(divisor) / seed)
+        total = _total(call, sums, denominator)
+        return total, np.isfinite(divisor) and np.isfinite(total)
+
+    total = _rescued(call, pl, run)
     grads = {0: gx, 1: gy}
-    return _total(call, sums, denominator), tuple(grads[i] for i in wrt)
+    return total, tuple(grads[i] for i in wrt)

@@ -13,6 +13,7 @@ up exactly what the sum of the kept elements alone adds up.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -129,6 +130,27 @@ def plan(call, min_size: int = 1) -> Plan | None:
         # gamma in float64: m^gamma is computed in float64 (a float32 0.3 would be 4e-8 off)
         focal = (None if call.alpha is None else ct(call.alpha), np.float64(call.gamma))
     return Plan(flat(x), flat(y), w, p, keep, wd, starts, int(kept), smooth, focal, ct, n)
+
+
+def downscaled(call, pl: Plan) -> Plan | None:
+    """pl with every weight times 2^-e, e the binary exponent of the largest |weight|: for a
+    'weighted_mean' whose products w l or weights' sum overflowed the compute dtype, where
+    sum(w l) / sum(w) is the same ratio. A power of two scales exactly (but where a scaled
+    weight is subnormal), so the result is the one an unbounded dtype would round to. None
+    where that cannot help: no weight above 1, NaN, or integral weights (below 2^64)."""
+    if pl.wd is None or not _dtypes.is_floating(np, call.weight.dtype):
+        return None
+    largest = float(np.max(np.abs(np.asarray(call.weight, np.float64))))
+    if not 1 < largest < math.inf:
+        return None
+    factor = 2.0 ** -math.frexp(largest)[1]
+
+    def scaled(a):
+        if a.dtype.kind in "iu":  # a half weight as its bits: scaled in float32 (exact)
+            a = a.view(call.weight.dtype).astype(np.float32)
+        return flat(a * a.dtype.type(factor))
+
+    return dataclasses.replace(pl, w=scaled(pl.w), wd=scaled(pl.wd))
 
 
 @functools.lru_cache(maxsize=64)
