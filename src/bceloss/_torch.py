@@ -24,10 +24,11 @@ import importlib
 import inspect
 import math
 
+import numpy as np
 import torch
 from torch.autograd import forward_ad
 
-from bceloss import _array_api, _dispatch, _dtypes, _evaluate, _gradients, _reduce, _validation
+from bceloss import _array_api, _dispatch, _evaluate, _gradients, _reduce, _validation
 
 _ARRAYS = ("input", "target", "weight", "pos_weight")
 _TENSORS = (*_ARRAYS, "where")  # the Function's: vmap batches its tensor arguments
@@ -53,8 +54,11 @@ class Torch(_array_api.ArrayAPI):
         call = _autocast(call)
         if records(call):
             unbound = _bind(call, (None,) * len(_TENSORS), _TENSORS)
+            # outside torch.func and forward-mode AD, the classic Function: the same node,
+            # without the argument binding of a Function with setup_context
+            fn = _function(transformable=_tangents_possible())
             # the last argument, a list, carries the gradient a CPU forward computes (`_eager`)
-            return _function().apply(unbound, *_arrays(call, _TENSORS), [])
+            return fn.apply(unbound, *_arrays(call, _TENSORS), [])
         return forward(call)
 
     def native_loss_and_grad(self, call, wrt, *, out, seed):
@@ -153,25 +157,29 @@ def numpy_twin(call):
     """The call on NumPy views of its PyTorch CPU tensors (zero-copy), or None: another
     device, a result dtype other than float32 and float64, or a bfloat16 argument (NumPy has
     no view of it)."""
-    if call.input.device.type != "cpu" or _dtypes.dtype_name(call.dtype) not in (
-        "float32",
-        "float64",
-    ):
+    if call.input.device.type != "cpu" or call.dtype not in _NUMPY_DTYPES:
         return None
     arrays = {}
     for name in _TENSORS:
         a = getattr(call, name)
-        if a is not None and _dtypes.dtype_name(a.dtype) == "bfloat16":
-            return None
-        arrays[name] = None if a is None else a.detach().numpy()
-    import numpy as np
+        if a is not None:
+            if a.dtype is torch.bfloat16:
+                return None
+            a = a.detach().numpy()
+        arrays[name] = a
+    xp, backend = _numpy_backend()
+    return call.replace(xp=xp, backend=backend, dtype=_NUMPY_DTYPES[call.dtype], **arrays)
 
-    xp, backend = _dispatch.backend_of(np.empty(0))
-    dtype = np.dtype(_dtypes.dtype_name(call.dtype))
-    return call.replace(xp=xp, backend=backend, dtype=dtype, **arrays)
+
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
-def forward(call, eager=None):
+@functools.cache
+def _numpy_backend():
+    return _dispatch.backend_of(np.empty(0))
+
+
+def forward(call, eager=None, plain=False):
     """The loss of a PyTorch call: the Function's forward (run with grad mode off), and a call
     with nothing recording. A CPU call runs on NumPy views of its tensors (`numpy_twin`);
     under a `torch.func` transform and off the CPU the formula runs on PyTorch
@@ -179,8 +187,9 @@ def forward(call, eager=None):
 
     `eager`: the Function's list. On NumPy views, where `_eager` allows, the input's gradient
     is computed in the loss's own pass and appended to it (elementwise, in the computation
-    dtype, for reduction='none'); the backward then only scales it."""
-    twin = None if _transformed(*_arrays(call, _TENSORS)) else numpy_twin(call)
+    dtype, for reduction='none'); the backward then only scales it. `plain`: no transform and
+    no forward-mode AD around the call (the classic node's forward), nothing to ask."""
+    twin = None if not plain and _transformed(*_arrays(call, _TENSORS)) else numpy_twin(call)
     if twin is None:
         return _evaluate.evaluate(call)
     if eager is None or not _eager(call):
@@ -225,8 +234,8 @@ def _scaled_eager(gx, grad, dtype):
 
 def _batched(grad) -> bool:
     """Whether `grad` is a tensor of PyTorch's older vmap (gradcheck's batched checks run the
-    backward under it): a "Batched" dispatch key; NumPy cannot view it, float() cannot read
-    it."""
+    backward under it): a "Batched" dispatch key (the Python enum does not name it); NumPy
+    cannot view it, float() cannot read it."""
     return "Batched" in str(torch._C._dispatch_keys(grad))
 
 
@@ -277,7 +286,12 @@ def backward(call, grad, needs):
 
 
 @functools.cache
-def _function():
+def _function(transformable: bool = True):
+    """The autograd node of a call; `transformable`: for torch.func transforms and forward-mode
+    AD (a Function with setup_context and a jvp), else the classic form of the same node."""
+    if not transformable:
+        return _classic_function()
+
     class BCELossFunction(torch.autograd.Function):
         """One bceloss call as a PyTorch autograd node; its arguments: (call, *tensors), the
         tensors those of `_TENSORS`, None in `call`."""
@@ -291,14 +305,8 @@ def _function():
 
         @staticmethod
         def setup_context(ctx, inputs, output):
-            call, *arrays, eager = inputs
-            ctx.call = call  # no tensors: they are saved below
-            ctx.eager = eager[0] if eager else None  # the input's gradient (`forward`)
-            ctx.save_for_backward(*arrays)
-            ctx.save_for_forward(*arrays)
-            # a zero tangent or gradient is None, not zeros: at x = -inf, d l / d y is
-            # infinite, and inf * 0 = NaN
-            ctx.set_materialize_grads(False)
+            _setup(ctx, inputs)
+            ctx.save_for_forward(*inputs[1:-1])
 
         @staticmethod
         def backward(ctx, grad):
@@ -326,6 +334,36 @@ def _function():
     # Function with setup_context); inspect returns a function's __signature__ when it has one
     fwd = BCELossFunction.forward
     fwd.__signature__ = inspect.signature(fwd)
+    return BCELossFunction
+
+
+def _setup(ctx, inputs):
+    """The context of a call's node, for its backward: inputs = (call, *tensors, eager)."""
+    call, *arrays, eager = inputs
+    ctx.call = call  # no tensors: they are saved below
+    ctx.eager = eager[0] if eager else None  # the input's gradient (`forward`)
+    ctx.save_for_backward(*arrays)
+    # a zero tangent or gradient is None, not zeros: at x = -inf, d l / d y is infinite, and
+    # inf * 0 = NaN
+    ctx.set_materialize_grads(False)
+
+
+def _classic_function():
+    node = _function()  # its backward
+
+    class BCELossFunction(torch.autograd.Function):
+        """`_function()`'s node in the classic form (forward takes the context): what eager
+        autograd records; the same forward, context and backward."""
+
+        @staticmethod
+        def forward(ctx, call, *arrays_and_eager):
+            *arrays, eager = arrays_and_eager
+            output = forward(_bind(call, arrays, _TENSORS), eager, plain=True)
+            _setup(ctx, (call, *arrays_and_eager))  # no jvp: nothing saved for it
+            return output
+
+        backward = node.backward
+
     return BCELossFunction
 
 

@@ -23,6 +23,7 @@ CHUNKS_PER_THREAD = 8
 # and waiting for them costs about what they would save there.
 SERIAL_SIZE = 4 * _summation.BLOCK
 _KINDS = {"logits": 0, "probabilities": 1, "focal": 2}
+_LARGEST = {np.float32: float(np.finfo(np.float32).max), np.float64: math.inf}
 
 
 def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0) -> None:
@@ -57,7 +58,7 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, d
         alpha is not None,
         0.0 if alpha is None else float(alpha),
         float(gamma),
-        float(pl.ct(divisor)),
+        float(pl.ct(divisor)) if abs(divisor) < _LARGEST[pl.ct] else divisor,
         team,
         chunks,
     )
@@ -112,7 +113,7 @@ def loss(call, pl: Plan):
         wsums = None if pl.wd is None else _block_array(pl)  # 'weighted_mean', in the same pass
         _run(call, pl, sums=sums, wsums=wsums)
         total = _total(call, sums, pl.kept if wsums is None else _summation.combine(wsums))
-        return total, np.isfinite(total)
+        return total, math.isfinite(total)
 
     return _rescued(call, pl, run)
 
@@ -146,12 +147,15 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
         # needs its weights' sum first: a pass reading the weight alone. A backward pass's
         # seed joins the divisor.
         denominator = _denominator(call, pl)
-        with np.errstate(over="ignore"):  # a weights' sum beyond the dtype: rescued below
-            divisor = pl.ct(max(denominator, 1) if call.reduction == "mean" else denominator)
+        divisor = max(denominator, 1) if call.reduction == "mean" else denominator
+        if abs(divisor) < _LARGEST[pl.ct]:
+            divisor = float(pl.ct(divisor))
+        else:  # a weights' sum beyond the dtype: rescued below
+            divisor = math.inf if math.isfinite(divisor) else divisor
         sums = _block_array(pl)
-        _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=float(divisor) / seed)
+        _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=divisor / seed)
         total = _total(call, sums, denominator)
-        return total, np.isfinite(divisor) and np.isfinite(total)
+        return total, math.isfinite(divisor) and math.isfinite(total)
 
     total = _rescued(call, pl, run)
     grads = {0: gx, 1: gy}

@@ -30,7 +30,7 @@ MIN_PERIOD = 1024
 BITS = {"float16": np.uint16, "bfloat16": np.int16}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: its __init__ is half the cost
 class Plan:
     """How a call runs in the kernel: flat arrays as stored, periodic weights, its blocks."""
 
@@ -48,16 +48,24 @@ class Plan:
     n: int
 
 
+_STORAGE: dict = {}  # dtype -> storage(dtype): a training loop asks again and again
+
+
 def storage(dtype) -> np.dtype:
     """The dtype in which the kernel reads or writes an array of `dtype` (halves as bits)."""
-    return np.dtype(BITS.get(_dtypes.dtype_name(dtype), dtype))
+    stored = _STORAGE.get(dtype)
+    if stored is None:
+        stored = _STORAGE[dtype] = np.dtype(BITS.get(_dtypes.dtype_name(dtype), dtype))
+    return stored
 
 
 def flat(a: np.ndarray) -> np.ndarray:
     """a, flat, C-contiguous, in native byte order, halves as bits (a view where it can)."""
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return np.ascontiguousarray(a).reshape(-1).view(storage(a.dtype))
+    stored = storage(a.dtype)
+    a = a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+    return a if stored is a.dtype else a.view(stored)
 
 
 def _readable(a: np.ndarray) -> bool:
