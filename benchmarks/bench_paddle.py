@@ -5,7 +5,8 @@ logits' `.grad`), on the same paddle tensors: Paddle eager's
 `paddle.nn.functional.binary_cross_entropy_with_logits` against
 `bceloss.compat.paddle.binary_cross_entropy_with_logits`, at 10^4, 10^6 and 10^7 elements.
 Both are timed in turn within each repeat (interleaved: a noisy neighbour slows both
-alike); the table shows medians and the ratio Paddle / bceloss. Options: --repeats N,
+alike), each over about 20 ms of passes in a row; the table shows medians and the ratio
+Paddle / bceloss. Options: --repeats N,
 --sizes 4 6 7 (`--help`). It lives outside the package: bceloss does not ship it.
 """
 
@@ -25,13 +26,21 @@ with warnings.catch_warnings():  # Paddle warns on import when ccache is absent
 from bceloss.compat import paddle as pd
 
 
-def _step(fn, x, y):
-    """One forward + backward; the seconds it took."""
-    x.clear_gradient()
+def _steps(fn, x, y, inner: int) -> float:
+    """`inner` forward + backward passes in a row; the seconds one took, on average."""
     start = time.perf_counter()
-    fn(x, y).backward()
-    _ = x.grad  # the gradient is there
-    return time.perf_counter() - start
+    for _ in range(inner):
+        x.clear_gradient()
+        fn(x, y).backward()
+        _ = x.grad  # the gradient is there
+    return (time.perf_counter() - start) / inner
+
+
+def _inner(fn, x, y) -> int:
+    """Passes per timing: about 20 ms of work (one pass is too short to time alone at 10^4,
+    and a lone call pays for the other loss having just run)."""
+    once = _steps(fn, x, y, 3)
+    return max(1, min(1000, int(0.02 / max(once, 1e-7))))
 
 
 def run(sizes, repeats):
@@ -46,18 +55,19 @@ def run(sizes, repeats):
         n = 10**exponent
         x = paddle.to_tensor(rng.normal(0, 3, n).astype(np.float32), stop_gradient=False)
         y = paddle.to_tensor((rng.random(n) > 0.5).astype(np.float32))
-        for fn in methods.values():  # warm up: first calls compile and allocate
-            for _ in range(3):
-                _step(fn, x, y)
+        inner = {}
+        for name, fn in methods.items():  # warm up: first calls compile and allocate
+            _steps(fn, x, y, 3)
+            inner[name] = _inner(fn, x, y)
         times = {name: [] for name in methods}
         for _ in range(repeats):
             for name, fn in methods.items():
-                times[name].append(_step(fn, x, y))
+                times[name].append(_steps(fn, x, y, inner[name]))
         med = {name: statistics.median(t) for name, t in times.items()}
         ratio = med["paddle"] / med["bceloss"]
         print(
             f"{f'10^{exponent}':>10} {med['paddle'] * 1e3:10.3f} "
-            f"{med['bceloss'] * 1e3:11.3f} {ratio:6.1f}x"
+            f"{med['bceloss'] * 1e3:11.3f} {ratio:6.2f}x"
         )
 
 

@@ -114,9 +114,12 @@ def _is_paddle(value) -> bool:
     return type(value).__module__.partition(".")[0] == "paddle"
 
 
+_NOT_ARRAYS = (str, np.ndarray, np.generic, bool, int, float, complex)  # nor foreign arrays
+
+
 def _foreign(value) -> bool:
     """Whether `value` is an array of a library other than Paddle and NumPy."""
-    if isinstance(value, (np.ndarray, np.generic, bool, int, float, complex)) or _is_paddle(value):
+    if value is None or isinstance(value, _NOT_ARRAYS) or _is_paddle(value):
         return False
     return array_api_compat.is_array_api_obj(value)
 
@@ -156,9 +159,20 @@ def _tensor(a):
     if _dtypes.dtype_name(a.dtype) == "bfloat16":  # DLPack has no bfloat16 view: exact casts
         return paddle.utils.dlpack.from_dlpack(a.astype(np.float32)).astype(paddle.bfloat16)
     # paddle.utils.dlpack.from_dlpack's steps for a NumPy array on the CPU, without its
-    # device and version negotiation (a quarter of its time)
+    # device and version negotiation (a quarter of its time), and without the Python layer
+    # paddle puts over Tensor.__init__ (it parses a place's name on every call) where the
+    # original is at hand
     out = paddle.base.core.from_dlpack(a.__dlpack__())
-    return paddle.Tensor(out, place=out._place())
+    if _TENSOR_INIT is None:
+        return paddle.Tensor(out, device=out._place())
+    tensor = paddle.Tensor.__new__(paddle.Tensor)
+    _TENSOR_INIT(tensor, out)
+    return tensor
+
+
+# Tensor.__init__ as Paddle's extension defines it (paddle/__init__.py keeps it there before
+# wrapping it), or None
+_TENSOR_INIT = getattr(paddle, "original_init", None)
 
 
 def _seed(grad):
