@@ -9,7 +9,7 @@ pos_weight. Anchors: a NumPy composite of the stable formula, PyTorch eager (2 t
 torch.compile where PyTorch is installed, and the memory-bandwidth limit measured in the same
 run (a parallel loop that reads 8 bytes per element, and one that also writes 4). Every
 method is timed in turn within each repeat (interleaved: a noisy neighbour slows them all
-alike), and the table shows medians and ratios. Also: peak extra memory of forward +
+alike), over about 20 ms of calls in a row, and the table shows medians and ratios. Also: peak extra memory of forward +
 gradient (tracemalloc) and the first result of a new process (disk cache warm).
 """
 
@@ -31,6 +31,9 @@ BCEL = bceloss.binary_cross_entropy_with_logits
 CASES = {"1e4": (10**4,), "1e6": (10**6,), "1e7": (10**7,), "4096x1000 pw": (4096, 1000)}
 
 
+_POOLS: list = []
+
+
 def _bandwidth_limits(threads: int):
     """Two streaming loops on `threads` threads (NumPy releases the GIL): one that reads x and
     y (a dot product of each thread's share), one that also writes (x - y into a buffer).
@@ -38,6 +41,7 @@ def _bandwidth_limits(threads: int):
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(threads)
+    _POOLS.append(pool)  # shut down after its case (`main`)
 
     def shares(n):
         return [slice(k * n // threads, (k + 1) * n // threads) for k in range(threads)]
@@ -113,18 +117,22 @@ def _time(fn, inner):
 
 
 def _measure(methods, n, repeats):
-    """Interleaved medians: per method, (forward seconds, forward + gradient seconds)."""
-    inner = max(1, int(2e6 // n))
-    for fwd, fg in methods.values():  # warm-up: compile, caches, first-touch pages
-        for f in (fwd, fg):
+    """Interleaved medians: per method, (forward seconds, forward + gradient seconds). Each
+    sample is the mean of at least 3 calls in a row, about 20 ms of them: PyTorch's OpenMP
+    threads spin for some milliseconds after its parallel calls, slowing whatever the next
+    call is (a lone call after PyTorch's measures PyTorch's spinning too)."""
+    inner = {}
+    for name, fns in methods.items():  # warm-up (compile, caches, first-touch pages), calibrate
+        for k, f in enumerate(fns):
             if f is not None:
                 f()
+                inner[name, k] = max(3, min(2000, int(0.02 / max(_time(f, 1), 1e-7))))
     samples = {name: ([], []) for name in methods}
     for _ in range(repeats):
         for name, fns in methods.items():
             for k, f in enumerate(fns):
                 if f is not None:
-                    samples[name][k].append(_time(f, inner))
+                    samples[name][k].append(_time(f, inner[name, k]))
     return {
         name: tuple(statistics.median(s) if s else math.nan for s in pair)
         for name, pair in samples.items()
@@ -247,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         y = (rng.random(shape) < 0.3).astype(np.float32)
         p = rng.uniform(0.5, 4, shape[-1]).astype(np.float32) if len(shape) == 2 else None
         times = _measure(_methods(x, y, p, torch is not None, compiled), n, args.repeats)
+        while _POOLS:
+            _POOLS.pop().shutdown()
         for name, (tf, tg) in times.items():
             fwd = f"{'-':>9}{'-':>8}" if math.isnan(tf) else f"{tf * 1e3:9.3f}{n / tf / 1e9:8.2f}"
             print(f"{case:<14}{name:<17}{fwd}{tg * 1e3:13.3f}{n / tg / 1e9:8.2f}")
