@@ -416,6 +416,28 @@ def test_flavour_classes_are_paddle_layers_in_a_model():
     assert not net.loss.training
 
 
+def test_a_parameter_assigned_as_pos_weight_is_a_parameter_and_learns():
+    # a Parameter is a layer's parameter (the optimizer sees it), not a buffer, as with
+    # Paddle's loss; and it gets its gradient (Paddle's loss gives none): for 'mean',
+    # d l / d p_j = sum over rows of y softplus(-x) in column j, over the element count.
+    # No tensor in the repr, as Paddle's own losses.
+    x, y, _, _ = logits_case(21, (6, 4), F64)
+    for loss in (pd.BCEWithLogitsLoss(), paddle.nn.BCEWithLogitsLoss()):
+        loss.pos_weight = paddle.create_parameter([4], "float64")
+        loss.pos_weight.set_value(tensor(np.array([0.5, 1.0, 2.0, 3.0])))
+        assert [p is loss.pos_weight for p in loss.parameters()] == [True]
+        assert loss.buffers() == []
+        loss(tensor(x), tensor(y)).backward()
+    ours = pd.BCEWithLogitsLoss()
+    ours.pos_weight = paddle.create_parameter([4], "float64")
+    ours.pos_weight.set_value(tensor(np.array([0.5, 1.0, 2.0, 3.0])))
+    ours(tensor(x), tensor(y)).backward()
+    want = (y * np.logaddexp(0, -x)).sum(0) / x.size
+    np.testing.assert_allclose(ours.pos_weight.grad.numpy(), want, rtol=1e-13)
+    assert repr(pd.BCEWithLogitsLoss(pos_weight=tensor(arr([1.0, 2.0])))) == "BCEWithLogitsLoss()"
+    assert repr(pd.BCELoss(reduction="sum")) == "BCELoss(reduction='sum')"
+
+
 def test_buffers_round_trip_through_state_dict_and_follow_to_dtype():
     w, p = tensor(arr([0.5, 1.0, 2.0])), tensor(arr([1.0, 2.0, 3.0]))
     loss = pd.BCEWithLogitsLoss(weight=w, pos_weight=p)

@@ -47,6 +47,36 @@ def test_core_losses_are_torch_modules():
     assert not model.eval()[1].training
 
 
+def test_repr_is_pytorchs_with_the_options_set_and_no_tensor():
+    pos_weight = torch.arange(1.0, 40.0)
+    ours = bceloss.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="sum", label_smoothing=0.1)
+    theirs = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    assert repr(theirs) == "BCEWithLogitsLoss()"
+    assert repr(bceloss.BCEWithLogitsLoss(pos_weight=pos_weight)) == repr(theirs)
+    assert repr(ours) == "BCEWithLogitsLoss(reduction='sum', label_smoothing=0.1)"
+    lines = repr(torch.nn.Sequential(torch.nn.Linear(2, 39), ours)).splitlines()
+    assert lines[2] == "  (1): BCEWithLogitsLoss(reduction='sum', label_smoothing=0.1)"
+
+
+def test_a_parameter_assigned_as_pos_weight_is_a_parameter_and_learns():
+    # a Parameter is a module's parameter (the optimizer sees it), not a buffer, as with
+    # PyTorch's loss; and it gets its gradient (PyTorch's loss refuses to run with a
+    # pos_weight that requires one): for 'mean',
+    # d l / d p_j = sum over rows of y softplus(-x) in column j, over the element count
+    x, y = _batch(8, 5)
+    logits = x[:, :5].double()
+    y = y.double()
+    for loss in (bceloss.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss()):
+        loss.pos_weight = torch.nn.Parameter(torch.linspace(0.5, 3.0, 5, dtype=torch.float64))
+        assert [p is loss.pos_weight for p in loss.parameters()] == [True]
+        assert "pos_weight" not in dict(loss.named_buffers())
+    ours = bceloss.BCEWithLogitsLoss()
+    ours.pos_weight = torch.nn.Parameter(torch.linspace(0.5, 3.0, 5, dtype=torch.float64))
+    ours(logits, y).backward()
+    want = (y * F.softplus(-logits)).sum(0) / logits.numel()
+    torch.testing.assert_close(ours.pos_weight.grad, want, rtol=1e-13, atol=0)
+
+
 def test_weight_and_pos_weight_are_buffers_that_follow_the_model():
     pos_weight = torch.tensor([1.0, 2.0, 3.0])
     weight = torch.tensor([0.5, 1.0, 2.0])

@@ -429,6 +429,11 @@ def _make_cell_type(cls):
                 value = mindspore.Parameter(value, name=name, requires_grad=False)
             nn.Cell.__setattr__(self, name, value)
 
+        __repr__ = nn.Cell.__repr__
+
+        def extend_repr(self):
+            return self._settings()
+
         # the functional form, with the options held (the compiler reads the same code)
         construct = cls.forward
 

@@ -10,6 +10,7 @@ imports no framework either way.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 
 from bceloss import _call, _functional, _validation
@@ -48,6 +49,20 @@ class _Loss:
         if made is not None:  # its own __new__ (MindSpore's Cell has one)
             return made.__new__(made, *args, **kwargs)
         return object.__new__(cls)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self._settings()})"
+
+    def _settings(self) -> str:
+        """The options other than their defaults, arrays left out: what the repr shows, as
+        PyTorch's losses show none of their tensors."""
+        plain = vars(type(self)).get("_bceloss_plain", type(self))
+        defaults = inspect.signature(plain.__init__).parameters
+        return ", ".join(
+            f"{k}={v!r}"
+            for k, v in self._options().items()
+            if k not in self.arrays and k in defaults and v != defaults[k].default
+        )
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -98,14 +113,6 @@ class _CoreLoss(_Loss):
 
     def _bceloss_bind(self, input, target):
         return type(self).function._bceloss_bind(input, target, **self._options())
-
-    def __repr__(self):
-        shown = (  # the options set: not None, and label_smoothing not 0
-            f"{k}={v!r}"
-            for k, v in self._options().items()
-            if v is not None and (k, v) != ("label_smoothing", 0.0)
-        )
-        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 class BCELoss(_CoreLoss):

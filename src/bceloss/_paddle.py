@@ -267,10 +267,19 @@ def _make_module_type(cls):
             if name in cls.arrays and "_buffers" in self.__dict__:
                 self.__dict__.pop(name, None)
                 self._buffers.pop(name, None)
-                if value is None or isinstance(value, paddle.Tensor):
+                # a Parameter stays one (a learned pos_weight trains): Layer's own rule
+                if value is None or (
+                    isinstance(value, paddle.Tensor)
+                    and not isinstance(value, paddle.base.framework.Parameter)
+                ):
                     self.register_buffer(name, value)
                     return
             paddle.nn.Layer.__setattr__(self, name, value)
+
+        __repr__ = paddle.nn.Layer.__repr__
+
+        def extra_repr(self):
+            return self._settings()
 
         def __reduce_ex__(self, protocol):
             # pickled as the plain class's layer, made again from it on loading

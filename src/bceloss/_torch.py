@@ -393,10 +393,18 @@ def _make_module_type(cls):
             if name in cls.arrays:
                 self.__dict__.pop(name, None)
                 self._buffers.pop(name, None)
-                if value is None or isinstance(value, torch.Tensor):
+                # a Parameter stays one (a learned pos_weight trains): Module's own rule
+                if value is None or (
+                    isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
+                ):
                     self.register_buffer(name, value)
                     return
             torch.nn.Module.__setattr__(self, name, value)
+
+        __repr__ = torch.nn.Module.__repr__
+
+        def extra_repr(self):
+            return self._settings()
 
         def __reduce_ex__(self, protocol):
             # pickled as the plain class's module, made again from it on loading
