@@ -232,6 +232,24 @@ def test_export_round_trip():
     assert torch.equal(torch.export.load(buffer).module()(x, y), model(x, y))
 
 
+def test_a_saved_export_loads_in_a_new_process_after_import_bceloss(tmp_path):
+    # the operators are registered by `import bceloss` when torch is imported before it
+    exported = torch.export.export(bceloss.BCEWithLogitsLoss(), _batch(4, 64))
+    torch.export.save(exported, tmp_path / "loss.pt2")
+    x, y = _batch(4, 64)
+    torch.save((x, y), tmp_path / "batch.pt")
+    code = (
+        "import sys, torch, bceloss\n"
+        f"x, y = torch.load({str(tmp_path / 'batch.pt')!r})\n"
+        f"program = torch.export.load({str(tmp_path / 'loss.pt2')!r})\n"
+        "print(repr(program.module()(x, y).item()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert float(out.stdout) == bceloss.BCEWithLogitsLoss()(x, y).item()
+
+
 def test_bad_input_is_refused_when_the_compiled_graph_runs():
     torch._dynamo.reset()
     f = torch.compile(lambda p, y: bceloss.binary_cross_entropy(p, y), fullgraph=True)

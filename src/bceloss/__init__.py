@@ -7,6 +7,8 @@ any of them with its closed-form gradient. `set_num_threads` sets how many threa
 compiled kernels run large NumPy calls on.
 """
 
+import sys as _sys
+
 from bceloss import compat
 from bceloss._functional import (
     binary_cross_entropy,
@@ -18,6 +20,12 @@ from bceloss._modules import BCELoss, BCEWithLogitsLoss
 from bceloss._value_and_grad import value_and_grad
 
 __version__ = "0.1.0"
+
+if "torch" in _sys.modules:
+    # PyTorch already imported: its operators `bceloss::loss` and `bceloss::loss_backward`
+    # are registered now (about 10 ms), so that a saved torch.export program that holds them
+    # loads after `import bceloss` (else the first loss on a tensor registers them)
+    from bceloss import _torch  # noqa: F401
 
 __all__ = [
     "BCELoss",
