@@ -6,6 +6,10 @@ from __future__ import annotations
 import operator
 import os
 
+# Each thread past the first is a helper that lives as long as the process: a bound keeps a
+# typo (10000 for 100) from starting thousands of them
+MAX_THREADS = 1024
+
 
 def _available() -> int:
     if hasattr(os, "sched_getaffinity"):
@@ -21,8 +25,8 @@ def _from_environment() -> int:
         count = int(value)
     except ValueError:
         count = 0
-    if count < 1:
-        msg = f"BCELOSS_NUM_THREADS must be a positive integer; got {value!r}"
+    if not 1 <= count <= MAX_THREADS:
+        msg = f"BCELOSS_NUM_THREADS must be an integer from 1 to {MAX_THREADS}; got {value!r}"
         raise ValueError(msg)
     return count
 
@@ -39,8 +43,9 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(count: int) -> None:
-    """Run large kernel calls on `count` threads (the calling thread included), from now on,
-    in this process; the environment variable BCELOSS_NUM_THREADS sets it at start-up."""
+    """Run large kernel calls on `count` threads (the calling thread included, at most
+    MAX_THREADS), from now on, in this process; the environment variable BCELOSS_NUM_THREADS
+    sets it at start-up."""
     global _count
     if isinstance(count, bool):
         msg = "count must be an int; got bool"
@@ -50,7 +55,7 @@ def set_num_threads(count: int) -> None:
     except TypeError:
         msg = f"count must be an int; got {type(count).__name__}"
         raise TypeError(msg) from None
-    if count < 1:
-        msg = f"count must be at least 1; got {count}"
+    if not 1 <= count <= MAX_THREADS:
+        msg = f"count must be from 1 to {MAX_THREADS}; got {count}"
         raise ValueError(msg)
     _count = count
