@@ -32,7 +32,7 @@ import array_api_compat
 import numpy as np
 import paddle
 
-from bceloss import _dtypes, _evaluate, _gradients, _reduce
+from bceloss import _dtypes, _evaluate, _gradients, _module_types, _reduce
 
 _ARRAYS = ("input", "target", "weight", "pos_weight")
 
@@ -241,53 +241,22 @@ def _layer():
     return BCELossLayer
 
 
-_MODULE_TYPES: dict = {}  # loss class -> its Layer type
-
-
 def module_type(cls):
-    """The loss class `cls` as a `paddle.nn.Layer`: its array options (`cls.arrays`) that are
-    paddle tensors or None are buffers (in `state_dict`, cast by `.to()`), others plain
-    attributes; calling it runs `forward` through `Layer.__call__` (hooks)."""
-    made = _MODULE_TYPES.get(cls)
-    if made is None:
-        made = _MODULE_TYPES[cls] = _make_module_type(cls)
+    """The loss class `cls` as a `paddle.nn.Layer` (`_module_types`): tensor options are
+    buffers, a Parameter a parameter; to_static runs it eagerly (see `Paddle.loss`)."""
+    made = _module_types.module_type(cls, paddle.nn.Layer, _is_buffer, _module_of)
+    if made not in _DYNAMIC:
+        _DYNAMIC.add(paddle.jit.marker.force_dynamic(made))
     return made
 
 
-def _make_module_type(cls):
-    class Layer(cls, paddle.nn.Layer):
-        _bceloss_plain = cls  # the plain class, which `_modules._module_type` stops at
-        __call__ = paddle.nn.Layer.__call__
+_DYNAMIC: set = set()  # the Layer types marked for to_static
 
-        def __init__(self, *args, **kwargs):
-            paddle.nn.Layer.__init__(self)
-            cls.__init__(self, *args, **kwargs)
 
-        def __setattr__(self, name, value):
-            if name in cls.arrays and "_buffers" in self.__dict__:
-                self.__dict__.pop(name, None)
-                self._buffers.pop(name, None)
-                # a Parameter stays one (a learned pos_weight trains): Layer's own rule
-                if value is None or (
-                    isinstance(value, paddle.Tensor)
-                    and not isinstance(value, paddle.base.framework.Parameter)
-                ):
-                    self.register_buffer(name, value)
-                    return
-            paddle.nn.Layer.__setattr__(self, name, value)
-
-        __repr__ = paddle.nn.Layer.__repr__
-
-        def extra_repr(self):
-            return self._settings()
-
-        def __reduce_ex__(self, protocol):
-            # pickled as the plain class's layer, made again from it on loading
-            return (_module_of, (cls,), self.__getstate__())
-
-    Layer.__name__, Layer.__qualname__ = cls.__name__, cls.__qualname__
-    Layer.__module__, Layer.__doc__ = cls.__module__, cls.__doc__
-    return paddle.jit.marker.force_dynamic(Layer)  # to_static: see `Paddle.loss`
+def _is_buffer(value) -> bool:
+    return isinstance(value, paddle.Tensor) and not isinstance(
+        value, paddle.base.framework.Parameter
+    )
 
 
 def _module_of(cls):

@@ -28,7 +28,15 @@ import numpy as np
 import torch
 from torch.autograd import forward_ad
 
-from bceloss import _array_api, _dispatch, _evaluate, _gradients, _reduce, _validation
+from bceloss import (
+    _array_api,
+    _dispatch,
+    _evaluate,
+    _gradients,
+    _module_types,
+    _reduce,
+    _validation,
+)
 
 _ARRAYS = ("input", "target", "weight", "pos_weight")
 _TENSORS = (*_ARRAYS, "where")  # the Function's: vmap batches its tensor arguments
@@ -367,52 +375,14 @@ def _classic_function():
     return BCELossFunction
 
 
-_MODULE_TYPES: dict = {}  # loss class -> its module type
-
-
 def module_type(cls):
-    """The loss class `cls` as a `torch.nn.Module`: its array options (`cls.arrays`) that are
-    tensors or None are buffers (in `state_dict`, moved and cast by `.to()`), others plain
-    attributes; calling it runs `forward` through `Module.__call__` (hooks, compile)."""
-    made = _MODULE_TYPES.get(cls)
-    if made is None:
-        made = _MODULE_TYPES[cls] = _make_module_type(cls)
-    return made
+    """The loss class `cls` as a `torch.nn.Module` (`_module_types`): tensor options are
+    buffers, a Parameter a parameter."""
+    return _module_types.module_type(cls, torch.nn.Module, _is_buffer, _module_of)
 
 
-def _make_module_type(cls):
-    class Module(cls, torch.nn.Module):
-        _bceloss_plain = cls  # the plain class, which `_modules._module_type` stops at
-        __call__ = torch.nn.Module.__call__
-
-        def __init__(self, *args, **kwargs):
-            torch.nn.Module.__init__(self)
-            cls.__init__(self, *args, **kwargs)
-
-        def __setattr__(self, name, value):
-            if name in cls.arrays:
-                self.__dict__.pop(name, None)
-                self._buffers.pop(name, None)
-                # a Parameter stays one (a learned pos_weight trains): Module's own rule
-                if value is None or (
-                    isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
-                ):
-                    self.register_buffer(name, value)
-                    return
-            torch.nn.Module.__setattr__(self, name, value)
-
-        __repr__ = torch.nn.Module.__repr__
-
-        def extra_repr(self):
-            return self._settings()
-
-        def __reduce_ex__(self, protocol):
-            # pickled as the plain class's module, made again from it on loading
-            return (_module_of, (cls,), self.__getstate__())
-
-    Module.__name__, Module.__qualname__ = cls.__name__, cls.__qualname__
-    Module.__module__, Module.__doc__ = cls.__module__, cls.__doc__
-    return Module
+def _is_buffer(value) -> bool:
+    return isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
 
 
 def _module_of(cls):

@@ -1,0 +1,61 @@
+"""A loss class as a framework's module type (`torch.nn.Module`, `paddle.nn.Layer`).
+
+The made type is the loss class and the framework's base at once: its array options
+(`cls.arrays`) that are the framework's tensors, or None, are buffers (in `state_dict`, moved
+and cast by `.to()`), a Parameter stays a parameter, anything else is a plain attribute;
+calling it runs `forward` through the base's `__call__` (hooks, compilers); its repr is the
+base's, showing the options set (`_Loss._settings`). Nothing here imports a framework: the
+adapters pass their own pieces in.
+"""
+
+from __future__ import annotations
+
+_MADE: dict = {}  # (loss class, base) -> its module type
+
+
+def module_type(cls, base, is_buffer, rebuild):
+    """The loss class `cls` as a subclass of the framework's module class `base`.
+
+    Args:
+      cls: the plain loss class.
+      base: the framework's module class.
+      is_buffer: whether a value given as an array option is kept as a buffer (a tensor,
+        not a Parameter).
+      rebuild: a module-level function of `cls` returning an empty instance of the type,
+        for pickle (it is named in the pickle, so it must be importable).
+    """
+    made = _MADE.get((cls, base))
+    if made is None:
+        made = _MADE[cls, base] = _make(cls, base, is_buffer, rebuild)
+    return made
+
+
+def _make(cls, base, is_buffer, rebuild):
+    class Module(cls, base):
+        _bceloss_plain = cls  # the plain class, which `_modules._module_type` stops at
+        __call__ = base.__call__
+        __repr__ = base.__repr__
+
+        def __init__(self, *args, **kwargs):
+            base.__init__(self)
+            cls.__init__(self, *args, **kwargs)
+
+        def __setattr__(self, name, value):
+            if name in cls.arrays and "_buffers" in self.__dict__:
+                self.__dict__.pop(name, None)
+                self._buffers.pop(name, None)
+                if value is None or is_buffer(value):
+                    self.register_buffer(name, value)
+                    return
+            base.__setattr__(self, name, value)  # a Parameter by the base's own rule
+
+        def extra_repr(self):
+            return self._settings()
+
+        def __reduce_ex__(self, protocol):
+            # pickled as the plain class's module, made again from it on loading
+            return (rebuild, (cls,), self.__getstate__())
+
+    Module.__name__, Module.__qualname__ = cls.__name__, cls.__qualname__
+    Module.__module__, Module.__doc__ = cls.__module__, cls.__doc__
+    return Module
