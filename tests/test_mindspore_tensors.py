@@ -156,6 +156,15 @@ def test_dense_training_step_lowers_the_loss():
     labels = T((rng.uniform(size=(64, 1)) < 0.5).astype(F32))
     net = nn.Dense(4, 1)
     loss_fn = bm.BCEWithLogitsLoss()
+    # the Dense layer's gradients through the loss are those through MindSpore's own loss
+    ours = ms.value_and_grad(lambda a, b: loss_fn(net(a), b), None, net.trainable_params())
+    theirs = ms.value_and_grad(
+        lambda a, b: ms.mint.nn.functional.binary_cross_entropy_with_logits(net(a), b),
+        None,
+        net.trainable_params(),
+    )
+    for got, want in zip(ours(data, labels)[1], theirs(data, labels)[1], strict=True):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-7)
     opt = nn.SGD(net.trainable_params(), learning_rate=0.5)
     grad_fn = ms.value_and_grad(lambda a, b: loss_fn(net(a), b), None, opt.parameters)
     first = None
