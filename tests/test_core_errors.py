@@ -415,6 +415,34 @@ def test_weighted_mean_of_weights_near_the_dtypes_largest_is_not_inf(wdtype, row
     assert loss == want_loss == BCEL(x, y, big, "weighted_mean")
     np.testing.assert_array_equal(gx, want_gx)
     np.testing.assert_array_equal(gy, want_gy)
+    # a dropped element's weight may be anything, inf included: the kept ones' scale counts
+    keep = np.ones(x.shape, bool)
+    keep[0, 0] = False
+    wild = np.where(keep, np.broadcast_to(big, x.shape), np.inf).astype(big.dtype)
+    tame = np.broadcast_to(small, x.shape)
+    got = bceloss.value_and_grad(BCEL)(x, y, wild, "weighted_mean", where=keep)
+    want = bceloss.value_and_grad(BCEL)(x, y, tame, "weighted_mean", where=keep)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_weighted_mean_gradient_of_huge_weights_on_the_formula_path():
+    # PyTorch's second-order graph, a weight that requires a gradient, torch.func: the
+    # formula's gradient w g / sum(w) with sum(w) beyond float32's range (it was 0)
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(1000, generator=gen), torch.rand(1000, generator=gen)
+    w = (torch.rand(1000, generator=gen) + 1) * 2.0**126
+    want = torch.sigmoid(x.double()) - y.double()
+    want = (w.double() * want / w.double().sum()).float()
+    atol = 8 * 2.0**-23 * float(want.abs().max())  # the elementwise gradient's bound
+    for create_graph, weight_grad in ((True, False), (False, True)):
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_(weight_grad)
+        loss = BCEL(xx, y, ww, "weighted_mean")
+        (gx,) = torch.autograd.grad(loss, xx, create_graph=create_graph)
+        torch.testing.assert_close(gx, want, rtol=0, atol=atol)
+    gx = torch.func.grad(lambda a: BCEL(a, y, w, "weighted_mean"))(x)
+    torch.testing.assert_close(gx, want, rtol=0, atol=atol)
 
 
 def test_torch_out_follows_numpys_rules():

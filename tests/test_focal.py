@@ -413,6 +413,16 @@ def test_tiny_m_against_oracle(library, dtype, alpha, gamma):
     assert held.sum() >= (3 if gamma < 1 else 0)
 
 
+def torch_hessian_diag(fn, x):
+    """The second derivatives of an elementwise sum: d/dx of the sum of its gradient."""
+    import torch
+
+    x = x.detach().requires_grad_()
+    (g,) = torch.autograd.grad(fn(x), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    return h.double().numpy()
+
+
 @pytest.mark.parametrize("library", [*LIBRARIES, "jax"])
 @pytest.mark.parametrize("fast", [True, False])  # the kernel (NumPy, PyTorch CPU) or formula
 def test_target_outside_0_1_is_nan_on_both_paths(library, fast):
@@ -438,6 +448,11 @@ def test_target_outside_0_1_is_nan_on_both_paths(library, fast):
             assert np.isnan(v[~inside]).all()
             assert not np.isnan(v[inside]).any()
         np.testing.assert_array_equal(got[inside], want)
+    if library == "torch":  # NaN in every order: the second derivative too
+        xt, yt = to(x), to(y)
+        diag = torch_hessian_diag(lambda a: FOCAL(a, yt, 0.25, 2.0, "sum"), xt)
+        assert np.isnan(diag[~inside]).all()
+        assert not np.isnan(diag[inside]).any()
     # Paddle's ignored label -100 is outside [0, 1] too: it still gives 0, on both paths
     call = pd.sigmoid_focal_loss._bceloss_bind(x, np.where(inside, y, -100.0), None, 0.25, 2.0)
     assert _evaluate.evaluate(call, fast=fast) == _evaluate.evaluate(

@@ -434,6 +434,10 @@ def test_a_parameter_assigned_as_pos_weight_is_a_parameter_and_learns():
     ours(tensor(x), tensor(y)).backward()
     want = (y * np.logaddexp(0, -x)).sum(0) / x.size
     np.testing.assert_allclose(ours.pos_weight.grad.numpy(), want, rtol=1e-13)
+    ours.pos_weight = None  # and back to a buffer
+    ours.pos_weight = tensor(np.ones(4))
+    assert ours.parameters() == []
+    assert [name for name, _ in ours.named_buffers()] == ["pos_weight"]
     assert repr(pd.BCEWithLogitsLoss(pos_weight=tensor(arr([1.0, 2.0])))) == "BCEWithLogitsLoss()"
     assert repr(pd.BCELoss(reduction="sum")) == "BCELoss(reduction='sum')"
 

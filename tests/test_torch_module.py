@@ -75,6 +75,19 @@ def test_a_parameter_assigned_as_pos_weight_is_a_parameter_and_learns():
     ours(logits, y).backward()
     want = (y * F.softplus(-logits)).sum(0) / logits.numel()
     torch.testing.assert_close(ours.pos_weight.grad, want, rtol=1e-13, atol=0)
+    ours.pos_weight = None  # and back, as PyTorch's loss takes it
+    ours.pos_weight = torch.ones(5)
+    assert list(ours.parameters()) == []
+    assert torch.equal(dict(ours.named_buffers())["pos_weight"], torch.ones(5))
+
+
+def test_import_bceloss_where_torch_is_blocked():
+    # sys.modules["torch"] = None is how a program hides an optional dependency
+    code = "import sys; sys.modules['torch'] = None; import bceloss; print(bceloss.__version__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def test_weight_and_pos_weight_are_buffers_that_follow_the_model():

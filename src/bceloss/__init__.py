@@ -7,6 +7,7 @@ any of them with its closed-form gradient. `set_num_threads` sets how many threa
 compiled kernels run large NumPy calls on.
 """
 
+import contextlib as _contextlib
 import sys as _sys
 
 from bceloss import compat
@@ -21,11 +22,13 @@ from bceloss._value_and_grad import value_and_grad
 
 __version__ = "0.1.0"
 
-if "torch" in _sys.modules:
+if _sys.modules.get("torch") is not None:
     # PyTorch already imported: its operators `bceloss::loss` and `bceloss::loss_backward`
     # are registered now (about 10 ms), so that a saved torch.export program that holds them
-    # loads after `import bceloss` (else the first loss on a tensor registers them)
-    from bceloss import _torch  # noqa: F401
+    # loads after `import bceloss` (else the first loss on a tensor registers them). A
+    # PyTorch the adapter cannot use fails at the first loss on a tensor, not here.
+    with _contextlib.suppress(ImportError, AttributeError):
+        from bceloss import _torch  # noqa: F401
 
 __all__ = [
     "BCELoss",

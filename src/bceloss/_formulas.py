@@ -333,7 +333,10 @@ def focal(
         if mod is not None:
             gy = mod.times(gy)
         gy = xp.where(xp.isinf(x), _focal_limit(xp, x, y, alpha, at, gamma), gy)
-    l, gx, gy = (None if v is None else xp.where(outside, xp.nan, v) for v in (l, gx, gy))
+    # times NaN or 1, not a `where`: autograd differentiates a `where` to 0 at its constant
+    # branch, and the second derivative would be 0 where the loss is NaN
+    void = xp.where(outside, xp.nan, xp.ones_like(y))
+    l, gx, gy = (None if v is None else v * void for v in (l, gx, gy))
     return _weighted(xp, w, l), _weighted(xp, w, gx), _weighted(xp, w, gy)
 
 

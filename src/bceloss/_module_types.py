@@ -44,6 +44,7 @@ def _make(cls, base, is_buffer, rebuild):
             if name in cls.arrays and "_buffers" in self.__dict__:
                 self.__dict__.pop(name, None)
                 self._buffers.pop(name, None)
+                self._parameters.pop(name, None)  # a Parameter given before
                 if value is None or is_buffer(value):
                     self.register_buffer(name, value)
                     return

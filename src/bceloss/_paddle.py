@@ -161,12 +161,12 @@ def _tensor(a):
     # paddle.utils.dlpack.from_dlpack's steps for a NumPy array on the CPU, without its
     # device and version negotiation (a quarter of its time), and without the Python layer
     # paddle puts over Tensor.__init__ (it parses a place's name on every call) where the
-    # original is at hand
+    # original is at hand; the place given, or Paddle copies to its default device
     out = paddle.base.core.from_dlpack(a.__dlpack__())
     if _TENSOR_INIT is None:
-        return paddle.Tensor(out, device=out._place())
+        return paddle.Tensor(out, place=out._place())
     tensor = paddle.Tensor.__new__(paddle.Tensor)
-    _TENSOR_INIT(tensor, out)
+    _TENSOR_INIT(tensor, out, place=out._place())  # the CPU, not the default device
     return tensor
 
 

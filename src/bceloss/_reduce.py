@@ -84,7 +84,10 @@ def gradient(call, g, like, dtype):
     the shape of `like` (a broadcast argument), in `dtype`."""
     xp, backend = call.xp, call.backend
     if call.reduction == "weighted_mean":
-        g = g / denominator(call, backend.accumulator(xp, g))
+        # divided in the accumulation dtype: the weights' sum may be beyond the dtype's range
+        # (weights near its largest number), where w g is not
+        acc = backend.accumulator(xp, g)
+        g = xp.astype(g, acc) / denominator(call, acc)
     elif call.reduction == "mean":
         n = denominator(call, backend.accumulator(xp, g))
         # nothing kept: every gradient is 0

@@ -58,10 +58,17 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, d
         alpha is not None,
         0.0 if alpha is None else float(alpha),
         float(gamma),
-        float(pl.ct(divisor)) if abs(divisor) < _LARGEST[pl.ct] else divisor,
+        _in_range(divisor, pl.ct),
         team,
         chunks,
     )
+
+
+def _in_range(v: float, ct) -> float:
+    """v rounded to the compute dtype, +-inf beyond its range (NaN stays)."""
+    if abs(v) < _LARGEST[ct] or math.isnan(v):
+        return float(ct(v))
+    return math.copysign(math.inf, v)
 
 
 def _target_grad_dtype(call):

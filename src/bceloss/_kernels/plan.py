@@ -148,7 +148,13 @@ def downscaled(call, pl: Plan) -> Plan | None:
     where that cannot help: no weight above 1, NaN, or integral weights (below 2^64)."""
     if pl.wd is None or not _dtypes.is_floating(np, call.weight.dtype):
         return None
-    largest = float(np.max(np.abs(np.asarray(call.weight, np.float64))))
+    weights = np.abs(np.asarray(call.weight, np.float64))
+    if call.where is None:
+        largest = float(np.max(weights))
+    else:  # the kept elements' (a dropped one may hold anything)
+        keep = np.broadcast_to(call.where, call.shape)
+        weights = np.broadcast_to(weights, call.shape)
+        largest = float(np.max(weights, where=keep, initial=0.0))
     if not 1 < largest < math.inf:
         return None
     factor = 2.0 ** -math.frexp(largest)[1]

@@ -13,8 +13,8 @@ MAX_THREADS = 1024
 
 def _available() -> int:
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+        return min(MAX_THREADS, max(1, len(os.sched_getaffinity(0))))
+    return min(MAX_THREADS, os.cpu_count() or 1)
 
 
 def _from_environment() -> int:
