@@ -13,7 +13,7 @@ from __future__ import annotations
 _MADE: dict = {}  # (loss class, base) -> its module type
 
 
-def module_type(cls, base, is_buffer, rebuild):
+def module_type(cls, base, is_buffer, rebuild, finish=None):
     """The loss class `cls` as a subclass of the framework's module class `base`.
 
     Args:
@@ -23,10 +23,12 @@ def module_type(cls, base, is_buffer, rebuild):
         not a Parameter).
       rebuild: a module-level function of `cls` returning an empty instance of the type,
         for pickle (it is named in the pickle, so it must be importable).
+      finish: applied once to the new type (a framework's marking), or None.
     """
     made = _MADE.get((cls, base))
     if made is None:
-        made = _MADE[cls, base] = _make(cls, base, is_buffer, rebuild)
+        made = _make(cls, base, is_buffer, rebuild)
+        made = _MADE[cls, base] = made if finish is None else finish(made)
     return made
 
 

@@ -244,13 +244,9 @@ def _layer():
 def module_type(cls):
     """The loss class `cls` as a `paddle.nn.Layer` (`_module_types`): tensor options are
     buffers, a Parameter a parameter; to_static runs it eagerly (see `Paddle.loss`)."""
-    made = _module_types.module_type(cls, paddle.nn.Layer, _is_buffer, _module_of)
-    if made not in _DYNAMIC:
-        _DYNAMIC.add(paddle.jit.marker.force_dynamic(made))
-    return made
-
-
-_DYNAMIC: set = set()  # the Layer types marked for to_static
+    return _module_types.module_type(
+        cls, paddle.nn.Layer, _is_buffer, _module_of, finish=paddle.jit.marker.force_dynamic
+    )
 
 
 def _is_buffer(value) -> bool:

@@ -154,11 +154,8 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
         # needs its weights' sum first: a pass reading the weight alone. A backward pass's
         # seed joins the divisor.
         denominator = _denominator(call, pl)
-        divisor = max(denominator, 1) if call.reduction == "mean" else denominator
-        if abs(divisor) < _LARGEST[pl.ct]:
-            divisor = float(pl.ct(divisor))
-        else:  # a weights' sum beyond the dtype: rescued below
-            divisor = math.inf if math.isfinite(divisor) else divisor
+        # (a weights' sum beyond the dtype is inf here: rescued below)
+        divisor = _in_range(max(denominator, 1) if call.reduction == "mean" else denominator, pl.ct)
         sums = _block_array(pl)
         _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=divisor / seed)
         total = _total(call, sums, denominator)
