@@ -352,6 +352,33 @@ def test_the_loss_does_not_depend_on_the_gradients_asked_for(dtype):
             assert _kernels.elementwise(call, plan, **wanted)[0].tobytes() == alone.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_plain_loop_gives_the_bits_of_the_general_one(dtype):
+    # without label smoothing or an ignored label the logits loop leaves out the operations
+    # on them (formulas.hpp, Plain); Paddle's flavour always passes its ignored label -100, so
+    # on targets without one it takes the general loop: the same bits, loss and gradients
+    from bceloss.compat import paddle as paddle_flavour
+
+    rng = np.random.default_rng(15)
+    x = rng.normal(0, 20, SHAPE).astype(dtype)
+    x.flat[:6] = [0, -0.0, np.inf, -np.inf, np.nan, 1e-30]
+    y = rng.random(SHAPE).astype(dtype)
+    y.flat[:12:2] = [0, -0.0, 1, 1, 0, 1]
+    w = (rng.random(80) * 2).astype(dtype)
+    w[:2] = [0, np.inf]
+    wanted = {"grad_input": True, "grad_target": True}
+    paddle_bcel = paddle_flavour.binary_cross_entropy_with_logits
+    for p in (None, (rng.random(80) * 3).astype(dtype)):
+        plain = BCEL._bceloss_bind(x, y, w, reduction="none", pos_weight=p)
+        general = paddle_bcel._bceloss_bind(x, y, w, reduction="none", pos_weight=p)
+        assert (plain.ignore_label, general.ignore_label) == (None, -100)
+        got = [
+            _kernels.elementwise(c, _dispatch.kernel_plan(c), **wanted) for c in (plain, general)
+        ]
+        for a, b in zip(*got, strict=True):
+            assert a.tobytes() == b.tobytes()
+
+
 def test_a_subnormal_pos_weight_or_target_does_not_underflow_the_loss():
     # p y |x| (x < 0) is computed as p (y |x|): p y first underflowed for a subnormal p or
     # y, and |x| scaled the loss's error up (x = -85, y = 0.5, p = 1e-45: 10.9 ulp, found by

@@ -45,9 +45,10 @@ BCELOSS_INLINE Smoothed<F> smoothed(F y, Smooth<F> smooth) {
 }
 
 // BCE with logits: l = w ((1 - y) x + lw softplus(-x)), lw = 1 + (p - 1) y. HasP false: no
-// pos_weight (p is 1, the argument unused). NaN in x travels through exp_neg into every
-// result; an infinite x gives exp(-|x|) = 0.
-template <class F, bool HasP>
+// pos_weight (p is 1, the argument unused). Plain: no label smoothing and no ignored label
+// (`smooth` and `ignore` unused), the same results with the operations on them left out.
+// NaN in x travels through exp_neg into every result; an infinite x gives exp(-|x|) = 0.
+template <class F, bool HasP, bool Plain>
 BCELOSS_INLINE Terms<F> logits(F x, F y, F w, F p, Smooth<F> smooth, F ignore) {
     using C = Constants<F>;
     p = HasP ? p : C::one;
@@ -56,7 +57,8 @@ BCELOSS_INLINE Terms<F> logits(F x, F y, F w, F p, Smooth<F> smooth, F ignore) {
     const F log1p_e = log1p_unit(e);  // log1p(exp(-|x|))
     const F relu_pos = x > C::zero ? x : C::zero;
     const F relu_neg = x < C::zero ? -x : C::zero;
-    const Smoothed<F> s = smoothed(y, smooth);
+    // (y (1 - 0) + 0 is y but for the sign of a zero y, which no result shows)
+    const Smoothed<F> s = Plain ? Smoothed<F>{y, C::one - y} : smoothed(y, smooth);
     const F py = p * s.y;  // p is 1 without a pos_weight: p y = y exactly
     const bool nonneg = x >= C::zero;
     // (1 - y) max(x, 0) + p y max(-x, 0) + lw log1p(exp(-|x|)), lw = (1 - y) + p y, one of
@@ -78,7 +80,8 @@ BCELOSS_INLINE Terms<F> logits(F x, F y, F w, F p, Smooth<F> smooth, F ignore) {
     F gx = s.q * (nonneg ? r : er) - py * (nonneg ? er : r);
     // (p - 1) softplus(-x) - x = (p - 1) log1p(exp(-|x|)) + p max(-x, 0) - max(x, 0);
     // with p = 1 it is exactly -x. Times 1 - s through the smoothing.
-    F gy = ((p - C::one) * log1p_e + times(p, relu_neg) - relu_pos) * smooth.keep;
+    F gy = (p - C::one) * log1p_e + times(p, relu_neg) - relu_pos;
+    gy = Plain ? gy : gy * smooth.keep;
     loss = weighted(w, loss);
     gx = w * gx;
     gy = weighted(w, gy);
@@ -90,7 +93,7 @@ BCELOSS_INLINE Terms<F> logits(F x, F y, F w, F p, Smooth<F> smooth, F ignore) {
         gx = void_ ? C::zero : gx;
         gy = void_ ? C::zero : gy;
     }
-    const bool ign = y == ignore;
+    const bool ign = !Plain && y == ignore;
     return {ign ? C::zero : loss, ign ? C::zero : gx, ign ? C::zero : gy};
 }
 

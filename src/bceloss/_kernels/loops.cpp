@@ -238,46 +238,56 @@ void run_blocks(const Call<F>& c, int64_t first, int64_t last) {
 
 namespace {
 
+template <class F, Kind K, int Grad, bool HasW, bool Flag>
+Segment<F> pick_plain(bool plain) {
+    if constexpr (K == Kind::logits) {  // the other kinds: one case fewer to compile
+        if (plain) return &segment<F, K, Grad, HasW, Flag, true>;
+    }
+    return &segment<F, K, Grad, HasW, Flag, false>;
+}
+
 template <class F, Kind K, int Grad, bool HasW>
-Segment<F> pick_flag(bool flag) {
-    return flag ? &segment<F, K, Grad, HasW, true> : &segment<F, K, Grad, HasW, false>;
+Segment<F> pick_flag(bool flag, bool plain) {
+    return flag ? pick_plain<F, K, Grad, HasW, true>(plain)
+                : pick_plain<F, K, Grad, HasW, false>(plain);
 }
 
 template <class F, Kind K, int Grad>
-Segment<F> pick_weight(bool has_w, bool flag) {
-    return has_w ? pick_flag<F, K, Grad, true>(flag) : pick_flag<F, K, Grad, false>(flag);
+Segment<F> pick_weight(bool has_w, bool flag, bool plain) {
+    return has_w ? pick_flag<F, K, Grad, true>(flag, plain)
+                 : pick_flag<F, K, Grad, false>(flag, plain);
 }
 
 template <class F, Kind K>
-Segment<F> pick_grad(int grad, bool has_w, bool flag) {
+Segment<F> pick_grad(int grad, bool has_w, bool flag, bool plain) {
     switch (grad) {
         case 0:
-            return pick_weight<F, K, 0>(has_w, flag);
+            return pick_weight<F, K, 0>(has_w, flag, plain);
         case 1:
-            return pick_weight<F, K, 1>(has_w, flag);
+            return pick_weight<F, K, 1>(has_w, flag, plain);
         default:
-            return pick_weight<F, K, 2>(has_w, flag);
+            return pick_weight<F, K, 2>(has_w, flag, plain);
     }
 }
 
 }  // namespace
 
 template <class F>
-Segment<F> segment_for(Kind kind, int grad, bool has_w, bool flag) {
+Segment<F> segment_for(Kind kind, int grad, bool has_w, bool flag, bool plain) {
     switch (kind) {
         case Kind::logits:
-            return pick_grad<F, Kind::logits>(grad, has_w, flag);
+            return pick_grad<F, Kind::logits>(grad, has_w, flag, plain);
         case Kind::probabilities:  // no flag: one case fewer to compile
-            return pick_grad<F, Kind::probabilities>(grad, has_w, false);
+            return pick_grad<F, Kind::probabilities>(grad, has_w, false, false);
         default:
-            return pick_grad<F, Kind::focal>(grad, has_w, flag);
+            return pick_grad<F, Kind::focal>(grad, has_w, flag, false);
     }
 }
 
 template void encode<float>(const Output&, int64_t, int64_t, const float*);
 template void encode<double>(const Output&, int64_t, int64_t, const double*);
-template Segment<float> segment_for<float>(Kind, int, bool, bool);
-template Segment<double> segment_for<double>(Kind, int, bool, bool);
+template Segment<float> segment_for<float>(Kind, int, bool, bool, bool);
+template Segment<double> segment_for<double>(Kind, int, bool, bool, bool);
 template void run_blocks<float>(const Call<float>&, int64_t, int64_t);
 template void run_blocks<double>(const Call<double>&, int64_t, int64_t);
 

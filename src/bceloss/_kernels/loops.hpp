@@ -78,12 +78,13 @@ struct Options {
 // The segment loop of one case: m elements of the operands (in the compute type) into the
 // loss l and, as `Grad` says, d/dx into g (Grad >= 1) and d/dy into h (Grad == 2), the
 // gradients divided by the divisor in the loop, where the divider works beside the busier
-// multiply-add units. `Flag`: pos_weight (logits) or alpha (focal) given.
+// multiply-add units. `Flag`: pos_weight (logits) or alpha (focal) given. `Plain`: no label
+// smoothing and no ignored label (logits only).
 template <class F>
 using Segment = void (*)(int64_t m, const F* x, const F* y, const F* w, const F* p, F* l, F* g,
                          F* h, const Options<F>& o);
 
-template <class F, Kind K, int Grad, bool HasW, bool Flag>
+template <class F, Kind K, int Grad, bool HasW, bool Flag, bool Plain>
 BCELOSS_CLONES void segment(int64_t m, const F* __restrict x, const F* __restrict y,
                             const F* __restrict w, const F* __restrict p, F* __restrict l,
                             F* __restrict g, F* __restrict h, const Options<F>& o) {
@@ -95,7 +96,7 @@ BCELOSS_CLONES void segment(int64_t m, const F* __restrict x, const F* __restric
         const F wk = HasW ? w[k] : F(1);  // a constant without a weight: w l folds to l
         Terms<F> t;
         if constexpr (K == Kind::logits) {
-            t = logits<F, Flag>(x[k], y[k], wk, Flag ? p[k] : F(1), opt.smooth, opt.ignore);
+            t = logits<F, Flag, Plain>(x[k], y[k], wk, Flag ? p[k] : F(1), opt.smooth, opt.ignore);
         } else if constexpr (K == Kind::probabilities) {
             t = probabilities<F>(x[k], y[k], wk, opt.smooth);
         } else {
@@ -109,7 +110,7 @@ BCELOSS_CLONES void segment(int64_t m, const F* __restrict x, const F* __restric
 
 // The segment loop for a call: every case compiled ahead of time, picked once per call.
 template <class F>
-Segment<F> segment_for(Kind kind, int grad, bool has_w, bool flag);
+Segment<F> segment_for(Kind kind, int grad, bool has_w, bool flag, bool plain);
 
 // Element i of a stored operand in the compute type (halves widened exactly; integers
 // rounded once, as a conversion does).

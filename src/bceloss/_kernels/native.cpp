@@ -162,7 +162,8 @@ void launch(const Arguments& a) {
     const bool terms = a.sums != nullptr || a.out.data != nullptr || a.grad > 0;
     call.segment = terms ? bceloss::segment_for<F>(
                                static_cast<bceloss::Kind>(a.kind), a.grad, a.w.data != nullptr,
-                               a.kind == 2 ? a.has_alpha != 0 : a.p.data != nullptr)
+                               a.kind == 2 ? a.has_alpha != 0 : a.p.data != nullptr,
+                               a.smooth_keep == 1.0 && a.smooth_add == 0.0 && std::isnan(a.ignore))
                          : nullptr;
     call.x = a.x;
     call.y = a.y;
