@@ -277,3 +277,92 @@ def test_cpu_forward_computes_the_gradient_for_one_backward(n):
         X.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def _usual_route(fn, *args, **kwargs):
+    # the loss as the library computes a call it has not seen: validated, then run
+    from bceloss import _call
+
+    return _call.run(fn._bceloss_bind(*args, **kwargs))
+
+
+def _bits(t):
+    return None if t is None else t.detach().numpy().tobytes()
+
+
+def test_a_repeated_call_form_skips_validation_with_the_usual_results(monkeypatch):
+    # an eager call of a form validated before (`_torch.express`) runs without validating
+    # again: the same loss, node and gradients as the usual route, with new values in the
+    # tensors (weights changed in place included), each form on its own
+    from bceloss import _torch
+
+    gen = torch.Generator().manual_seed(5)
+    validated = []
+    real = _torch._recipe
+    monkeypatch.setattr(_torch, "_recipe", lambda *a: validated.append(1) or real(*a))
+    _torch._RECIPES.clear()
+    pos_weight = torch.rand(10, generator=gen) + 0.5
+    module = bceloss.BCEWithLogitsLoss(pos_weight=pos_weight, label_smoothing=0.1)
+    forms = [
+        (BCEL, {}, torch.float32),
+        (BCEL, {"reduction": "sum"}, torch.float64),
+        (BCEL, {"reduction": "none"}, torch.float32),
+        (BCEL, {"weight": torch.rand(10, generator=gen)}, torch.float32),
+        (bceloss.sigmoid_focal_loss, {"reduction": "mean", "gamma": 1.5}, torch.float32),
+        (module, {}, torch.float32),
+    ]
+    for fn, kwargs, dtype in forms:
+        for grad_mode, needs in ((True, (True, False)), (True, (True, True)), (False, (True,))):
+            before = len(validated)
+            for _ in range(3):
+                x = (4 * torch.randn(64, 10, generator=gen, dtype=dtype)).requires_grad_()
+                y = torch.rand(64, 10, generator=gen, dtype=dtype).requires_grad_(needs[-1])
+                pos_weight.mul_(1.5)  # a buffer changed in place between calls
+                with torch.set_grad_enabled(grad_mode):
+                    got = fn(x, y, **kwargs)
+                    usual = (_usual_route if fn is not module else _module_route)(
+                        fn, x, y, **kwargs
+                    )
+                assert _bits(got) == _bits(usual)
+                assert got.dtype == usual.dtype
+                assert got.shape == usual.shape
+                assert type(got.grad_fn).__name__ == type(usual.grad_fn).__name__
+                if grad_mode:
+                    wrt = (x, y) if needs[-1] else (x,)
+                    seed = torch.rand(got.shape, generator=gen, dtype=dtype)
+                    ours = torch.autograd.grad(got, wrt, seed)
+                    theirs = torch.autograd.grad(usual, wrt, seed)
+                    assert list(map(_bits, ours)) == list(map(_bits, theirs))
+            assert len(validated) - before == 1  # the first call of a form only
+
+
+def _module_route(module, x, y):
+    return _usual_route(module.function, x, y, **module._options())
+
+
+def test_a_repeated_call_form_is_still_refused_and_changes_of_form_are_seen():
+    from bceloss import _torch
+
+    _torch._RECIPES.clear()
+    x = torch.randn(4, 3, requires_grad=True)
+    y = torch.rand(4, 3)
+    for _ in range(2):  # an error is raised on every call, never remembered as a form
+        with pytest.raises(ValueError, match="target must have the shape of input"):
+            BCEL(x, y[:2])
+        with pytest.raises(TypeError, match="reduction must be a str"):
+            BCEL(x, y, reduction=1)
+    assert BCEL(x, y).grad_fn is not None
+    assert BCEL(x.detach(), y).grad_fn is None  # requires_grad is part of the form
+    with torch.no_grad():  # and grad mode
+        assert BCEL(x, y).grad_fn is None
+    assert BCEL(x.double(), y.double()).dtype == torch.float64
+    # a form the lane leaves to the usual route: a cast target, a mask, probabilities
+    for args, kwargs in (
+        ((x, (y > 0.5).long()), {}),
+        ((x, y), {"where": y > 0.2}),
+    ):
+        assert BCEL(*args, **kwargs).grad_fn is not None
+        assert _bits(BCEL(*args, **kwargs)) == _bits(_usual_route(BCEL, *args, **kwargs))
+    BCE(torch.rand(4, 3), y)
+    with pytest.raises(ValueError, match=r"input must hold probabilities in \[0, 1\]"):
+        BCE(torch.rand(4, 3) + 1, y)  # checked on every call

@@ -40,6 +40,11 @@ _EDGE_ADAPTERS: dict[str, tuple[str, str]] = {
     "paddle": ("bceloss._paddle", "Paddle"),
 }
 
+# an argument's type -> its adapter's express lane (`_torch.express`): called with (bind,
+# args, kwargs) before validation, it returns the loss of a call of a form it has validated
+# before, or None. Filled when the adapter is imported.
+EXPRESS_LANES: dict = {}
+
 # elements (kept, under a mask) from which NumPy calls take the kernel: all with one, as a
 # kernel call costs a few microseconds and NumPy's composite tens (docs/performance.md)
 KERNEL_MIN_SIZE = 1

@@ -12,7 +12,9 @@ def loss_function(bind):
     """Turn `bind`, which checks a call's arguments into a LossCall, into a loss function (of
     the core or of a flavour), with bind's name, signature and docstring.
 
-    The loss runs the validated call (`_call.run`), with two routes at the edge: a framework
+    The loss runs the validated call (`_call.run`), with three routes at the edge: an
+    adapter's express lane (`_dispatch.EXPRESS_LANES`, by the first argument's type) takes a
+    call of a form it validated before (`_torch.express`); a framework
     whose tensors the core reads as NumPy views takes the call first
     (`_dispatch.edge_adapter`), and inside a graph that PyTorch is compiling (`torch.compile`,
     `torch.export`) a core loss is one `bceloss::loss` operator (`_torch.compiled_loss`): the
@@ -34,6 +36,11 @@ def loss_function(bind):
             from bceloss import _torch
 
             return _torch.compiled_loss(name, positional, args, kwargs)
+        lane = _dispatch.EXPRESS_LANES.get(type(args[0])) if args else None
+        if lane is not None:
+            result = lane(bind, args, kwargs)
+            if result is not None:
+                return result
         edge = _dispatch.edge_adapter(args, kwargs)
         if edge is not None:
             return edge.loss(bind, args, kwargs)

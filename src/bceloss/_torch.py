@@ -180,6 +180,7 @@ def numpy_twin(call):
 
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, **{v: k for k, v in _NUMPY_DTYPES.items()}}
 
 
 @functools.cache
@@ -200,14 +201,27 @@ def forward(call, eager=None, plain=False):
     twin = None if not plain and _transformed(*_arrays(call, _TENSORS)) else numpy_twin(call)
     if twin is None:
         return _evaluate.evaluate(call)
-    if eager is None or not _eager(call):
+    return _on_views(twin, eager if eager is not None and _eager(call) else None)
+
+
+def _on_views(twin, eager):
+    """The loss of a call on NumPy views (`numpy_twin`), as a tensor; where `eager` is a list
+    (see `forward`), the input's gradient is appended to it."""
+    if eager is None:
         return _tensor(_evaluate.evaluate(twin))
-    if call.reduction == "none":
-        n = math.prod(call.shape)
+    if twin.reduction == "none":
+        n = math.prod(twin.shape)
         value, gx, _ = _evaluate.elementwise(twin, whole_size=n, grad_input=True)
         value = _reduce.loss(twin, value)
     else:
-        value, (gx,) = _evaluate.loss_and_grad(twin, (0,))
+        # the gradient in memory of PyTorch's (the kernel writes it there): autograd then
+        # takes it as the .grad, where a NumPy-owned one costs more to hand over
+        dtype = _TORCH_DTYPES.get(twin.input.dtype)
+        grad = None if dtype is None else torch.empty(twin.input.shape, dtype=dtype)
+        view = None if grad is None else grad.numpy()
+        value, (gx,) = _evaluate.loss_and_grad(twin, (0,), out=view)
+        eager.append(grad if gx is view else _tensor(gx))
+        return _tensor(value)
     eager.append(_tensor(gx))
     return _tensor(value)
 
@@ -240,10 +254,15 @@ def _scaled_eager(gx, grad, dtype):
     return (gx * grad).to(dtype)
 
 
+_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+
+
 def _batched(grad) -> bool:
     """Whether `grad` is a tensor of PyTorch's older vmap (gradcheck's batched checks run the
-    backward under it): a "Batched" dispatch key (the Python enum does not name it); NumPy
-    cannot view it, float() cannot read it."""
+    backward under it; NumPy cannot view it, float() cannot read it): functorch tells, or
+    where it cannot, a "Batched" dispatch key (the Python enum does not name it)."""
+    if _is_legacy_batched is not None:
+        return _is_legacy_batched(grad)
     return "Batched" in str(torch._C._dispatch_keys(grad))
 
 
@@ -368,6 +387,124 @@ def _classic_function():
             *arrays, eager = arrays_and_eager
             output = forward(_bind(call, arrays, _TENSORS), eager, plain=True)
             _setup(ctx, (call, *arrays_and_eager))  # no jvp: nothing saved for it
+            return output
+
+        backward = node.backward
+
+    return BCELossFunction
+
+
+# --- the express lane: an eager call of a form validated before ------------------------
+
+_SCALARS = (str, float, int, bool)
+_NOT_EXPRESS = object()  # a form the lane leaves to the usual route
+_RECIPES: dict = {}  # a call's form (`_form`) -> its `_Recipe`, or _NOT_EXPRESS
+_RECIPES_MAX = 256  # forms remembered; past it the memory starts again
+
+
+def express(bind, args, kwargs):
+    """The loss of an eager call on PyTorch CPU tensors, without validating it again when
+    a call of the same form was validated before; None where the call takes the usual route.
+
+    A form is what validation reads: `bind`, the arguments' kinds and positions, every
+    tensor's class, shape, dtype, device, layout, requires_grad and contiguity, the other
+    arguments' values, and grad mode. A call of the form gets the first one's `LossCall`
+    with its own tensors (`_Recipe`): the same loss and the same autograd node (its forward
+    the one of `forward`, from NumPy views) as the usual route, which validation errors,
+    other devices, half dtypes, masks, BCE on probabilities (its values are checked every
+    call) and every transform keep taking."""
+    if _tangents_possible() or torch.compiler.is_compiling():
+        return None
+    form = _form(bind, args, kwargs)
+    if form is None:
+        return None
+    recipe = _RECIPES.get(form)
+    if recipe is None:
+        if len(_RECIPES) >= _RECIPES_MAX:
+            _RECIPES.clear()
+        recipe = _RECIPES[form] = _recipe(bind, args, kwargs)  # validation errors raise
+    if recipe is _NOT_EXPRESS:
+        return None
+    return recipe.loss((*args, *kwargs.values()))
+
+
+def _form(bind, args, kwargs):
+    form = [bind, torch.is_grad_enabled(), len(args), *kwargs]
+    for a in (*args, *kwargs.values()):
+        kind = type(a)
+        if kind is torch.Tensor or kind is torch.nn.Parameter:
+            if a.layout is not torch.strided:
+                return None
+            form.append((kind, a.shape, a.dtype, a.device, a.requires_grad, a.is_contiguous()))
+        elif a is None or kind in _SCALARS:
+            form.append((kind, a))  # (1 and 1.0 and True hash alike)
+        else:
+            return None
+    return tuple(form)
+
+
+def _recipe(bind, args, kwargs):
+    call = bind(*args, **kwargs)
+    arrays = _arrays(call, _TENSORS)
+    present = [a for a in arrays if a is not None]
+    if not (
+        isinstance(call.backend, Torch)
+        and call.logits
+        and call.where is None
+        and call.input.device.type == "cpu"
+        and tuple(call.input.shape) == call.shape
+        and all(a.dtype in _NUMPY_DTYPES for a in present)
+    ):
+        return _NOT_EXPRESS
+    given = (*args, *kwargs.values())
+    places = []
+    for a in arrays:
+        place = next((i for i, g in enumerate(given) if g is a), None)
+        if a is not None and place is None:  # validation made a new tensor (a cast)
+            return _NOT_EXPRESS
+        places.append(place)
+    return _Recipe(call, tuple(places))
+
+
+class _Recipe:
+    """A validated eager call without its tensors: where each is among the arguments, the
+    `LossCall` and its NumPy twin to fill, and whether autograd records it."""
+
+    __slots__ = ("call", "eager", "places", "records", "twin")
+
+    def __init__(self, call, places):
+        self.places = places
+        self.records = records(call)
+        self.eager = self.records and _eager(call)
+        self.call = _bind(call, (None,) * len(_TENSORS), _TENSORS)
+        self.twin = numpy_twin(call).replace(**dict.fromkeys(_TENSORS))
+
+    def loss(self, given):
+        arrays = [None if i is None else given[i] for i in self.places]
+        if self.records:
+            return _express_function().apply(self, *arrays, None)
+        return self.on_views(arrays, None)
+
+    def on_views(self, arrays, eager):
+        views = [None if a is None else a.detach().numpy() for a in arrays]
+        return _on_views(self.twin.replace(**dict(zip(_TENSORS, views, strict=True))), eager)
+
+
+@functools.cache
+def _express_function():
+    node = _function()  # its backward
+
+    class BCELossFunction(torch.autograd.Function):
+        """`_classic_function()`'s node for a `_Recipe`'s call: its forward reads the recipe
+        (the call, whether the input's gradient is computed in the forward) instead of
+        asking; the same context and backward."""
+
+        @staticmethod
+        def forward(ctx, recipe, *arrays_and_eager):
+            *arrays, _ = arrays_and_eager
+            eager = [] if recipe.eager else None
+            output = recipe.on_views(arrays, eager)
+            _setup(ctx, (recipe.call, *arrays, eager))
             return output
 
         backward = node.backward
@@ -541,3 +678,4 @@ _loss_operator.register_autograd(_operator_backward, setup_context=_setup_operat
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
 torch.library.register_autocast("bceloss::loss", "cpu", torch.float32)
 torch.library.register_autocast("bceloss::loss", "cuda", torch.float32)
+_dispatch.EXPRESS_LANES.update(dict.fromkeys((torch.Tensor, torch.nn.Parameter), express))
