@@ -26,10 +26,15 @@ _KINDS = {"logits": 0, "probabilities": 1, "focal": 2}
 _LARGEST = {np.float32: float(np.finfo(np.float32).max), np.float64: math.inf}
 
 
-def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0) -> None:
-    def flat(a):
-        return None if a is None else a.reshape(-1).view(storage(a.dtype))
+def _flat(a):
+    if a is None:
+        return None
+    stored = storage(a.dtype)
+    a = a.reshape(-1)
+    return a if stored is a.dtype else a.view(stored)
 
+
+def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0) -> None:
     blocks = pl.starts.size - 1
     team = 1 if pl.n <= SERIAL_SIZE else max(1, min(get_num_threads(), blocks))
     chunks = 1 if team == 1 else min(CHUNKS_PER_THREAD * team, blocks)
@@ -46,9 +51,9 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, d
         pl.p,
         pl.keep,
         pl.wd,
-        flat(out),
-        flat(gx),
-        flat(gy),
+        _flat(out),
+        _flat(gx),
+        _flat(gy),
         sums,
         wsums,
         pl.starts,

@@ -68,11 +68,27 @@ def flat(a: np.ndarray) -> np.ndarray:
     return a if stored is a.dtype else a.view(stored)
 
 
+_READABLE: dict = {}  # dtype -> whether the kernel reads arrays of it
+
+
 def _readable(a: np.ndarray) -> bool:
-    name = _dtypes.dtype_name(a.dtype)
-    if name in BITS:
-        return True
-    return a.dtype.kind in "fb" or (a.dtype.kind in "iu" and a.dtype.itemsize != 2)
+    readable = _READABLE.get(a.dtype)
+    if readable is None:
+        d = a.dtype
+        readable = _READABLE[d] = _dtypes.dtype_name(d) in BITS or (
+            d.kind in "fb" or (d.kind in "iu" and d.itemsize != 2)
+        )
+    return readable
+
+
+_COMPUTE: dict = {}  # a result dtype -> the scalar type the kernel computes in
+
+
+def _compute_type(dtype) -> type:
+    ct = _COMPUTE.get(dtype)
+    if ct is None:
+        ct = _COMPUTE[dtype] = np.dtype(_dtypes.compute_dtype(np, dtype)).type
+    return ct
 
 
 _UNSUPPORTED = object()
@@ -114,12 +130,12 @@ def plan(call, min_size: int = 1) -> Plan | None:
         or not (_readable(x) and _readable(y))
     ):
         return None
-    ct = np.dtype(_dtypes.compute_dtype(np, call.dtype)).type
+    ct = _compute_type(call.dtype)
     w = _periodic(call.weight, call.shape, n, ct)
     p = _periodic(call.pos_weight if call.logits else None, call.shape, n, ct)
     weighted_mean = call.reduction == "weighted_mean" and call.weight is not None
     wd = _periodic(call.weight, call.shape, n, np.float64) if weighted_mean else None
-    if any(a is _UNSUPPORTED for a in (w, p, wd)):
+    if w is _UNSUPPORTED or p is _UNSUPPORTED or wd is _UNSUPPORTED:
         return None
     if call.where is None:
         keep, kept = None, n
