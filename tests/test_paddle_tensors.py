@@ -565,3 +565,34 @@ def test_a_tensor_off_the_cpu_is_refused_with_a_clear_message():
     msg = r"Paddle tensors on the CPU only; logit is on Place\(gpu:0\): .*\.cpu\(\)"
     with pytest.raises(ValueError, match=msg):
         _paddle._numpy(OnGpu(), "logit")
+
+
+def test_a_repeated_call_form_is_validated_once(monkeypatch):
+    # the NumPy views of a call of a form validated before are not validated again (`_memo`):
+    # the same loss and gradients as a call validated afresh
+    from bceloss import _memo, _validation
+
+    counts = []
+    real = _validation.validate
+    monkeypatch.setattr(_validation, "validate", lambda **k: counts.append(1) or real(**k))
+    rng = np.random.default_rng(8)
+    pos_weight = tensor(rng.random(10).astype(F32) + 0.5)
+    results = {}
+    for fresh in (False, True):
+        _memo._CALLS.clear()
+        before = len(counts)
+        for step in range(3):
+            x = tensor(rng.normal(0, 3, (64, 10)).astype(F32), grad=True)
+            y = tensor(rng.random((64, 10)).astype(F32))
+            if fresh:
+                _memo._CALLS.clear()
+                x = tensor(results[step][0], grad=True)
+                y = tensor(results[step][1])
+            loss = pd.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
+            loss.backward()
+            got = (loss.numpy().tobytes(), x.grad.numpy().tobytes())
+            if fresh:
+                assert got == results[step][2]
+            else:
+                results[step] = (x.numpy(), y.numpy(), got)
+        assert len(counts) - before == (3 if fresh else 1)

@@ -291,16 +291,16 @@ def _bits(t):
 
 
 def test_a_repeated_call_form_skips_validation_with_the_usual_results(monkeypatch):
-    # an eager call of a form validated before (`_torch.express`) runs without validating
-    # again: the same loss, node and gradients as the usual route, with new values in the
-    # tensors (weights changed in place included), each form on its own
-    from bceloss import _torch
+    # an eager call of a form validated before (`_memo`, `_torch.express`) runs without
+    # validating again: the same loss, node and gradients as the usual route, with new values
+    # in the tensors (weights changed in place included), each form on its own
+    from bceloss import _memo, _validation
 
     gen = torch.Generator().manual_seed(5)
     validated = []
-    real = _torch._recipe
-    monkeypatch.setattr(_torch, "_recipe", lambda *a: validated.append(1) or real(*a))
-    _torch._RECIPES.clear()
+    real = _validation.validate
+    monkeypatch.setattr(_validation, "validate", lambda **k: validated.append(1) or real(**k))
+    _memo._CALLS.clear()
     pos_weight = torch.rand(10, generator=gen) + 0.5
     module = bceloss.BCEWithLogitsLoss(pos_weight=pos_weight, label_smoothing=0.1)
     forms = [
@@ -313,13 +313,15 @@ def test_a_repeated_call_form_skips_validation_with_the_usual_results(monkeypatc
     ]
     for fn, kwargs, dtype in forms:
         for grad_mode, needs in ((True, (True, False)), (True, (True, True)), (False, (True,))):
-            before = len(validated)
+            lane = 0  # validations of the lane's calls
             for _ in range(3):
                 x = (4 * torch.randn(64, 10, generator=gen, dtype=dtype)).requires_grad_()
                 y = torch.rand(64, 10, generator=gen, dtype=dtype).requires_grad_(needs[-1])
                 pos_weight.mul_(1.5)  # a buffer changed in place between calls
                 with torch.set_grad_enabled(grad_mode):
+                    before = len(validated)
                     got = fn(x, y, **kwargs)
+                    lane += len(validated) - before
                     usual = (_usual_route if fn is not module else _module_route)(
                         fn, x, y, **kwargs
                     )
@@ -333,7 +335,7 @@ def test_a_repeated_call_form_skips_validation_with_the_usual_results(monkeypatc
                     ours = torch.autograd.grad(got, wrt, seed)
                     theirs = torch.autograd.grad(usual, wrt, seed)
                     assert list(map(_bits, ours)) == list(map(_bits, theirs))
-            assert len(validated) - before == 1  # the first call of a form only
+            assert lane == 1  # the first call of a form only
 
 
 def _module_route(module, x, y):
@@ -341,9 +343,9 @@ def _module_route(module, x, y):
 
 
 def test_a_repeated_call_form_is_still_refused_and_changes_of_form_are_seen():
-    from bceloss import _torch
+    from bceloss import _memo
 
-    _torch._RECIPES.clear()
+    _memo._CALLS.clear()
     x = torch.randn(4, 3, requires_grad=True)
     y = torch.rand(4, 3)
     for _ in range(2):  # an error is raised on every call, never remembered as a form

@@ -5,7 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 
-from bceloss import _call, _dispatch, _validation
+from bceloss import (
+    _array_api,  # noqa: F401  (NumPy's express lane, from the first call)
+    _call,
+    _dispatch,
+    _validation,
+)
 
 
 def loss_function(bind):

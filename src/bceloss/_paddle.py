@@ -32,7 +32,7 @@ import array_api_compat
 import numpy as np
 import paddle
 
-from bceloss import _dtypes, _evaluate, _gradients, _module_types, _reduce
+from bceloss import _dtypes, _evaluate, _gradients, _memo, _module_types, _reduce
 
 _ARRAYS = ("input", "target", "weight", "pos_weight")
 
@@ -76,7 +76,8 @@ class Paddle:
                 raise TypeError(msg)
         positional = [views.get(n, a) for n, a in zip(names, args, strict=False)]
         keywords = {k: views.get(k, v) for k, v in kwargs.items()}
-        call = bind(*positional, **keywords)
+        bound = _memo.bind(bind, positional, keywords)  # the views' form seen before: not again
+        call = bind(*positional, **keywords) if bound is None else bound[0]
 
         record = paddle.is_grad_enabled()
         sources = [tensors.get(id(getattr(call, name))) for name in _ARRAYS]

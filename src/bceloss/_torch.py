@@ -33,6 +33,7 @@ from bceloss import (
     _dispatch,
     _evaluate,
     _gradients,
+    _memo,
     _module_types,
     _reduce,
     _validation,
@@ -116,16 +117,15 @@ class Torch(_array_api.ArrayAPI):
 def _autocast(call):
     """The call as PyTorch's BCE runs under autocast: float16 and bfloat16 operands in
     float32 (autograd records the casts), the result float32."""
-    halves = (torch.float16, torch.bfloat16)
     arrays = _arrays(call)
-    if not any(a is not None and a.dtype in halves for a in arrays):
+    if not any(a is not None and a.dtype in _HALVES for a in arrays):
         return call
     device = call.input.device.type
     if device not in ("cpu", "cuda", "xpu", "mps") or not torch.is_autocast_enabled(device):
         return call  # meta, for one, has no autocast
     # as PyTorch's float32 autocast policy: every float16 and bfloat16 operand widened
-    arrays = tuple(a.float() if a is not None and a.dtype in halves else a for a in arrays)
-    dtype = torch.float32 if call.dtype in halves else call.dtype
+    arrays = tuple(a.float() if a is not None and a.dtype in _HALVES else a for a in arrays)
+    dtype = torch.float32 if call.dtype in _HALVES else call.dtype
     return _bind(call, arrays).replace(dtype=dtype)
 
 
@@ -180,6 +180,7 @@ def numpy_twin(call):
 
 
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_HALVES = (torch.float16, torch.bfloat16)
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, **{v: k for k, v in _NUMPY_DTYPES.items()}}
 
 
@@ -396,91 +397,60 @@ def _classic_function():
 
 # --- the express lane: an eager call of a form validated before ------------------------
 
-_SCALARS = (str, float, int, bool)
-_NOT_EXPRESS = object()  # a form the lane leaves to the usual route
-_RECIPES: dict = {}  # a call's form (`_form`) -> its `_Recipe`, or _NOT_EXPRESS
-_RECIPES_MAX = 256  # forms remembered; past it the memory starts again
-
 
 def express(bind, args, kwargs):
-    """The loss of an eager call on PyTorch CPU tensors, without validating it again when
-    a call of the same form was validated before; None where the call takes the usual route.
+    """The loss of an eager call on PyTorch tensors, the validation skipped where a call of
+    the same form was validated before (`_memo`; the form includes grad mode); None under a
+    transform or a compiler, or with an argument of no known form (the usual route).
 
-    A form is what validation reads: `bind`, the arguments' kinds and positions, every
-    tensor's class, shape, dtype, device, layout, requires_grad and contiguity, the other
-    arguments' values, and grad mode. A call of the form gets the first one's `LossCall`
-    with its own tensors (`_Recipe`): the same loss and the same autograd node (its forward
-    the one of `forward`, from NumPy views) as the usual route, which validation errors,
-    other devices, half dtypes, masks, BCE on probabilities (its values are checked every
-    call) and every transform keep taking."""
+    A CPU call of float32 and float64 tensors keeps what the usual route asks of the call
+    (`_Recipe`: its NumPy twin, whether autograd records it and whether the forward computes
+    the input's gradient), and runs its node's forward on NumPy views straight away: the
+    same node, the same results."""
     if _tangents_possible() or torch.compiler.is_compiling():
         return None
-    form = _form(bind, args, kwargs)
-    if form is None:
+    bound = _memo.bind(bind, args, kwargs, torch.is_grad_enabled())
+    if bound is None:
         return None
-    recipe = _RECIPES.get(form)
-    if recipe is None:
-        if len(_RECIPES) >= _RECIPES_MAX:
-            _RECIPES.clear()
-        recipe = _RECIPES[form] = _recipe(bind, args, kwargs)  # validation errors raise
-    if recipe is _NOT_EXPRESS:
+    call, memo = bound
+    if memo is None:
+        return call.backend.loss(call)
+    if memo.adapter is None:
+        memo.adapter = _Recipe(memo.call, call)
+    if not memo.adapter.direct:
+        return call.backend.loss(call)
+    return memo.adapter.loss(call)
+
+
+def _tensor_form(t):
+    """What validation reads of a tensor (`_memo`), and requires_grad, which decides whether
+    autograd records the call."""
+    if t.layout is not torch.strided:
         return None
-    return recipe.loss((*args, *kwargs.values()))
-
-
-def _form(bind, args, kwargs):
-    form = [bind, torch.is_grad_enabled(), len(args), *kwargs]
-    for a in (*args, *kwargs.values()):
-        kind = type(a)
-        if kind is torch.Tensor or kind is torch.nn.Parameter:
-            if a.layout is not torch.strided:
-                return None
-            form.append((kind, a.shape, a.dtype, a.device, a.requires_grad, a.is_contiguous()))
-        elif a is None or kind in _SCALARS:
-            form.append((kind, a))  # (1 and 1.0 and True hash alike)
-        else:
-            return None
-    return tuple(form)
-
-
-def _recipe(bind, args, kwargs):
-    call = bind(*args, **kwargs)
-    arrays = _arrays(call, _TENSORS)
-    present = [a for a in arrays if a is not None]
-    if not (
-        isinstance(call.backend, Torch)
-        and call.logits
-        and call.where is None
-        and call.input.device.type == "cpu"
-        and tuple(call.input.shape) == call.shape
-        and all(a.dtype in _NUMPY_DTYPES for a in present)
-    ):
-        return _NOT_EXPRESS
-    given = (*args, *kwargs.values())
-    places = []
-    for a in arrays:
-        place = next((i for i, g in enumerate(given) if g is a), None)
-        if a is not None and place is None:  # validation made a new tensor (a cast)
-            return _NOT_EXPRESS
-        places.append(place)
-    return _Recipe(call, tuple(places))
+    return (type(t), t.shape, t.dtype, t.device, t.requires_grad)
 
 
 class _Recipe:
-    """A validated eager call without its tensors: where each is among the arguments, the
-    `LossCall` and its NumPy twin to fill, and whether autograd records it."""
+    """What the usual route asks of a remembered call that computes on NumPy views
+    (`direct`: CPU tensors of a float32 or float64 loss; the others take the usual route):
+    its NumPy twin without arrays, whether autograd records it and whether its forward
+    computes the input's gradient."""
 
-    __slots__ = ("call", "eager", "places", "records", "twin")
+    __slots__ = ("call", "direct", "eager", "records", "twin")
 
-    def __init__(self, call, places):
-        self.places = places
+    def __init__(self, unbound, call):
+        # (a half operand is left to the usual route: autocast, which the form does not
+        # hold, would widen it)
+        halves = any(a is not None and a.dtype in _HALVES for a in _arrays(call))
+        twin = None if halves or not isinstance(call.backend, Torch) else numpy_twin(call)
+        self.direct = twin is not None
+        self.twin = None if twin is None else twin.replace(**dict.fromkeys(_TENSORS))
+        self.call = unbound
         self.records = records(call)
         self.eager = self.records and _eager(call)
-        self.call = _bind(call, (None,) * len(_TENSORS), _TENSORS)
-        self.twin = numpy_twin(call).replace(**dict.fromkeys(_TENSORS))
 
-    def loss(self, given):
-        arrays = [None if i is None else given[i] for i in self.places]
+    def loss(self, call):
+        arrays = _arrays(call, _TENSORS)
         if self.records:
             return _express_function().apply(self, *arrays, None)
         return self.on_views(arrays, None)
@@ -678,4 +648,6 @@ _loss_operator.register_autograd(_operator_backward, setup_context=_setup_operat
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
 torch.library.register_autocast("bceloss::loss", "cpu", torch.float32)
 torch.library.register_autocast("bceloss::loss", "cuda", torch.float32)
-_dispatch.EXPRESS_LANES.update(dict.fromkeys((torch.Tensor, torch.nn.Parameter), express))
+for _cls in (torch.Tensor, torch.nn.Parameter):
+    _memo.register(_cls, _tensor_form)
+    _dispatch.EXPRESS_LANES[_cls] = express

@@ -1,0 +1,91 @@
+"""Validation remembered: a call of a form validated before is not validated again.
+
+A loss called in a loop (a training step, an evaluation over batches) gets arrays of one form
+call after call. A call's form is everything validation reads: the loss (its `bind`), the
+arguments' positions and names, the form of each array (its class and what the class's
+adapter registered: shape and dtype, and for PyTorch device, layout, requires_grad and
+contiguity), the other arguments' values, and a state the caller adds (PyTorch's grad mode).
+A call of a remembered form gets the first call's `LossCall` with its own arrays. Values are
+never remembered: a form whose validation reads them (BCE on probabilities checks its input)
+or makes new arrays (a cast target, a byte-swapped copy) is validated every call, and a call
+that fails validation is never remembered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bceloss._call import LossCall
+
+ARRAYS = ("input", "target", "weight", "pos_weight", "where")  # a LossCall's arrays
+MAX_FORMS = 256  # forms remembered; past it the memory starts again
+_SCALARS = frozenset((str, float, int, bool, type(None)))
+_FORMS: dict[type, Callable] = {}  # an array class -> its form (`register`)
+_CALLS: dict = {}  # a call's form -> its Remembered, or _VALIDATED_EVERY_CALL
+_VALIDATED_EVERY_CALL = object()
+
+
+@dataclass(slots=True)
+class Remembered:
+    """A validated call without its arrays (None), where each is among the arguments
+    (`places`: (name, position)), and what an adapter keeps beside it (`adapter`)."""
+
+    call: LossCall
+    places: tuple[tuple[str, int], ...]
+    adapter: Any = None
+
+
+def register(cls: type, form: Callable) -> None:
+    """Arrays of class `cls` have the form `form(array)` (hashable; None: do not remember)."""
+    _FORMS[cls] = form
+
+
+def bind(bind_fn, args, kwargs, state=None) -> tuple[LossCall, Remembered | None] | None:
+    """(`bind_fn(*args, **kwargs)`, its Remembered or None), the validation skipped for a
+    remembered form; None where an argument has no form (an array of a class no adapter
+    registered): the caller takes its usual route. Validation errors raise as `bind_fn`'s."""
+    form = _form(bind_fn, args, kwargs, state)
+    if form is None:
+        return None
+    memo = _CALLS.get(form)
+    if memo is None:
+        call = bind_fn(*args, **kwargs)
+        if len(_CALLS) >= MAX_FORMS:
+            _CALLS.clear()
+        memo = _CALLS[form] = _remembered(call, (*args, *kwargs.values()))
+        return call, (None if memo is _VALIDATED_EVERY_CALL else memo)
+    if memo is _VALIDATED_EVERY_CALL:
+        return bind_fn(*args, **kwargs), None
+    given = (*args, *kwargs.values())
+    return memo.call.replace(**{name: given[i] for name, i in memo.places}), memo
+
+
+def _form(bind_fn, args, kwargs, state):
+    form = [bind_fn, state, len(args), *kwargs]
+    for a in (*args, *kwargs.values()):
+        kind = type(a)
+        if kind in _SCALARS:
+            form.append((kind, a))  # (1, 1.0 and True hash alike)
+            continue
+        array_form = _FORMS.get(kind)
+        shape = None if array_form is None else array_form(a)
+        if shape is None:
+            return None
+        form.append(shape)
+    return tuple(form)
+
+
+def _remembered(call: LossCall, given: tuple):
+    if not call.logits:  # BCE on probabilities: its input's values are checked every call
+        return _VALIDATED_EVERY_CALL
+    places = []
+    for name in ARRAYS:
+        a = getattr(call, name)
+        if a is not None:
+            place = next((i for i, g in enumerate(given) if g is a), None)
+            if place is None:  # validation made a new array
+                return _VALIDATED_EVERY_CALL
+            places.append((name, place))
+    return Remembered(call.replace(**dict.fromkeys(ARRAYS)), tuple(places))

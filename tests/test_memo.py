@@ -1,0 +1,83 @@
+"""Validation remembered (`_memo`): a call of a form validated before is not validated
+again and gets the usual route's results; what has to be checked every call still is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bceloss
+from bceloss import _call, _memo, _validation
+
+BCE = bceloss.binary_cross_entropy
+BCEL = bceloss.binary_cross_entropy_with_logits
+
+
+@pytest.fixture
+def validated(monkeypatch):
+    """A list that grows by one at every validation, the memory of forms emptied."""
+    BCEL(np.zeros(1), np.zeros(1))  # NumPy's lane is registered with its adapter, at first use
+    counts = []
+    real = _validation.validate
+    monkeypatch.setattr(_validation, "validate", lambda **k: counts.append(1) or real(**k))
+    _memo._CALLS.clear()
+    return counts
+
+
+def _usual(fn, *args, **kwargs):
+    return _call.run(fn._bceloss_bind(*args, **kwargs))
+
+
+def test_numpy_calls_of_a_form_are_validated_once_with_the_usual_results(validated):
+    rng = np.random.default_rng(3)
+    w = rng.random(10).astype(np.float32)
+    p = (rng.random(10) + 0.5).astype(np.float32)
+    module = bceloss.BCEWithLogitsLoss(pos_weight=p, reduction="sum")
+    cases = [
+        (BCEL, {}),
+        (BCEL, {"reduction": "none", "label_smoothing": 0.1}),
+        (BCEL, {"weight": w, "pos_weight": p}),
+        (BCEL, {"where": rng.random((64, 10)) > 0.3, "reduction": "weighted_mean", "weight": w}),
+        (bceloss.sigmoid_focal_loss, {"gamma": 1.5, "reduction": "mean"}),
+        (module, {}),
+    ]
+    for fn, kwargs in cases:
+        lane = 0
+        for _ in range(3):
+            x = rng.normal(0, 4, (64, 10)).astype(np.float32)
+            y = rng.random((64, 10)).astype(np.float32)
+            p *= 1.5  # an array option changed in place between calls: read again
+            before = len(validated)
+            got = fn(x, y, **kwargs)
+            lane += len(validated) - before
+            usual = _usual(
+                getattr(fn, "function", fn), x, y, **kwargs, **getattr(fn, "_options", dict)()
+            )
+            assert got.tobytes() == usual.tobytes()
+            assert (got.dtype, got.shape) == (usual.dtype, usual.shape)
+        assert lane == 1, fn  # the first call of the form only
+
+
+def test_what_has_to_be_checked_every_call_still_is(validated):
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 2, (8, 3))
+    y = rng.random((8, 3))
+    # BCE on probabilities: its input's values, every call
+    BCE(y, y)
+    with pytest.raises(ValueError, match=r"input must hold probabilities in \[0, 1\]"):
+        BCE(y + 1, y)
+    # errors raise every call, never remembered
+    for _ in range(2):
+        with pytest.raises(ValueError, match="target must have the shape of input"):
+            BCEL(x, y[:4])
+    # a form whose validation makes a new array (a big-endian input in native order) is
+    # validated every call, with the usual results; an integer target is cast when the loss
+    # is computed, so its form is remembered
+    for args, lane_validations in (((x.astype(">f8"), y), 3), ((x, (y > 0.5).astype(int)), 1)):
+        before = len(validated)
+        for _ in range(3):
+            assert BCEL(*args).tobytes() == _usual(BCEL, *args).tobytes()
+        assert len(validated) - before == lane_validations + 3  # + the usual route's
+    # an option's value is part of the form
+    assert BCEL(x, y, reduction="sum") != BCEL(x, y, reduction="mean")
+    assert BCEL(x, y, label_smoothing=0.2) != BCEL(x, y, label_smoothing=0.1)
