@@ -62,6 +62,12 @@ def bind(bind_fn, args, kwargs, state=None) -> tuple[LossCall, Remembered | None
     return memo.call.replace(**{name: given[i] for name, i in memo.places}), memo
 
 
+def validated(bind_fn, args, kwargs) -> LossCall:
+    """`bind_fn(*args, **kwargs)`, the validation skipped for a remembered form (`bind`)."""
+    bound = bind(bind_fn, args, kwargs)
+    return bind_fn(*args, **kwargs) if bound is None else bound[0]
+
+
 def _form(bind_fn, args, kwargs, state):
     form = [bind_fn, state, len(args), *kwargs]
     for a in (*args, *kwargs.values()):

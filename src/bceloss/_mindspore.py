@@ -35,7 +35,7 @@ import ml_dtypes
 import numpy as np
 from mindspore import nn, ops
 
-from bceloss import _dtypes, _evaluate, _functional, _gradients
+from bceloss import _dtypes, _evaluate, _functional, _gradients, _memo
 
 Tensor = mindspore.Tensor
 
@@ -87,7 +87,7 @@ class MindSpore:
             n: a if isinstance(a, np.ndarray) else _numpy(a)
             for n, a in zip(names, arrays, strict=True)
         }
-        call = bind(**views, **dict(statics))
+        call = _memo.validated(bind, (), {**views, **dict(statics)})
         constant = tuple(isinstance(a, np.ndarray) for a in arrays)
         tensors = [
             Tensor.from_numpy(np.ascontiguousarray(a)) if c else a
@@ -156,7 +156,8 @@ def _maker(bind, statics, names):
     options = dict(statics)
 
     def make(*arrays):
-        return bind(*arrays[:2], **dict(zip(names[2:], arrays[2:], strict=True)), **options)
+        keywords = dict(zip(names[2:], arrays[2:], strict=True))
+        return _memo.validated(bind, arrays[:2], {**keywords, **options})
 
     return make
 

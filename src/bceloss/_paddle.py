@@ -76,8 +76,7 @@ class Paddle:
                 raise TypeError(msg)
         positional = [views.get(n, a) for n, a in zip(names, args, strict=False)]
         keywords = {k: views.get(k, v) for k, v in kwargs.items()}
-        bound = _memo.bind(bind, positional, keywords)  # the views' form seen before: not again
-        call = bind(*positional, **keywords) if bound is None else bound[0]
+        call = _memo.validated(bind, positional, keywords)
 
         record = paddle.is_grad_enabled()
         sources = [tensors.get(id(getattr(call, name))) for name in _ARRAYS]
