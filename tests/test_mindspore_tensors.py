@@ -229,3 +229,40 @@ def test_other_kinds_beside_mindspore_are_a_type_error():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="all arrays of one call must be of one kind"):
         bm.binary_cross_entropy_with_logits(T(np.zeros(2, F32)), torch.zeros(2))
+
+
+def test_a_recorded_forward_computes_the_gradients_its_bprop_returns(monkeypatch):
+    # under grad / value_and_grad the forward computes the gradients in the loss's own pass
+    # and the bprop returns them (one kernel pass a step); where the bprop gets an output
+    # gradient other than 1, or the forward's gradients are not the ones it asks for (two
+    # losses in one function, a forward whose bprop never ran), it computes them: always the
+    # numbers of a call computed afresh
+    from bceloss import _evaluate, _mindspore
+
+    passes = []
+    for name in ("evaluate", "loss_and_grad"):
+        real = getattr(_evaluate, name)
+        monkeypatch.setattr(
+            _evaluate, name, lambda *a, _real=real, **k: passes.append(1) or _real(*a, **k)
+        )
+    rng = np.random.default_rng(12)
+    x, x2 = (T(rng.normal(0, 3, (64, 10)).astype(F32)) for _ in range(2))
+    y, y2 = (T(rng.random((64, 10)).astype(F32)) for _ in range(2))
+    loss = bm.binary_cross_entropy_with_logits
+    ref = [g.asnumpy() for g in ms.grad(lambda a, b: loss(a, b) * 1.0, (0, 1))(x, y)]
+    ref2 = [g.asnumpy() for g in ms.grad(lambda a, b: loss(a, b) * 1.0, (0, 1))(x2, y2)]
+    passes.clear()
+    value, grads = ms.value_and_grad(loss, (0, 1))(x, y)
+    assert len(passes) == 1  # the forward's pass only
+    for g, want in zip(grads, ref, strict=True):
+        np.testing.assert_array_equal(g.asnumpy(), want)
+    assert value.asnumpy() == loss(x, y).asnumpy()
+    # an output gradient of 3: computed in the bprop, 3 times the gradients
+    for g, want in zip(ms.grad(lambda a, b: 3 * loss(a, b), (0, 1))(x, y), ref, strict=True):
+        np.testing.assert_allclose(g.asnumpy(), 3 * want, rtol=2e-7)
+    # two losses in one function, and recorded forwards whose bprop never runs
+    for _ in range(2 * _mindspore._EagerLoss.EARLY_MAX):
+        ms.grad(lambda a, b: (loss(a, b), loss(b, a))[0] * 0 + loss(a, b), (0, 1))(x, y)
+    gx, gx2 = ms.grad(lambda a, b: loss(a, y) + loss(b, y2), (0, 1))(x, x2)
+    np.testing.assert_array_equal(gx.asnumpy(), ref[0])
+    np.testing.assert_array_equal(gx2.asnumpy(), ref2[0])

@@ -5,7 +5,8 @@ adapter first (`_dispatch.edge_adapter`). The call is validated on NumPy views o
 tensors (`Tensor.asnumpy()`, zero-copy for contiguous CPU tensors), so errors are the NumPy
 route's. In PyNative mode it runs as a Cell (`_EagerLoss`) whose `construct` computes the
 loss on NumPy views (the fused kernel) and whose `bprop` gives the closed-form gradients
-(`_evaluate.loss_and_grad`, `_gradients.reduced`). A graph (`mindspore.jit`, GRAPH_MODE)
+(`_evaluate.loss_and_grad`, `_gradients.reduced`); inside `mindspore.grad` and
+`value_and_grad` the construct computes them in the loss's own pass, for the bprop. A graph (`mindspore.jit`, GRAPH_MODE)
 runs it as one `ops.Custom(func_type="pyfunc")` operator computing the same on NumPy, whose
 `bprop` is a second such operator: `mindspore.grad` and `mindspore.value_and_grad`
 differentiate the loss in all three.
@@ -38,6 +39,10 @@ from mindspore import nn, ops
 from bceloss import _dtypes, _evaluate, _functional, _gradients, _memo
 
 Tensor = mindspore.Tensor
+try:  # PyNative's executor, which knows whether autograd records (`_recording`)
+    from mindspore.common.api import _pynative_executor as _PYNATIVE
+except ImportError:
+    _PYNATIVE = None
 
 
 def _warm_up():
@@ -162,9 +167,10 @@ def _maker(bind, statics, names):
     return make
 
 
-def _forward_value(call):
-    """The loss of a call on NumPy arrays, as MindSpore gets it (bfloat16 as float32)."""
-    value = _evaluate.evaluate(call)
+def _forward_value(call, value=None):
+    """The loss of a call on NumPy arrays (`value` where computed already), as MindSpore gets
+    it (bfloat16 as float32)."""
+    value = _evaluate.evaluate(call) if value is None else value
     return np.asarray(value, np.float32 if call.dtype == ml_dtypes.bfloat16 else call.dtype)
 
 
@@ -174,22 +180,54 @@ class _EagerLoss(nn.Cell):
     pyfunc's arrays in and out, and runs it among its own busy threads; a Cell's Python runs
     on the tensors' memory (3 to 6 times less time a `value_and_grad` than the operator)."""
 
+    EARLY_MAX = 8  # recorded forwards whose gradients wait for their bprop
+
     def __init__(self, make, names, constant):
         super().__init__()
         self._make, self._names, self._constant = make, names, constant
+        # a recorded forward's gradients (for an output gradient of 1), by the memory of its
+        # output and inputs, which its bprop receives (as other Tensor objects)
+        self._early = {}
 
     def construct(self, *tensors):
-        value = _forward_value(self._make(*(_numpy(t) for t in tensors)))
-        return _tensor(value)
+        arrays = [_numpy(t) for t in tensors]
+        call = self._make(*arrays)
+        if _recording():
+            # under grad / value_and_grad the bprop follows: where the gradients come from
+            # the loss's own pass (`_value_and_gradients`), computed now, once
+            value, grads = _value_and_gradients(
+                call, self._names, self._constant, arrays, np.ones((), np.float32)
+            )
+            if value is not None:
+                out = _tensor(_forward_value(call, value))
+                if len(self._early) >= self.EARLY_MAX:  # a forward whose bprop never ran
+                    self._early.pop(next(iter(self._early)))
+                self._early[_memory(out, arrays)] = grads
+                return out
+        return _tensor(_forward_value(call))
 
     def bprop(self, *args):
-        *tensors, _, dout = args
+        *tensors, out, dout = args
         arrays = [_numpy(t) for t in tensors]
-        grads = _gradients_of(
-            self._make(*arrays), self._names, self._constant, arrays, _numpy(dout)
-        )
+        seed = _numpy(dout)
+        grads = self._early.pop(_memory(out, arrays), None)
+        if grads is None or seed.size != 1 or float(seed.reshape(())) != 1.0:
+            call = self._make(*arrays)
+            grads = _value_and_gradients(call, self._names, self._constant, arrays, seed)[1]
         grads = grads if isinstance(grads, tuple) else (grads,)
         return tuple(_tensor(g) for g in grads)
+
+
+def _memory(out, arrays) -> tuple:
+    """Where the output and the input arrays of a call lie."""
+    return (_numpy(out).ctypes.data, *(a.ctypes.data for a in arrays))
+
+
+def _recording() -> bool:
+    """Whether MindSpore's PyNative autograd records the call (inside `mindspore.grad` or
+    `value_and_grad`: its bprop will run); False where MindSpore cannot tell."""
+    flag = getattr(_PYNATIVE, "grad_flag", None)
+    return bool(flag()) if flag is not None else False
 
 
 def _tensor(a):
@@ -257,13 +295,19 @@ def _operator(bind, statics, names, constant):
 def _gradients_of(call, names, constant, arrays, dout):
     """The gradients of the loss times `dout` with respect to each array (zeros for NumPy
     constants and `where`), each of its array's shape and dtype."""
+    return _value_and_gradients(call, names, constant, arrays, dout)[1]
+
+
+def _value_and_gradients(call, names, constant, arrays, dout):
+    """(the loss where the gradients come from its own pass, else None; `_gradients_of`)."""
     slots = [_slot(name, i) for i, name in enumerate(names)]
     needs = tuple(s in slots and not constant[slots.index(s)] for s in range(4))
     scalar = call.reduction != "none"
     seed = float(dout.reshape(())) if scalar else math.nan
+    value = None
     if scalar and not (needs[2] or needs[3]) and math.isfinite(seed) and seed != 0:
         wrt = tuple(i for i in (0, 1) if needs[i])
-        _, grads = _evaluate.loss_and_grad(call, wrt, seed=seed) if wrt else (None, ())
+        value, grads = _evaluate.loss_and_grad(call, wrt, seed=seed) if wrt else (None, ())
         by_slot = dict(zip(wrt, grads, strict=True))
     else:
         likes = tuple(getattr(call, _SLOTS[s]) for s in range(4))
@@ -275,7 +319,7 @@ def _gradients_of(call, names, constant, arrays, dout):
     for i, a in zip(slots, arrays, strict=True):
         g = by_slot.get(i)
         out.append(np.zeros_like(a) if g is None else np.asarray(g, a.dtype).reshape(a.shape))
-    return tuple(out) if len(out) > 1 else out[0]
+    return value, (tuple(out) if len(out) > 1 else out[0])
 
 
 def _slot(name, position):
