@@ -357,6 +357,7 @@ def test_the_plain_loop_gives_the_bits_of_the_general_one(dtype):
     # without label smoothing or an ignored label the logits loop leaves out the operations
     # on them (formulas.hpp, Plain); Paddle's flavour always passes its ignored label -100, so
     # on targets without one it takes the general loop: the same bits, loss and gradients
+    # (a NaN target with a NaN pos_weight, not drawn here, may give a NaN of the other sign)
     from bceloss.compat import paddle as paddle_flavour
 
     rng = np.random.default_rng(15)

@@ -266,3 +266,32 @@ def test_a_recorded_forward_computes_the_gradients_its_bprop_returns(monkeypatch
     gx, gx2 = ms.grad(lambda a, b: loss(a, y) + loss(b, y2), (0, 1))(x, x2)
     np.testing.assert_array_equal(gx.asnumpy(), ref[0])
     np.testing.assert_array_equal(gx2.asnumpy(), ref2[0])
+
+
+def test_a_recorded_forward_computes_gradients_only_where_its_pass_gives_them(monkeypatch):
+    # reduction='none' and a weight tensor's gradient are computed in the bprop: the forward
+    # computes the loss alone (no gradient pass thrown away); a scaled loss (loss scaling)
+    # takes the forward's gradients times the scale
+    from bceloss import _mindspore
+
+    calls = []
+    real = _mindspore._value_and_gradients
+    monkeypatch.setattr(_mindspore, "_value_and_gradients", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(13)
+    x = T(rng.normal(0, 3, (32, 8)).astype(F32))
+    y = T(rng.random((32, 8)).astype(F32))
+    w = T(rng.random(8).astype(F32) + 0.5)
+    loss = bm.binary_cross_entropy_with_logits
+    for fn, wrt in (
+        (lambda a, b, c: loss(a, b, reduction="none").sum(), (0, 1)),
+        (lambda a, b, c: loss(a, b, c), (0, 1, 2)),
+    ):
+        calls.clear()
+        ms.grad(fn, wrt)(x, y, w)
+        assert len(calls) == 1  # the bprop's
+    calls.clear()
+    scaled = ms.grad(lambda a, b: 1024 * loss(a, b), (0, 1))(x, y)
+    assert len(calls) == 1  # the forward's
+    plain = ms.grad(lambda a, b: loss(a, b), (0, 1))(x, y)
+    for g, h in zip(scaled, plain, strict=True):
+        np.testing.assert_allclose(g.asnumpy(), 1024 * h.asnumpy(), rtol=1e-7)

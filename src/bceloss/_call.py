@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# a LossCall's arrays, in the order the adapters pass them on
+ARRAYS = ("input", "target", "weight", "pos_weight", "where")
+
 
 @dataclass(frozen=True)
 class LossCall:

@@ -3,12 +3,15 @@
 A loss called in a loop (a training step, an evaluation over batches) gets arrays of one form
 call after call. A call's form is everything validation reads: the loss (its `bind`), the
 arguments' positions and names, the form of each array (its class and what the class's
-adapter registered: shape and dtype, and for PyTorch device, layout, requires_grad and
-contiguity), the other arguments' values, and a state the caller adds (PyTorch's grad mode).
-A call of a remembered form gets the first call's `LossCall` with its own arrays. Values are
-never remembered: a form whose validation reads them (BCE on probabilities checks its input)
-or makes new arrays (a cast target, a byte-swapped copy) is validated every call, and a call
-that fails validation is never remembered.
+adapter registered: shape and dtype, and for PyTorch device, layout and requires_grad), the
+other arguments' values, and a state the caller adds (PyTorch's grad mode). From the second
+call of a form on, a call gets the validated `LossCall` of that form with its own arrays.
+
+Values are never remembered: a form whose validation reads them (BCE on probabilities
+checks its input) or whose validated call holds an array the arguments do not (a
+byte-swapped copy) is validated every call, as is one whose first validated call had one
+object in two arguments (which of them feeds which array cannot be told), and a call that
+fails validation is never remembered.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bceloss._call import LossCall
+from bceloss._call import ARRAYS, LossCall
 
-ARRAYS = ("input", "target", "weight", "pos_weight", "where")  # a LossCall's arrays
-MAX_FORMS = 256  # forms remembered; past it the memory starts again
+MAX_FORMS = 256  # forms remembered; past it the oldest is forgotten
 _SCALARS = frozenset((str, float, int, bool, type(None)))
 _FORMS: dict[type, Callable] = {}  # an array class -> its form (`register`)
-_CALLS: dict = {}  # a call's form -> its Remembered, or _VALIDATED_EVERY_CALL
+# a call's form -> its Remembered, _SEEN_ONCE or _VALIDATED_EVERY_CALL
+_CALLS: dict = {}
+_SEEN_ONCE = object()  # a form met once: remembered when it comes again (one-off forms,
+# a new shape each call, cost no more than the form)
 _VALIDATED_EVERY_CALL = object()
 
 
@@ -50,12 +55,14 @@ def bind(bind_fn, args, kwargs, state=None) -> tuple[LossCall, Remembered | None
     if form is None:
         return None
     memo = _CALLS.get(form)
-    if memo is None:
+    if memo is None or memo is _SEEN_ONCE:
         call = bind_fn(*args, **kwargs)
         if len(_CALLS) >= MAX_FORMS:
-            _CALLS.clear()
-        memo = _CALLS[form] = _remembered(call, (*args, *kwargs.values()))
-        return call, (None if memo is _VALIDATED_EVERY_CALL else memo)
+            del _CALLS[next(iter(_CALLS))]  # the oldest (dicts keep insertion order)
+        memo = _CALLS[form] = (
+            _SEEN_ONCE if memo is None else _remembered(call, (*args, *kwargs.values()))
+        )
+        return call, (memo if isinstance(memo, Remembered) else None)
     if memo is _VALIDATED_EVERY_CALL:
         return bind_fn(*args, **kwargs), None
     given = (*args, *kwargs.values())
@@ -90,8 +97,8 @@ def _remembered(call: LossCall, given: tuple):
     for name in ARRAYS:
         a = getattr(call, name)
         if a is not None:
-            place = next((i for i, g in enumerate(given) if g is a), None)
-            if place is None:  # validation made a new array
+            found = [i for i, g in enumerate(given) if g is a]
+            if len(found) != 1:  # a new array (none), or one object in two arguments
                 return _VALIDATED_EVERY_CALL
-            places.append((name, place))
+            places.append((name, found[0]))
     return Remembered(call.replace(**dict.fromkeys(ARRAYS)), tuple(places))

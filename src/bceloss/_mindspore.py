@@ -6,10 +6,10 @@ tensors (`Tensor.asnumpy()`, zero-copy for contiguous CPU tensors), so errors ar
 route's. In PyNative mode it runs as a Cell (`_EagerLoss`) whose `construct` computes the
 loss on NumPy views (the fused kernel) and whose `bprop` gives the closed-form gradients
 (`_evaluate.loss_and_grad`, `_gradients.reduced`); inside `mindspore.grad` and
-`value_and_grad` the construct computes them in the loss's own pass, for the bprop. A graph (`mindspore.jit`, GRAPH_MODE)
-runs it as one `ops.Custom(func_type="pyfunc")` operator computing the same on NumPy, whose
-`bprop` is a second such operator: `mindspore.grad` and `mindspore.value_and_grad`
-differentiate the loss in all three.
+`value_and_grad`, where the loss's own pass computes them, the construct does, for the
+bprop. A graph (`mindspore.jit`, GRAPH_MODE) runs it as one `ops.Custom(func_type="pyfunc")`
+operator computing the same on NumPy, whose `bprop` is a second such operator:
+`mindspore.grad` and `mindspore.value_and_grad` differentiate the loss in all three.
 
 The graph compiler reads the Python source of what it compiles, following `__wrapped__`:
 each loss function's `__wrapped__` is set here to a graph twin (`_GRAPH_TWINS`) that calls
@@ -36,13 +36,18 @@ import ml_dtypes
 import numpy as np
 from mindspore import nn, ops
 
-from bceloss import _dtypes, _evaluate, _functional, _gradients, _memo
+from bceloss import _call, _dtypes, _evaluate, _functional, _gradients, _memo
 
 Tensor = mindspore.Tensor
-try:  # PyNative's executor, which knows whether autograd records (`_recording`)
-    from mindspore.common.api import _pynative_executor as _PYNATIVE
+# PyNative's executor, which knows whether autograd records (`_recording`): private, and
+# moved in MindSpore 2.9 (the old module warns that it is deprecated)
+try:
+    from mindspore.graph.api import _pynative_executor as _PYNATIVE
 except ImportError:
-    _PYNATIVE = None
+    try:
+        from mindspore.common.api import _pynative_executor as _PYNATIVE
+    except ImportError:
+        _PYNATIVE = None
 
 
 def _warm_up():
@@ -61,7 +66,7 @@ def _warm_up():
 
 _warm_up()
 
-_SLOTS = ("input", "target", "weight", "pos_weight", "where")  # arrays a call may carry
+_SLOTS = _call.ARRAYS  # arrays a call may carry
 
 
 def _numpy(t):
@@ -180,11 +185,14 @@ class _EagerLoss(nn.Cell):
     pyfunc's arrays in and out, and runs it among its own busy threads; a Cell's Python runs
     on the tensors' memory (3 to 6 times less time a `value_and_grad` than the operator)."""
 
-    EARLY_MAX = 8  # recorded forwards whose gradients wait for their bprop
+    # recorded forwards whose gradients wait for their bprop: a forward whose bprop never
+    # comes (a network left in set_grad(True) for evaluation) keeps them until pushed out
+    EARLY_MAX = 4
 
     def __init__(self, make, names, constant):
         super().__init__()
         self._make, self._names, self._constant = make, names, constant
+        self._needs = _needs(names, constant)
         # a recorded forward's gradients (for an output gradient of 1), by the memory of its
         # output and inputs, which its bprop receives (as other Tensor objects)
         self._early = {}
@@ -192,29 +200,34 @@ class _EagerLoss(nn.Cell):
     def construct(self, *tensors):
         arrays = [_numpy(t) for t in tensors]
         call = self._make(*arrays)
-        if _recording():
-            # under grad / value_and_grad the bprop follows: where the gradients come from
-            # the loss's own pass (`_value_and_gradients`), computed now, once
+        if _recording() and _fused(call, self._needs) is not None:
+            # under grad / value_and_grad the bprop follows, and these gradients come from
+            # the loss's own pass: computed now, once
             value, grads = _value_and_gradients(
                 call, self._names, self._constant, arrays, np.ones((), np.float32)
             )
-            if value is not None:
-                out = _tensor(_forward_value(call, value))
-                if len(self._early) >= self.EARLY_MAX:  # a forward whose bprop never ran
-                    self._early.pop(next(iter(self._early)))
-                self._early[_memory(out, arrays)] = grads
-                return out
+            out = _tensor(_forward_value(call, value))
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # (threads)
+                while len(self._early) >= self.EARLY_MAX:
+                    del self._early[next(iter(self._early))]  # the oldest
+            self._early[_memory(out, arrays)] = grads
+            return out
         return _tensor(_forward_value(call))
 
     def bprop(self, *args):
         *tensors, out, dout = args
         arrays = [_numpy(t) for t in tensors]
         seed = _numpy(dout)
-        grads = self._early.pop(_memory(out, arrays), None)
-        if grads is None or seed.size != 1 or float(seed.reshape(())) != 1.0:
+        early = self._early.pop(_memory(out, arrays), None)
+        s = float(seed.reshape(())) if seed.size == 1 else math.nan
+        if early is not None and math.isfinite(s) and s != 0:
+            grads = early if isinstance(early, tuple) else (early,)
+            if s != 1.0:  # times the output's gradient (loss scaling, a sum): rounded once
+                grads = tuple(np.asarray(g * s).astype(g.dtype, copy=False) for g in grads)
+        else:
             call = self._make(*arrays)
             grads = _value_and_gradients(call, self._names, self._constant, arrays, seed)[1]
-        grads = grads if isinstance(grads, tuple) else (grads,)
+            grads = grads if isinstance(grads, tuple) else (grads,)
         return tuple(_tensor(g) for g in grads)
 
 
@@ -298,18 +311,34 @@ def _gradients_of(call, names, constant, arrays, dout):
     return _value_and_gradients(call, names, constant, arrays, dout)[1]
 
 
+def _needs(names, constant) -> tuple[bool, ...]:
+    """Which of input, target, weight, pos_weight need a gradient: the arrays given as
+    `names` (in order) that are not NumPy constants."""
+    slots = [_slot(name, i) for i, name in enumerate(names)]
+    return tuple(s in slots and not constant[slots.index(s)] for s in range(4))
+
+
+def _fused(call, needs) -> tuple[int, ...] | None:
+    """The positions (0 input, 1 target) whose gradients the loss's own pass computes
+    (`_evaluate.loss_and_grad`), or None where they are computed apart: reduction='none', a
+    weight or pos_weight gradient wanted, or neither input nor target wanted."""
+    if call.reduction == "none" or needs[2] or needs[3]:
+        return None
+    return tuple(i for i in (0, 1) if needs[i]) or None
+
+
 def _value_and_gradients(call, names, constant, arrays, dout):
     """(the loss where the gradients come from its own pass, else None; `_gradients_of`)."""
     slots = [_slot(name, i) for i, name in enumerate(names)]
-    needs = tuple(s in slots and not constant[slots.index(s)] for s in range(4))
-    scalar = call.reduction != "none"
-    seed = float(dout.reshape(())) if scalar else math.nan
+    needs = _needs(names, constant)
+    wrt = _fused(call, needs)
+    seed = float(dout.reshape(())) if call.reduction != "none" else math.nan
     value = None
-    if scalar and not (needs[2] or needs[3]) and math.isfinite(seed) and seed != 0:
-        wrt = tuple(i for i in (0, 1) if needs[i])
-        value, grads = _evaluate.loss_and_grad(call, wrt, seed=seed) if wrt else (None, ())
+    if wrt is not None and math.isfinite(seed) and seed != 0:
+        value, grads = _evaluate.loss_and_grad(call, wrt, seed=seed)
         by_slot = dict(zip(wrt, grads, strict=True))
     else:
+        scalar = call.reduction != "none"
         likes = tuple(getattr(call, _SLOTS[s]) for s in range(4))
         likes = tuple(a if a is not None else np.empty(0) for a in likes)
         g = dout.reshape(()) if scalar else dout

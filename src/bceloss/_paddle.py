@@ -32,9 +32,9 @@ import array_api_compat
 import numpy as np
 import paddle
 
-from bceloss import _dtypes, _evaluate, _gradients, _memo, _module_types, _reduce
+from bceloss import _call, _dtypes, _evaluate, _gradients, _memo, _module_types, _reduce
 
-_ARRAYS = ("input", "target", "weight", "pos_weight")
+_ARRAYS = _call.ARRAYS[:4]  # those with a gradient
 
 
 class Paddle:

@@ -30,6 +30,7 @@ from torch.autograd import forward_ad
 
 from bceloss import (
     _array_api,
+    _call,
     _dispatch,
     _evaluate,
     _gradients,
@@ -39,8 +40,8 @@ from bceloss import (
     _validation,
 )
 
-_ARRAYS = ("input", "target", "weight", "pos_weight")
-_TENSORS = (*_ARRAYS, "where")  # the Function's: vmap batches its tensor arguments
+_TENSORS = _call.ARRAYS  # the Function's: vmap batches its tensor arguments
+_ARRAYS = _TENSORS[:4]  # those with a gradient
 
 
 def _arrays(call, names=_ARRAYS) -> tuple:
@@ -210,6 +211,7 @@ def _on_views(twin, eager):
     (see `forward`), the input's gradient is appended to it."""
     if eager is None:
         return _tensor(_evaluate.evaluate(twin))
+    grad = view = None
     if twin.reduction == "none":
         n = math.prod(twin.shape)
         value, gx, _ = _evaluate.elementwise(twin, whole_size=n, grad_input=True)
@@ -221,9 +223,7 @@ def _on_views(twin, eager):
         grad = None if dtype is None else torch.empty(twin.input.shape, dtype=dtype)
         view = None if grad is None else grad.numpy()
         value, (gx,) = _evaluate.loss_and_grad(twin, (0,), out=view)
-        eager.append(grad if gx is view else _tensor(gx))
-        return _tensor(value)
-    eager.append(_tensor(gx))
+    eager.append(grad if gx is view else _tensor(gx))
     return _tensor(value)
 
 
@@ -381,13 +381,20 @@ def _classic_function():
 
     class BCELossFunction(torch.autograd.Function):
         """`_function()`'s node in the classic form (forward takes the context): what eager
-        autograd records; the same forward, context and backward."""
+        autograd records; the same forward, context and backward. Its first argument is the
+        call without its tensors, or a remembered call's `_Recipe`, which says what the
+        forward would ask."""
 
         @staticmethod
         def forward(ctx, call, *arrays_and_eager):
             *arrays, eager = arrays_and_eager
-            output = forward(_bind(call, arrays, _TENSORS), eager, plain=True)
-            _setup(ctx, (call, *arrays_and_eager))  # no jvp: nothing saved for it
+            if type(call) is _Recipe:
+                eager = [] if call.eager else None
+                output = call.on_views(arrays, eager)
+                call = call.call
+            else:
+                output = forward(_bind(call, arrays, _TENSORS), eager, plain=True)
+            _setup(ctx, (call, *arrays, eager))  # no jvp: nothing saved for it
             return output
 
         backward = node.backward
@@ -452,34 +459,12 @@ class _Recipe:
     def loss(self, call):
         arrays = _arrays(call, _TENSORS)
         if self.records:
-            return _express_function().apply(self, *arrays, None)
+            return _function(transformable=False).apply(self, *arrays, None)
         return self.on_views(arrays, None)
 
     def on_views(self, arrays, eager):
         views = [None if a is None else a.detach().numpy() for a in arrays]
         return _on_views(self.twin.replace(**dict(zip(_TENSORS, views, strict=True))), eager)
-
-
-@functools.cache
-def _express_function():
-    node = _function()  # its backward
-
-    class BCELossFunction(torch.autograd.Function):
-        """`_classic_function()`'s node for a `_Recipe`'s call: its forward reads the recipe
-        (the call, whether the input's gradient is computed in the forward) instead of
-        asking; the same context and backward."""
-
-        @staticmethod
-        def forward(ctx, recipe, *arrays_and_eager):
-            *arrays, _ = arrays_and_eager
-            eager = [] if recipe.eager else None
-            output = recipe.on_views(arrays, eager)
-            _setup(ctx, (recipe.call, *arrays, eager))
-            return output
-
-        backward = node.backward
-
-    return BCELossFunction
 
 
 def module_type(cls):

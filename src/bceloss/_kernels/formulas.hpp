@@ -46,7 +46,8 @@ BCELOSS_INLINE Smoothed<F> smoothed(F y, Smooth<F> smooth) {
 
 // BCE with logits: l = w ((1 - y) x + lw softplus(-x)), lw = 1 + (p - 1) y. HasP false: no
 // pos_weight (p is 1, the argument unused). Plain: no label smoothing and no ignored label
-// (`smooth` and `ignore` unused), the same results with the operations on them left out.
+// (`smooth` and `ignore` unused), the same results with the operations on them left out (a
+// NaN from a NaN target and a NaN pos_weight may come out with the other sign bit).
 // NaN in x travels through exp_neg into every result; an infinite x gives exp(-|x|) = 0.
 template <class F, bool HasP, bool Plain>
 BCELOSS_INLINE Terms<F> logits(F x, F y, F w, F p, Smooth<F> smooth, F ignore) {
