@@ -558,9 +558,10 @@ def _literal(node):
 
 
 def _operator_call(fn, tensors, options):
-    """The validated call of the operator's arguments (on fake tensors: shapes and dtypes)."""
+    """The validated call of the operator's arguments (on fake tensors: shapes and dtypes),
+    not validated again for a form seen before (`_memo`; fake tensors have no form)."""
     arrays = {n: t for n, t in zip(_OPERANDS, tensors, strict=True) if t is not None}
-    return _bind_of(fn)(**arrays, **_options_of(options))
+    return _memo.validated(_bind_of(fn), (), {**arrays, **_options_of(options)})
 
 
 @torch.library.custom_op("bceloss::loss", mutates_args=())
