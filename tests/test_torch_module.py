@@ -351,3 +351,27 @@ def test_autocast_widens_every_half_operand_eager_and_compiled_alike():
     assert eager.dtype == compiled.dtype == torch.float64
     assert torch.equal(eager, compiled)
     assert torch.equal(eager, fn(x, y.float()))
+
+
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+def test_a_flavour_in_a_compiled_function_runs_eagerly_between_graphs():
+    # the flavours are not operators: torch.compile runs them outside its graph (it crashed
+    # on fake tensors), with the eager value and gradient; fullgraph=True refuses the break.
+    # (Resuming its graph after the break, dynamo reads .grad of the loss, a non-leaf tensor,
+    # and PyTorch warns of it, as for any function that torch.compiler.disable keeps out.)
+    from bceloss.compat import paddle as pd
+
+    def f(a, b):
+        return 2 * pd.binary_cross_entropy_with_logits(a, b, pos_weight=torch.ones(3))
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 3, generator=gen, requires_grad=True)
+    y = torch.rand(8, 3, generator=gen)
+    (want,) = torch.autograd.grad(f(x, y), x)
+    got = torch.compile(f)(x, y)
+    assert torch.equal(got, f(x, y))
+    assert torch.equal(torch.autograd.grad(got, x)[0], want)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        torch.compile(f, fullgraph=True)(x, y)

@@ -37,10 +37,17 @@ def loss_function(bind):
 
     @functools.wraps(bind)
     def loss(*args, **kwargs):
-        if traced and _dispatch.torch_compiling():
+        if _dispatch.torch_compiling():
             from bceloss import _torch
 
-            return _torch.compiled_loss(name, positional, args, kwargs)
+            if traced:
+                return _torch.compiled_loss(name, positional, args, kwargs)
+            # a flavour runs eagerly, outside the graph: a graph break (which
+            # fullgraph=True refuses with PyTorch's message)
+            return _torch.outside_graph(eager)(*args, **kwargs)
+        return eager(*args, **kwargs)
+
+    def eager(*args, **kwargs):
         lane = _dispatch.EXPRESS_LANES.get(type(args[0])) if args else None
         if lane is not None:
             result = lane(bind, args, kwargs)

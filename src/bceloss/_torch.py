@@ -489,6 +489,11 @@ _OPERANDS = ("input", "target", "weight", "pos_weight", "where")  # the operator
 _SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
 
+def outside_graph(fn):
+    """`fn` for the compiler to call without tracing it (a graph break)."""
+    return torch.compiler.disable(fn, recursive=True)
+
+
 def compiled_loss(fn: str, positional: tuple, args: tuple, kwargs: dict):
     """A core loss called inside a graph being compiled: one `bceloss::loss` operator.
 
