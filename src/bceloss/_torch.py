@@ -484,7 +484,7 @@ def _module_of(cls):
 
 # --- the registered operator: one graph node for torch.compile and torch.export ----------
 
-_OPERANDS = ("input", "target", "weight", "pos_weight", "where")  # the operator's tensors
+_OPERANDS = _call.ARRAYS  # the operator's tensors
 # True while the operator's fake implementation validates: fake tensors have no values
 _SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
