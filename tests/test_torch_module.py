@@ -375,3 +375,27 @@ def test_a_flavour_in_a_compiled_function_runs_eagerly_between_graphs():
     torch._dynamo.reset()
     with pytest.raises(torch._dynamo.exc.Unsupported):
         torch.compile(f, fullgraph=True)(x, y)
+
+
+def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_forward():
+    # where only the input needs a gradient of a reduced loss, the graph holds one operator
+    # computing loss and gradient (as the eager forward does) and the backward multiplies
+    # in graph ops; otherwise the loss operator and its backward operator. Eager's bits both
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 10, generator=gen, requires_grad=True)
+    y = torch.rand(64, 10, generator=gen)
+
+    def fn(a, b):
+        return 2.5 * bceloss.binary_cross_entropy_with_logits(a, b, reduction="sum")
+
+    for target, op in ((y, "bceloss.loss_and_grad"), (y.clone().requires_grad_(), "bceloss.loss")):
+        torch._dynamo.reset()
+        graph = torch._dynamo.explain(fn)(x, target).graphs[0]
+        assert f"torch.ops.{op}(" in graph.code
+        wrt = (x, target) if target.requires_grad else (x,)
+        compiled = torch.compile(fn, fullgraph=True)(x, target)
+        eager = fn(x, target)
+        assert torch.equal(compiled, eager)
+        ours, theirs = torch.autograd.grad(compiled, wrt), torch.autograd.grad(eager, wrt)
+        for g, h in zip(ours, theirs, strict=True):
+            assert torch.equal(g, h)

@@ -32,6 +32,7 @@ def loss_function(bind):
         for name, p in signature.parameters.items()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     )
+    reduction = signature.parameters["reduction"].default
     name = f"{bind.__module__}.{bind.__name__}"  # the operator finds `bind` again by it
     traced = bind.__module__ == __name__  # the core's losses: the flavours are not operators
 
@@ -41,7 +42,7 @@ def loss_function(bind):
             from bceloss import _torch
 
             if traced:
-                return _torch.compiled_loss(name, positional, args, kwargs)
+                return _torch.compiled_loss(name, positional, reduction, args, kwargs)
             # a flavour runs eagerly, outside the graph: a graph break (which
             # fullgraph=True refuses with PyTorch's message)
             return _torch.outside_graph(eager)(*args, **kwargs)

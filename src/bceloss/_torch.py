@@ -494,12 +494,14 @@ def outside_graph(fn):
     return torch.compiler.disable(fn, recursive=True)
 
 
-def compiled_loss(fn: str, positional: tuple, args: tuple, kwargs: dict):
-    """A core loss called inside a graph being compiled: one `bceloss::loss` operator.
+def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwargs: dict):
+    """A core loss called inside a graph being compiled: one `bceloss::loss` operator, or
+    `bceloss::loss_and_grad` where only the input needs a gradient of a reduced loss (its
+    forward computes it, as eager's does, and the backward multiplies it in graph ops).
 
     Written for the compiler to trace (plain Python on the arguments, no validation): the
     tensors are the operator's operands, the other arguments (str, bool, int, float, None)
-    its options, as their `repr`. The operator validates and computes when the graph runs,
+    its options, as their `repr`; `reduction` is the function's default one. The operator validates and computes when the graph runs,
     and its fake implementation validates shapes and dtypes when the graph is traced.
     """
     if len(args) > len(positional):
@@ -529,6 +531,16 @@ def compiled_loss(fn: str, positional: tuple, args: tuple, kwargs: dict):
             msg = f"{key} must be a str, a Python number or None in a compiled graph; got {kind}"
             raise TypeError(msg)
         options.append((key, value))
+    reduction = dict(options).get("reduction", reduction)
+    x, *others = tensors[:4]
+    if (
+        torch.is_grad_enabled()
+        and x is not None
+        and x.requires_grad
+        and not any(a is not None and a.requires_grad for a in others)
+        and reduction != "none"
+    ):
+        return torch.ops.bceloss.loss_and_grad(fn, *tensors, repr(tuple(options)))[0]
     return torch.ops.bceloss.loss(fn, *tensors, repr(tuple(options)))
 
 
@@ -595,6 +607,50 @@ def _(fn, input, target, weight, pos_weight, where, options):
     return input.new_empty(call.shape if call.reduction == "none" else (), dtype=call.dtype)
 
 
+@torch.library.custom_op("bceloss::loss_and_grad", mutates_args=())
+def _loss_and_grad_operator(
+    fn: str,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    pos_weight: torch.Tensor | None,
+    where: torch.Tensor | None,
+    options: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reduced loss of a core function `fn` and its gradient with respect to the input
+    (for an output gradient of 1), as eager PyTorch's recorded forward computes them."""
+    call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+    with torch.no_grad():
+        value, (gx,) = _evaluate.loss_and_grad(call, (0,))
+    return value.contiguous(), gx.contiguous()
+
+
+@_loss_and_grad_operator.register_fake
+def _(fn, input, target, weight, pos_weight, where, options):
+    token = _SHAPES_ONLY.set(True)
+    try:
+        call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+    finally:
+        _SHAPES_ONLY.reset(token)
+    return input.new_empty((), dtype=call.dtype), input.new_empty(input.shape)
+
+
+def _setup_loss_and_grad(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _loss_and_grad_backward(ctx, grad, _):
+    # the forward's gradient times the output's, as eager's backward (`_scaled_eager`);
+    # the gradient output itself has none (nothing differentiates it)
+    (gx,) = ctx.saved_tensors
+    return None, (gx * grad).to(gx.dtype), None, None, None, None, None
+
+
+_loss_and_grad_operator.register_autograd(
+    _loss_and_grad_backward, setup_context=_setup_loss_and_grad
+)
+
+
 @torch.library.custom_op("bceloss::loss_backward", mutates_args=())
 def _loss_backward_operator(
     grad: torch.Tensor,
@@ -637,8 +693,9 @@ def _operator_backward(ctx, grad):
 
 _loss_operator.register_autograd(_operator_backward, setup_context=_setup_operator)
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
-torch.library.register_autocast("bceloss::loss", "cpu", torch.float32)
-torch.library.register_autocast("bceloss::loss", "cuda", torch.float32)
+for _op in ("bceloss::loss", "bceloss::loss_and_grad"):
+    torch.library.register_autocast(_op, "cpu", torch.float32)
+    torch.library.register_autocast(_op, "cuda", torch.float32)
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form)
     _dispatch.EXPRESS_LANES[_cls] = express
