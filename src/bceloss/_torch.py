@@ -581,16 +581,24 @@ def _operator_call(fn, tensors, options):
     return _memo.validated(_bind_of(fn), (), {**arrays, **_options_of(options)})
 
 
-@torch.library.custom_op("bceloss::loss", mutates_args=())
-def _loss_operator(
-    fn: str,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    where: torch.Tensor | None,
-    options: str,
-) -> torch.Tensor:
+def _traced_call(fn, tensors, options):
+    """The operator's call as its fake implementation validates it: shapes and dtypes."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        return _operator_call(fn, tensors, options)
+    finally:
+        _SHAPES_ONLY.reset(token)
+
+
+# the operators' arguments: a core function's name, its tensors (`_OPERANDS`), its options
+_ARGUMENTS = (
+    "(str fn, Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, Tensor? where, "
+    "str options)"
+)
+
+
+@torch.library.custom_op("bceloss::loss", mutates_args=(), schema=f"{_ARGUMENTS} -> Tensor")
+def _loss_operator(fn, input, target, weight, pos_weight, where, options):
     """The loss of a core function `fn`, as eager PyTorch computes it (`forward`)."""
     call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
     with torch.no_grad():
@@ -599,24 +607,14 @@ def _loss_operator(
 
 @_loss_operator.register_fake
 def _(fn, input, target, weight, pos_weight, where, options):
-    token = _SHAPES_ONLY.set(True)
-    try:
-        call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
-    finally:
-        _SHAPES_ONLY.reset(token)
+    call = _traced_call(fn, (input, target, weight, pos_weight, where), options)
     return input.new_empty(call.shape if call.reduction == "none" else (), dtype=call.dtype)
 
 
-@torch.library.custom_op("bceloss::loss_and_grad", mutates_args=())
-def _loss_and_grad_operator(
-    fn: str,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    where: torch.Tensor | None,
-    options: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@torch.library.custom_op(
+    "bceloss::loss_and_grad", mutates_args=(), schema=f"{_ARGUMENTS} -> (Tensor, Tensor)"
+)
+def _loss_and_grad_operator(fn, input, target, weight, pos_weight, where, options):
     """The reduced loss of a core function `fn` and its gradient with respect to the input
     (for an output gradient of 1), as eager PyTorch's recorded forward computes them."""
     call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
@@ -627,11 +625,7 @@ def _loss_and_grad_operator(
 
 @_loss_and_grad_operator.register_fake
 def _(fn, input, target, weight, pos_weight, where, options):
-    token = _SHAPES_ONLY.set(True)
-    try:
-        call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
-    finally:
-        _SHAPES_ONLY.reset(token)
+    call = _traced_call(fn, (input, target, weight, pos_weight, where), options)
     return input.new_empty((), dtype=call.dtype), input.new_empty(input.shape)
 
 
