@@ -15,7 +15,7 @@ import numpy as np
 
 from bceloss import _dtypes, _reduce, _summation
 from bceloss._kernels._native import run as run_native
-from bceloss._kernels.plan import Plan, downscaled, storage
+from bceloss._kernels.plan import Plan, downscaled, flat
 from bceloss._kernels.threads import get_num_threads
 
 CHUNKS_PER_THREAD = 8
@@ -24,14 +24,6 @@ CHUNKS_PER_THREAD = 8
 SERIAL_SIZE = 4 * _summation.BLOCK
 _KINDS = {"logits": 0, "probabilities": 1, "focal": 2}
 _LARGEST = {np.float32: float(np.finfo(np.float32).max), np.float64: math.inf}
-
-
-def _flat(a):
-    if a is None:
-        return None
-    stored = storage(a.dtype)
-    a = a.reshape(-1)
-    return a if stored is a.dtype else a.view(stored)
 
 
 def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0) -> None:
@@ -51,9 +43,9 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, d
         pl.p,
         pl.keep,
         pl.wd,
-        _flat(out),
-        _flat(gx),
-        _flat(gy),
+        None if out is None else flat(out),
+        None if gx is None else flat(gx),
+        None if gy is None else flat(gy),
         sums,
         wsums,
         pl.starts,

@@ -48,15 +48,10 @@ class Plan:
     n: int
 
 
-_STORAGE: dict = {}  # dtype -> storage(dtype): a training loop asks again and again
-
-
+@functools.cache  # (a training loop asks of the same dtypes again and again)
 def storage(dtype) -> np.dtype:
     """The dtype in which the kernel reads or writes an array of `dtype` (halves as bits)."""
-    stored = _STORAGE.get(dtype)
-    if stored is None:
-        stored = _STORAGE[dtype] = np.dtype(BITS.get(_dtypes.dtype_name(dtype), dtype))
-    return stored
+    return np.dtype(BITS.get(_dtypes.dtype_name(dtype), dtype))
 
 
 def flat(a: np.ndarray) -> np.ndarray:
@@ -68,27 +63,19 @@ def flat(a: np.ndarray) -> np.ndarray:
     return a if stored is a.dtype else a.view(stored)
 
 
-_READABLE: dict = {}  # dtype -> whether the kernel reads arrays of it
-
-
 def _readable(a: np.ndarray) -> bool:
-    readable = _READABLE.get(a.dtype)
-    if readable is None:
-        d = a.dtype
-        readable = _READABLE[d] = _dtypes.dtype_name(d) in BITS or (
-            d.kind in "fb" or (d.kind in "iu" and d.itemsize != 2)
-        )
-    return readable
+    return _readable_dtype(a.dtype)
 
 
-_COMPUTE: dict = {}  # a result dtype -> the scalar type the kernel computes in
+@functools.cache
+def _readable_dtype(d) -> bool:
+    return _dtypes.dtype_name(d) in BITS or d.kind in "fb" or (d.kind in "iu" and d.itemsize != 2)
 
 
+@functools.cache
 def _compute_type(dtype) -> type:
-    ct = _COMPUTE.get(dtype)
-    if ct is None:
-        ct = _COMPUTE[dtype] = np.dtype(_dtypes.compute_dtype(np, dtype)).type
-    return ct
+    """The scalar type the kernel computes a loss of `dtype` in."""
+    return np.dtype(_dtypes.compute_dtype(np, dtype)).type
 
 
 _UNSUPPORTED = object()
