@@ -12,7 +12,18 @@ from __future__ import annotations
 import functools
 import operator
 
+import numpy as np
+
 from bceloss import _evaluate, _reduce
+
+
+def scaled(g, seed, dtype):
+    """A NumPy gradient `g` computed for an output gradient of 1, times the output's gradient
+    `seed` (a float, or an array of the loss's shape), rounded once to `dtype`; `g` itself
+    where that changes nothing. What an adapter's backward makes of its forward's gradient."""
+    if isinstance(seed, float) and seed == 1.0 and g.dtype == dtype:
+        return g
+    return np.asarray(g * seed).astype(dtype, copy=False)
 
 
 def elementwise(call, needs):

@@ -221,9 +221,9 @@ class _EagerLoss(nn.Cell):
         early = self._early.pop(_memory(out, arrays), None)
         s = float(seed.reshape(())) if seed.size == 1 else math.nan
         if early is not None and math.isfinite(s) and s != 0:
+            # times the output's gradient (loss scaling, a sum)
             grads = early if isinstance(early, tuple) else (early,)
-            if s != 1.0:  # times the output's gradient (loss scaling, a sum): rounded once
-                grads = tuple(np.asarray(g * s).astype(g.dtype, copy=False) for g in grads)
+            grads = tuple(_gradients.scaled(g, s, g.dtype) for g in grads)
         else:
             call = self._make(*arrays)
             grads = _value_and_gradients(call, self._names, self._constant, arrays, seed)[1]

@@ -182,13 +182,6 @@ def _seed(grad):
     return _numpy(grad, "the output's gradient")
 
 
-def _scaled(g, seed, dtype):
-    """A gradient `g` computed for an output gradient of 1, times `seed`, in `dtype`."""
-    if isinstance(seed, float) and seed == 1.0 and g.dtype == dtype:
-        return g
-    return np.asarray(g * seed).astype(dtype, copy=False)
-
-
 def forward(call, needs):
     """(value, the gradients computed now or None): the loss, and the gradients of input and
     target where they are cheap to compute in the loss's own pass: no weight or pos_weight
@@ -212,7 +205,9 @@ def backward(call, needs, early, grad):
     likes = tuple(getattr(call, name) for name in _ARRAYS)
     if early is not None:
         wanted = [likes[i] for i in (0, 1) if needs[i]]
-        grads = [_scaled(g, seed, like.dtype) for g, like in zip(early, wanted, strict=True)]
+        grads = [
+            _gradients.scaled(g, seed, like.dtype) for g, like in zip(early, wanted, strict=True)
+        ]
     else:
         seed = np.asarray(seed) if isinstance(seed, float) else seed
         grads = [g for g in _gradients.reduced(call, seed, needs, likes) if g is not None]
