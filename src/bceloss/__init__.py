@@ -23,8 +23,8 @@ from bceloss._value_and_grad import value_and_grad
 __version__ = "0.1.0"
 
 if _sys.modules.get("torch") is not None:
-    # PyTorch already imported: its operators `bceloss::loss` and `bceloss::loss_backward`
-    # are registered now (about 10 ms), so that a saved torch.export program that holds them
+    # PyTorch already imported: its operators (`bceloss::loss` and its kin) are registered
+    # now (about 10 ms), so that a saved torch.export program that holds them
     # loads after `import bceloss` (else the first loss on a tensor registers them). A
     # PyTorch the adapter cannot use fails at the first loss on a tensor, not here.
     with _contextlib.suppress(ImportError, AttributeError):

@@ -122,8 +122,8 @@ def _numpy_form(a):
 
 
 def _numpy_lane(bind, args, kwargs):
-    """NumPy's express lane (`_dispatch.EXPRESS_LANES`): the call, validated once a form
-    (`_memo`); None for an argument of no known form (a framework's tensor: its adapter)."""
+    """NumPy's express lane (`_dispatch.EXPRESS_LANES`): the loss, the call validated once a
+    form (`_memo`); None for an argument without a form (a framework's tensor: its adapter)."""
     bound = _memo.bind(bind, args, kwargs)
     if bound is None:
         return None

@@ -17,14 +17,15 @@ def loss_function(bind):
     """Turn `bind`, which checks a call's arguments into a LossCall, into a loss function (of
     the core or of a flavour), with bind's name, signature and docstring.
 
-    The loss runs the validated call (`_call.run`), with three routes at the edge: an
-    adapter's express lane (`_dispatch.EXPRESS_LANES`, by the first argument's type) takes a
-    call of a form it validated before (`_torch.express`); a framework
-    whose tensors the core reads as NumPy views takes the call first
-    (`_dispatch.edge_adapter`), and inside a graph that PyTorch is compiling (`torch.compile`,
-    `torch.export`) a core loss is one `bceloss::loss` operator (`_torch.compiled_loss`): the
-    compiler never reads the validation's Python, which runs in the operator instead.
-    `value_and_grad` finds bind again through the `_bceloss_bind` attribute.
+    The loss runs the validated call (`_call.run`), with three routes at the edge. The express
+    lane of the first argument's library (`_dispatch.EXPRESS_LANES`: NumPy's, PyTorch's)
+    takes a call whose arguments all have a form (`_memo`), validated once a form. A
+    framework whose tensors the core reads as NumPy views takes the call next
+    (`_dispatch.edge_adapter`). Inside a graph that PyTorch is compiling (`torch.compile`,
+    `torch.export`) a core loss is one registered operator (`_torch.compiled_loss`): the
+    compiler never reads the validation's Python, which runs in the operator instead; a
+    flavour runs outside the graph. `value_and_grad` finds bind again through the
+    `_bceloss_bind` attribute.
     """
     signature = inspect.signature(bind)
     positional = tuple(  # the parameters a positional argument binds to

@@ -501,8 +501,11 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
 
     Written for the compiler to trace (plain Python on the arguments, no validation): the
     tensors are the operator's operands, the other arguments (str, bool, int, float, None)
-    its options, as their `repr`; `reduction` is the function's default one. The operator validates and computes when the graph runs,
-    and its fake implementation validates shapes and dtypes when the graph is traced.
+    its options, as their `repr`; `reduction` is the function's default one. The operator
+    validates and computes when the graph runs, and its fake implementation validates shapes
+    and dtypes when the graph is traced. The fused operator is taken where `_eager` would
+    compute the gradient in the forward of a reduced loss, on what the compiler sees and
+    guards (grad mode, requires_grad).
     """
     if len(args) > len(positional):
         msg = f"{fn.rpartition('.')[2]}() takes {len(positional)} positional arguments"
