@@ -536,8 +536,9 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
         options.append((key, value))
     reduction = dict(options).get("reduction", reduction)
     x, *others = tensors[:4]
-    if (
+    if (  # (an exported program computes no gradient: the loss alone)
         torch.is_grad_enabled()
+        and not _exporting()
         and x is not None
         and x.requires_grad
         and not any(a is not None and a.requires_grad for a in others)
@@ -545,6 +546,11 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
     ):
         return torch.ops.bceloss.loss_and_grad(fn, *tensors, repr(tuple(options)))[0]
     return torch.ops.bceloss.loss(fn, *tensors, repr(tuple(options)))
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return is_exporting is not None and is_exporting()
 
 
 @functools.cache
