@@ -338,6 +338,45 @@ def test_a_repeated_call_form_skips_validation_with_the_usual_results(monkeypatc
             assert lane == 2  # the first two calls of a form only
 
 
+def test_a_repeated_call_form_of_other_layouts_and_sizes_gives_the_usual_results():
+    # the express lane's kernel constants kept for a form (`_kernels.Prepared`) against the
+    # usual route: transposed (strided) tensors, a pos_weight of the input's shape,
+    # 'weighted_mean' without a weight, 'none' with nothing recording, and a loss large
+    # enough for the kernel's helper threads
+    from bceloss import _kernels, _memo
+
+    gen = torch.Generator().manual_seed(7)
+    _memo._CALLS.clear()
+    big = 4 * _kernels.launch.SERIAL_SIZE + 37
+    cases = [
+        ((10, 64), True, {"reduction": "sum"}),
+        ((64, 10), False, {"pos_weight": "full", "reduction": "weighted_mean"}),
+        ((3, big // 3), False, {"label_smoothing": 0.2}),
+        ((big,), False, {"reduction": "sum", "weight": "full"}),
+    ]
+    for shape, transposed, options in cases:
+        for grad_mode, reduction in ((True, None), (False, None), (False, "none")):
+            kwargs = dict(options) if reduction is None else {**options, "reduction": reduction}
+            for _ in range(3):
+                x = 4 * torch.randn(shape, generator=gen, dtype=torch.float64)
+                y = torch.rand(shape, generator=gen, dtype=torch.float64)
+                if transposed:
+                    x, y = x.t(), y.t()
+                x.requires_grad_()
+                for name in ("weight", "pos_weight"):
+                    if kwargs.get(name) is not None:
+                        kwargs[name] = torch.rand(x.shape, generator=gen, dtype=x.dtype) + 0.5
+                with torch.set_grad_enabled(grad_mode):
+                    got = BCEL(x, y, **kwargs)
+                    usual = _usual_route(BCEL, x, y, **kwargs)
+                assert _bits(got) == _bits(usual), (shape, kwargs)
+                if grad_mode:
+                    ours, theirs = (torch.autograd.grad(v, x) for v in (got, usual))
+                    assert _bits(ours[0]) == _bits(theirs[0]), (shape, kwargs)
+    remembered = [m for m in _memo._CALLS.values() if isinstance(m, _memo.Remembered)]
+    assert sum(m.adapter is not None and m.adapter.prepared is not None for m in remembered) >= 8
+
+
 def _module_route(module, x, y):
     return _usual_route(module.function, x, y, **module._options())
 

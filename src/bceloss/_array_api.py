@@ -124,10 +124,10 @@ def _numpy_form(a):
 def _numpy_lane(bind, args, kwargs):
     """NumPy's express lane (`_dispatch.EXPRESS_LANES`): the loss, the call validated once a
     form (`_memo`); None for an argument without a form (a framework's tensor: its adapter)."""
-    bound = _memo.bind(bind, args, kwargs)
-    if bound is None:
+    form = _memo.form(bind, args, kwargs)
+    if form is None:
         return None
-    call = bound[0]
+    call, _ = _memo.bind(form, bind, args, kwargs)
     return call.backend.loss(call)
 
 

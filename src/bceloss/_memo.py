@@ -5,7 +5,9 @@ call after call. A call's form is everything validation reads: the loss (its `bi
 arguments' positions and names, the form of each array (its class and what the class's
 adapter registered: shape and dtype, and for PyTorch device, layout and requires_grad), the
 other arguments' values, and a state the caller adds (PyTorch's grad mode). From the second
-call of a form on, a call gets the validated `LossCall` of that form with its own arrays.
+call of a form on, a call gets the validated `LossCall` of that form with its own arrays
+(`bind`), or an adapter takes what it kept beside the form (`recall`: PyTorch's express
+lane computes straight from the arguments).
 
 Values are never remembered: a form whose validation reads them (BCE on probabilities
 checks its input) or whose validated call holds an array the arguments do not (a
@@ -47,13 +49,33 @@ def register(cls: type, form: Callable) -> None:
     _FORMS[cls] = form
 
 
-def bind(bind_fn, args, kwargs, state=None) -> tuple[LossCall, Remembered | None] | None:
-    """(`bind_fn(*args, **kwargs)`, its Remembered or None), the validation skipped for a
-    remembered form; None where an argument has no form (an array of a class no adapter
-    registered): the caller takes its usual route. Validation errors raise as `bind_fn`'s."""
-    form = _form(bind_fn, args, kwargs, state)
-    if form is None:
-        return None
+def form(bind_fn, args, kwargs, state=None):
+    """The form of the call `bind_fn(*args, **kwargs)` (hashable), or None where an argument
+    has none (an array of a class no adapter registered): the caller takes its usual route."""
+    form = [bind_fn, state, len(args), *kwargs]
+    for a in (*args, *kwargs.values()):
+        kind = type(a)
+        if kind in _SCALARS:
+            form.append((kind, a))  # (1, 1.0 and True hash alike)
+            continue
+        array_form = _FORMS.get(kind)
+        shape = None if array_form is None else array_form(a)
+        if shape is None:
+            return None
+        form.append(shape)
+    return tuple(form)
+
+
+def recall(form) -> Remembered | None:
+    """The Remembered of a `form` validated before (its arrays are where `places` says in
+    `(*args, *kwargs.values())`), or None."""
+    memo = _CALLS.get(form)
+    return memo if type(memo) is Remembered else None
+
+
+def bind(form, bind_fn, args, kwargs) -> tuple[LossCall, Remembered | None]:
+    """(`bind_fn(*args, **kwargs)`, the Remembered of its `form` or None), the validation
+    skipped for a remembered form. Validation errors raise as `bind_fn`'s."""
     memo = _CALLS.get(form)
     if memo is None or memo is _SEEN_ONCE:
         call = bind_fn(*args, **kwargs)
@@ -71,23 +93,10 @@ def bind(bind_fn, args, kwargs, state=None) -> tuple[LossCall, Remembered | None
 
 def validated(bind_fn, args, kwargs) -> LossCall:
     """`bind_fn(*args, **kwargs)`, the validation skipped for a remembered form (`bind`)."""
-    bound = bind(bind_fn, args, kwargs)
-    return bind_fn(*args, **kwargs) if bound is None else bound[0]
-
-
-def _form(bind_fn, args, kwargs, state):
-    form = [bind_fn, state, len(args), *kwargs]
-    for a in (*args, *kwargs.values()):
-        kind = type(a)
-        if kind in _SCALARS:
-            form.append((kind, a))  # (1, 1.0 and True hash alike)
-            continue
-        array_form = _FORMS.get(kind)
-        shape = None if array_form is None else array_form(a)
-        if shape is None:
-            return None
-        form.append(shape)
-    return tuple(form)
+    call_form = form(bind_fn, args, kwargs)
+    if call_form is None:
+        return bind_fn(*args, **kwargs)
+    return bind(call_form, bind_fn, args, kwargs)[0]
 
 
 def _remembered(call: LossCall, given: tuple):

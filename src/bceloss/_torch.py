@@ -23,6 +23,7 @@ import functools
 import importlib
 import inspect
 import math
+import operator
 
 import numpy as np
 import torch
@@ -333,7 +334,7 @@ def _function(transformable: bool = True):
 
         @staticmethod
         def setup_context(ctx, inputs, output):
-            _setup(ctx, inputs)
+            _setup(ctx, inputs[0], inputs[1:-1], inputs[-1])
             ctx.save_for_forward(*inputs[1:-1])
 
         @staticmethod
@@ -365,9 +366,8 @@ def _function(transformable: bool = True):
     return BCELossFunction
 
 
-def _setup(ctx, inputs):
-    """The context of a call's node, for its backward: inputs = (call, *tensors, eager)."""
-    call, *arrays, eager = inputs
+def _setup(ctx, call, arrays, eager):
+    """The context of a call's node, for its backward."""
     ctx.call = call  # no tensors: they are saved below
     ctx.eager = eager[0] if eager else None  # the input's gradient (`forward`)
     ctx.save_for_backward(*arrays)
@@ -387,19 +387,28 @@ def _classic_function():
 
         @staticmethod
         def forward(ctx, call, *arrays_and_eager):
-            *arrays, eager = arrays_and_eager
+            arrays = arrays_and_eager[:-1]
             if type(call) is _Recipe:
                 eager = [] if call.eager else None
                 output = call.on_views(arrays, eager)
                 call = call.call
             else:
+                eager = arrays_and_eager[-1]
                 output = forward(_bind(call, arrays, _TENSORS), eager, plain=True)
-            _setup(ctx, (call, *arrays, eager))  # no jvp: nothing saved for it
+            _setup(ctx, call, arrays, eager)  # no jvp: nothing saved for it
             return output
 
         backward = node.backward
 
     return BCELossFunction
+
+
+@functools.cache
+def _classic_apply():
+    """The classic Function's apply without `Function.apply`'s Python steps, for the express
+    lane (outside every transform, no tensor a transform wrapped: `_tensor_form`), where they
+    ask for transforms and unwrap such tensors: PyTorch's C++ apply itself."""
+    return torch._C._FunctionBase.__dict__["apply"].__get__(None, _function(transformable=False))
 
 
 # --- the express lane: an eager call of a form validated before ------------------------
@@ -408,63 +417,96 @@ def _classic_function():
 def express(bind, args, kwargs):
     """The loss of an eager call on PyTorch tensors, the validation skipped where a call of
     the same form was validated before (`_memo`; the form includes grad mode); None under a
-    transform or a compiler, or with an argument of no known form (the usual route).
+    transform, or with an argument of no known form (the usual route). (A compiler's trace
+    never comes here: `_functional.loss_function`.)
 
     A CPU call of float32 and float64 tensors keeps what the usual route asks of the call
-    (`_Recipe`: its NumPy twin, whether autograd records it and whether the forward computes
-    the input's gradient), and runs its node's forward on NumPy views straight away: the
-    same node, the same results."""
-    if _tangents_possible() or torch.compiler.is_compiling():
+    (`_Recipe`: whether autograd records it and whether the forward computes the input's
+    gradient, the kernel's constants) and runs its node's forward on NumPy views straight
+    away, from its arguments: the same node, the same results."""
+    if _tangents_possible():
         return None
-    bound = _memo.bind(bind, args, kwargs, torch.is_grad_enabled())
-    if bound is None:
+    form = _memo.form(bind, args, kwargs, torch.is_grad_enabled())
+    if form is None:
         return None
-    call, memo = bound
+    recipe = getattr(_memo.recall(form), "adapter", None)
+    if recipe is not None and recipe.direct:
+        return recipe.loss((*args, *kwargs.values(), None))
+    call, memo = _memo.bind(form, bind, args, kwargs)
     if memo is None:
         return call.backend.loss(call)
     if memo.adapter is None:
-        memo.adapter = _Recipe(memo.call, call)
-    if not memo.adapter.direct:
-        return call.backend.loss(call)
-    return memo.adapter.loss(call)
+        memo.adapter = _Recipe(memo, call)
+    return call.backend.loss(call)
 
 
 def _tensor_form(t):
     """What validation reads of a tensor (`_memo`), and requires_grad, which decides whether
-    autograd records the call."""
-    if t.layout is not torch.strided:
+    autograd records the call; None for a tensor a `torch.func` transform wrapped (one that
+    outlived it: Function.apply unwraps it, the usual route)."""
+    if t.layout is not torch.strided or _is_wrapped(t):
         return None
     return (type(t), t.shape, t.dtype, t.device, t.requires_grad)
+
+
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 class _Recipe:
     """What the usual route asks of a remembered call that computes on NumPy views
     (`direct`: CPU tensors of a float32 or float64 loss; the others take the usual route):
     its NumPy twin without arrays, whether autograd records it and whether its forward
-    computes the input's gradient."""
+    computes the input's gradient, the kernel's constants where the form decides them
+    (`prepared`), and where its tensors are among the arguments (`arrays`)."""
 
-    __slots__ = ("call", "direct", "eager", "records", "twin")
+    __slots__ = ("arrays", "call", "direct", "eager", "prepared", "records", "twin")
 
-    def __init__(self, unbound, call):
+    def __init__(self, memo, call):
         # (a half operand is left to the usual route: autocast, which the form does not
         # hold, would widen it)
         halves = any(a is not None and a.dtype in _HALVES for a in _arrays(call))
         twin = None if halves or not isinstance(call.backend, Torch) else numpy_twin(call)
         self.direct = twin is not None
-        self.twin = None if twin is None else twin.replace(**dict.fromkeys(_TENSORS))
-        self.call = unbound
         self.records = records(call)
         self.eager = self.records and _eager(call)
+        # the kernel's constants (`_kernels.prepare`), for the forward `_on_views` runs: a
+        # reduced loss, or one with nothing recorded (an elementwise gradient of 'none' is
+        # the computation dtype's)
+        plan = None if twin is None else _dispatch.kernel_plan(twin)
+        self.prepared = None
+        if plan is not None and not (self.eager and twin.reduction == "none"):
+            from bceloss import _kernels
 
-    def loss(self, call):
-        arrays = _arrays(call, _TENSORS)
+            self.prepared = _kernels.prepare(twin, plan)
+        self.twin = None if twin is None else twin.replace(**dict.fromkeys(_TENSORS))
+        self.call = memo.call
+        # the call's tensors (`_TENSORS`) from (*args, *kwargs.values(), None)
+        places = dict(memo.places)
+        self.arrays = operator.itemgetter(*(places.get(name, -1) for name in _TENSORS))
+
+    def loss(self, given):
+        """The loss of a call of the form, `given` its (*args, *kwargs.values(), None)."""
+        arrays = self.arrays(given)
         if self.records:
-            return _function(transformable=False).apply(self, *arrays, None)
+            return _classic_apply()(self, *arrays, None)
         return self.on_views(arrays, None)
 
     def on_views(self, arrays, eager):
-        views = [None if a is None else a.detach().numpy() for a in arrays]
-        return _on_views(self.twin.replace(**dict(zip(_TENSORS, views, strict=True))), eager)
+        """The node's forward on NumPy views of `arrays` (`_on_views`)."""
+        prepared = self.prepared
+        if prepared is None:
+            views = [None if a is None else a.detach().numpy() for a in arrays]
+            return _on_views(self.twin.replace(**dict(zip(_TENSORS, views, strict=True))), eager)
+        # grad mode is off (the node's forward) or no tensor requires grad: NumPy views them
+        x, y, w, p, _ = arrays
+        w = None if w is None else w.numpy()
+        p = None if p is None else p.numpy()
+        if eager is None:
+            return _tensor(prepared.loss(x.numpy(), y.numpy(), w, p))
+        grad = torch.empty_like(x, memory_format=torch.contiguous_format)  # see `_on_views`
+        value = prepared.loss_and_grad(x.numpy(), y.numpy(), w, p, grad.numpy())
+        eager.append(grad)
+        return _tensor(value)
 
 
 def module_type(cls):

@@ -12,7 +12,8 @@ tests hold it to `_formulas` and the oracle.
 - `threads.hpp`, `threads.cpp`: the helper threads; `threads.py`: how many;
 - `native.cpp`: the Python entry points (module `_native`);
 - `plan.py`: which calls run here, and their arrays laid out for the kernels;
-- `launch.py`: a plan run: `loss`, `elementwise`, `loss_and_grad`.
+- `launch.py`: a plan run: `loss`, `elementwise`, `loss_and_grad`; `Prepared`, a plan's
+  constants kept for the calls of one form (PyTorch's express lane).
 
 `_evaluate` runs `loss` and `loss_and_grad` above `_dispatch`'s size threshold, and
 `elementwise` at every size for streams and Dask blocks, so that they add up to the
@@ -21,16 +22,18 @@ library's bits; PyTorch CPU tensors come here as NumPy views (`_torch.numpy_twin
 
 from __future__ import annotations
 
-from bceloss._kernels.launch import elementwise, loss, loss_and_grad
+from bceloss._kernels.launch import Prepared, elementwise, loss, loss_and_grad, prepare
 from bceloss._kernels.plan import Plan, plan
 from bceloss._kernels.threads import get_num_threads, set_num_threads
 
 __all__ = [
     "Plan",
+    "Prepared",
     "elementwise",
     "get_num_threads",
     "loss",
     "loss_and_grad",
     "plan",
+    "prepare",
     "set_num_threads",
 ]

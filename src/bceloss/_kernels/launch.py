@@ -9,13 +9,14 @@ float64 in `_summation.block_sums`' order, and the block sums are combined by
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from bceloss import _dtypes, _reduce, _summation
 from bceloss._kernels._native import run as run_native
-from bceloss._kernels.plan import Plan, downscaled, flat
+from bceloss._kernels.plan import Plan, downscaled, flat, periodic
 from bceloss._kernels.threads import get_num_threads
 
 CHUNKS_PER_THREAD = 8
@@ -27,16 +28,9 @@ _LARGEST = {np.float32: float(np.finfo(np.float32).max), np.float64: math.inf}
 
 
 def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, divisor=1.0) -> None:
-    blocks = pl.starts.size - 1
-    team = 1 if pl.n <= SERIAL_SIZE else max(1, min(get_num_threads(), blocks))
-    chunks = 1 if team == 1 else min(CHUNKS_PER_THREAD * team, blocks)
-    kind = "focal" if pl.focal is not None else ("logits" if call.logits else "probabilities")
-    keep_s, add_s = (1.0, 0.0) if pl.smooth is None else (float(v) for v in pl.smooth)
-    alpha, gamma = (None, 0.0) if pl.focal is None else pl.focal
-    ignore = math.nan if call.ignore_label is None else float(pl.ct(call.ignore_label))
+    options, constants = _constants(call, pl)
     run_native(
-        _KINDS[kind],
-        pl.ct is np.float64,
+        *options,
         pl.x,
         pl.y,
         pl.w,
@@ -48,17 +42,32 @@ def _run(call, pl: Plan, *, out=None, gx=None, gy=None, sums=None, wsums=None, d
         None if gy is None else flat(gy),
         sums,
         wsums,
-        pl.starts,
-        ignore,
-        keep_s,
-        add_s,
-        alpha is not None,
-        0.0 if alpha is None else float(alpha),
-        float(gamma),
+        *constants,
         _in_range(divisor, pl.ct),
-        team,
-        chunks,
+        *_team(pl),
     )
+
+
+def _constants(call, pl: Plan) -> tuple[tuple, tuple]:
+    """The kernel's arguments other than arrays, divisor and threads: those before the
+    arrays (which loss, which compute dtype) and those after (blocks, ignored label,
+    smoothing, focal options)."""
+    kind = "focal" if pl.focal is not None else ("logits" if call.logits else "probabilities")
+    keep_s, add_s = (1.0, 0.0) if pl.smooth is None else (float(v) for v in pl.smooth)
+    alpha, gamma = (None, 0.0) if pl.focal is None else pl.focal
+    ignore = math.nan if call.ignore_label is None else float(pl.ct(call.ignore_label))
+    options = (_KINDS[kind], pl.ct is np.float64)
+    focal = (alpha is not None, 0.0 if alpha is None else float(alpha), float(gamma))
+    return options, (pl.starts, ignore, keep_s, add_s, *focal)
+
+
+def _team(pl: Plan) -> tuple[int, int]:
+    """(threads, chunks) of a call: the calling thread alone up to SERIAL_SIZE elements."""
+    if pl.n <= SERIAL_SIZE:
+        return 1, 1
+    blocks = pl.starts.size - 1
+    team = max(1, min(get_num_threads(), blocks))
+    return team, (1 if team == 1 else min(CHUNKS_PER_THREAD * team, blocks))
 
 
 def _in_range(v: float, ct) -> float:
@@ -161,3 +170,72 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
     total = _rescued(call, pl, run)
     grads = {0: gx, 1: gy}
     return total, tuple(grads[i] for i in wrt)
+
+
+class Prepared:
+    """A planned call's constants, kept for the calls of its form (`_memo`: same options,
+    shapes and dtypes): such a call costs its arrays' flat views and the kernel, without a
+    plan or a LossCall, and gets `loss` and `loss_and_grad`'s bits. Made by `prepare`."""
+
+    __slots__ = ("constants", "denominator", "divisor", "dtype", "options", "plan", "reduction")
+
+    def __init__(self, call, pl: Plan):
+        self.options, self.constants = _constants(call, pl)
+        # the plan without arrays: its blocks, kept count, compute dtype (for _team, periodic)
+        self.plan = dataclasses.replace(pl, x=None, y=None, w=None, p=None, wd=None)
+        self.reduction, self.dtype = call.reduction, call.dtype
+        # as `loss_and_grad` divides (`_denominator`: no weights' sum without a weight)
+        self.denominator = 1 if call.reduction == "sum" else pl.kept
+        divisor = max(pl.kept, 1) if call.reduction == "mean" else self.denominator
+        self.divisor = _in_range(divisor, pl.ct)
+
+    def _run(self, x, y, w, p, *, out=None, gx=None, sums=None, divisor=1.0):
+        pl = self.plan
+        if w is not None:
+            w = periodic(w, x.shape, pl.n, pl.ct)
+        if p is not None:
+            p = periodic(p, x.shape, pl.n, pl.ct)
+        run_native(
+            *self.options,
+            flat(x),
+            flat(y),
+            w,
+            p,
+            None,
+            None,
+            None if out is None else flat(out),
+            None if gx is None else flat(gx),
+            None,
+            sums,
+            None,
+            *self.constants,
+            divisor,
+            *_team(pl),
+        )
+
+    def loss(self, x, y, w=None, p=None) -> np.ndarray:
+        """The loss of arrays x, y, weight w and pos_weight p (None where the form has none)."""
+        if self.reduction == "none":
+            out = np.empty(x.shape, self.dtype)
+            self._run(x, y, w, p, out=out)
+            return out
+        sums = np.empty(self.plan.starts.size - 1)
+        self._run(x, y, w, p, sums=sums)
+        return _reduce.finish(_summation.combine(sums), self.plan.kept, self.reduction, self.dtype)
+
+    def loss_and_grad(self, x, y, w, p, out) -> np.ndarray:
+        """The reduced loss, the input's gradient written into `out` (C-contiguous, the
+        input's shape and dtype), as `loss_and_grad(call, plan, (0,), out)`."""
+        sums = np.empty(self.plan.starts.size - 1)
+        self._run(x, y, w, p, gx=out, sums=sums, divisor=self.divisor)
+        total = _summation.combine(sums)
+        return _reduce.finish(total, self.denominator, self.reduction, self.dtype)
+
+
+def prepare(call, pl: Plan) -> Prepared | None:
+    """`Prepared` for the calls of `call`'s form, or None where a plan depends on more than
+    the form: a mask (its blocks follow its values) or a 'weighted_mean' of a weight (its
+    weights' sum, and the rescue of an overflowing one)."""
+    if call.where is not None or (call.reduction == "weighted_mean" and call.weight is not None):
+        return None
+    return Prepared(call, pl)

@@ -81,7 +81,7 @@ def _compute_type(dtype) -> type:
 _UNSUPPORTED = object()
 
 
-def _periodic(a, shape, n, ct):
+def periodic(a, shape, n, ct):
     """weight or pos_weight as a flat array whose element i % size weighs element i of the
     flat input (None when absent), or _UNSUPPORTED for a dtype the kernel does not read."""
     if a is None:
@@ -118,10 +118,10 @@ def plan(call, min_size: int = 1) -> Plan | None:
     ):
         return None
     ct = _compute_type(call.dtype)
-    w = _periodic(call.weight, call.shape, n, ct)
-    p = _periodic(call.pos_weight if call.logits else None, call.shape, n, ct)
+    w = periodic(call.weight, call.shape, n, ct)
+    p = periodic(call.pos_weight if call.logits else None, call.shape, n, ct)
     weighted_mean = call.reduction == "weighted_mean" and call.weight is not None
-    wd = _periodic(call.weight, call.shape, n, np.float64) if weighted_mean else None
+    wd = periodic(call.weight, call.shape, n, np.float64) if weighted_mean else None
     if w is _UNSUPPORTED or p is _UNSUPPORTED or wd is _UNSUPPORTED:
         return None
     if call.where is None:
