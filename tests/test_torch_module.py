@@ -122,6 +122,13 @@ def test_a_missing_weight_is_not_in_the_state_and_a_numpy_weight_stays_an_attrib
     assert loss.weight is w
     got = loss(np.array([0.5, 0.25]), np.array([1.0, 0.0]))
     assert float(got) == pytest.approx((np.log(2) + 2 * np.log(4 / 3)) / 2, rel=1e-15)
+    # deleted, an option is gone as a module's attribute is, a buffer as a buffer is
+    for value in (w, torch.ones(2)):
+        loss.weight = value
+        del loss.weight
+        with pytest.raises(AttributeError, match="weight"):
+            loss.weight  # noqa: B018
+        assert "weight" not in dict(loss.named_buffers())
 
 
 def test_pickle_and_deepcopy_keep_the_module():

@@ -59,6 +59,38 @@ def _make(cls, base, is_buffer, rebuild):
             # pickled as the plain class's module, made again from it on loading
             return (rebuild, (cls,), self.__getstate__())
 
+    for name in cls.arrays:
+        setattr(Module, name, _array_option(name))
     Module.__name__, Module.__qualname__ = cls.__name__, cls.__qualname__
     Module.__module__, Module.__doc__ = cls.__module__, cls.__doc__
     return Module
+
+
+_ABSENT = object()
+
+
+def _array_option(name):
+    """The array option `name` of a module type, read from its buffers or parameters
+    straight away (anything else is a plain attribute): as an attribute the base finds it
+    in its `__getattr__`, reached only after the usual lookup has failed, a cost every call
+    of a small loss pays for each array option."""
+
+    def get(self):
+        d = self.__dict__
+        for store in ("_buffers", "_parameters"):
+            found = d[store].get(name, _ABSENT)
+            if found is not _ABSENT:
+                return found
+        if name in d:
+            return d[name]
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    def set_plain(self, value):  # a value neither buffer nor parameter (the base's choice)
+        self.__dict__[name] = value
+
+    def delete(self):
+        if self.__dict__.pop(name, _ABSENT) is _ABSENT:
+            raise AttributeError(name)
+
+    return property(get, set_plain, delete, doc=f"The {name} option.")
