@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 
 BCE = bceloss.binary_cross_entropy
 BCEL = bceloss.binary_cross_entropy_with_logits
+F = torch.nn.functional
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}  # fmt: skip
 
@@ -375,6 +376,37 @@ def test_a_repeated_call_form_of_other_layouts_and_sizes_gives_the_usual_results
                     assert _bits(ours[0]) == _bits(theirs[0]), (shape, kwargs)
     remembered = [m for m in _memo._CALLS.values() if isinstance(m, _memo.Remembered)]
     assert sum(m.adapter is not None and m.adapter.prepared is not None for m in remembered) >= 8
+
+
+def test_cpu_tensors_are_computed_on_the_cpu_whatever_the_default_device():
+    # the forward's gradient is allocated beside the input, not on the default device
+    # (torch.set_default_device("cuda") on a GPU machine; "meta" here); every call of a form
+    # alike, the first two (validated) and the later ones (the express lane)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(4, 3, dtype=torch.float64)
+    want = F.binary_cross_entropy_with_logits(x, y)
+    (want_gx,) = torch.autograd.grad(want, x)
+    weighted = {"reduction": "weighted_mean", "weight": torch.ones(3, dtype=x.dtype)}
+    torch.set_default_device("meta")
+    try:
+        for kwargs in ({}, weighted):
+            for _ in range(4):
+                loss = BCEL(x.to("cpu"), y.to("cpu"), **kwargs)
+                (gx,) = torch.autograd.grad(loss, x)
+                torch.testing.assert_close(loss, want.to("cpu"), rtol=1e-15, atol=0)
+                torch.testing.assert_close(gx, want_gx.to("cpu"), rtol=1e-14, atol=1e-17)
+    finally:
+        torch.set_default_device(None)
+
+
+def test_a_0d_loss_with_an_integer_target_has_pytorchs_value_and_gradient():
+    x = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    for reduction in ("none", "mean"):
+        loss = BCEL(x, torch.tensor(1, dtype=torch.int16), reduction=reduction)
+        want = F.binary_cross_entropy_with_logits(x, torch.tensor(1.0, dtype=x.dtype))
+        torch.testing.assert_close(loss, want, rtol=1e-15, atol=0)
+        grads = [torch.autograd.grad(v, x)[0] for v in (loss, want)]
+        torch.testing.assert_close(*grads, rtol=1e-15, atol=0)
 
 
 def _module_route(module, x, y):

@@ -67,6 +67,7 @@ def _make(cls, base, is_buffer, rebuild):
 
 
 _ABSENT = object()
+_NONE: dict = {}  # (an instance not yet built has no stores)
 
 
 def _array_option(name):
@@ -78,19 +79,21 @@ def _array_option(name):
     def get(self):
         d = self.__dict__
         for store in ("_buffers", "_parameters"):
-            found = d[store].get(name, _ABSENT)
+            found = d.get(store, _NONE).get(name, _ABSENT)
             if found is not _ABSENT:
                 return found
         if name in d:
             return d[name]
-        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
-        raise AttributeError(msg)
+        raise _absent(self)
 
     def set_plain(self, value):  # a value neither buffer nor parameter (the base's choice)
         self.__dict__[name] = value
 
     def delete(self):
         if self.__dict__.pop(name, _ABSENT) is _ABSENT:
-            raise AttributeError(name)
+            raise _absent(self)
+
+    def _absent(self):
+        return AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     return property(get, set_plain, delete, doc=f"The {name} option.")

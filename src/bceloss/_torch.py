@@ -181,6 +181,7 @@ def numpy_twin(call):
     return call.replace(xp=xp, backend=backend, dtype=_NUMPY_DTYPES[call.dtype], **arrays)
 
 
+_C_ORDER = torch.contiguous_format
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 _HALVES = (torch.float16, torch.bfloat16)
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, **{v: k for k, v in _NUMPY_DTYPES.items()}}
@@ -221,7 +222,7 @@ def _on_views(twin, eager):
         # the gradient in memory of PyTorch's (the kernel writes it there): autograd then
         # takes it as the .grad, where a NumPy-owned one costs more to hand over
         dtype = _TORCH_DTYPES.get(twin.input.dtype)
-        grad = None if dtype is None else torch.empty(twin.input.shape, dtype=dtype)
+        grad = None if dtype is None else torch.empty(twin.input.shape, dtype=dtype, device="cpu")
         view = None if grad is None else grad.numpy()
         value, (gx,) = _evaluate.loss_and_grad(twin, (0,), out=view)
     eager.append(grad if gx is view else _tensor(gx))
@@ -269,7 +270,10 @@ def _batched(grad) -> bool:
 
 
 def _tensor(a):
-    """A NumPy result as a PyTorch tensor sharing its memory (a read-only one copied)."""
+    """A NumPy result (an array, or the scalar of a 0-d operation) as a PyTorch tensor
+    sharing its memory (a read-only one copied)."""
+    if type(a) is not np.ndarray:
+        a = np.asarray(a)
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
@@ -417,14 +421,14 @@ def _classic_apply():
 def express(bind, args, kwargs):
     """The loss of an eager call on PyTorch tensors, the validation skipped where a call of
     the same form was validated before (`_memo`; the form includes grad mode); None under a
-    transform, or with an argument of no known form (the usual route). (A compiler's trace
-    never comes here: `_functional.loss_function`.)
+    transform or a compiler (where a frame dynamo could not trace calls this one), or with
+    an argument of no known form (the usual route).
 
     A CPU call of float32 and float64 tensors keeps what the usual route asks of the call
     (`_Recipe`: whether autograd records it and whether the forward computes the input's
     gradient, the kernel's constants) and runs its node's forward on NumPy views straight
     away, from its arguments: the same node, the same results."""
-    if _tangents_possible():
+    if _tangents_possible() or torch.compiler.is_compiling():
         return None
     form = _memo.form(bind, args, kwargs, torch.is_grad_enabled())
     if form is None:
@@ -503,7 +507,7 @@ class _Recipe:
         p = None if p is None else p.numpy()
         if eager is None:
             return _tensor(prepared.loss(x.numpy(), y.numpy(), w, p))
-        grad = torch.empty_like(x, memory_format=torch.contiguous_format)  # see `_on_views`
+        grad = torch.empty_like(x, memory_format=_C_ORDER)  # see `_on_views`
         value = prepared.loss_and_grad(x.numpy(), y.numpy(), w, p, grad.numpy())
         eager.append(grad)
         return _tensor(value)
