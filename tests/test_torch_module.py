@@ -317,6 +317,24 @@ def test_autocast_gives_float32_as_pytorch_does(compiled):
     torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
 
 
+def test_the_operators_pass_pytorchs_own_checks():
+    # torch.library.opcheck: schema, autograd registration, fake implementation against the
+    # kernel, and AOT dispatch with dynamic shapes, for each operator as graphs call them
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(6, 4, generator=g, dtype=torch.float64)
+    w = torch.rand(4, generator=g, dtype=torch.float64)
+    fn = "bceloss._functional.binary_cross_entropy_with_logits"
+    calls = [
+        (torch.ops.bceloss.loss.default, (fn, x, y, None, None, None, "()")),
+        (torch.ops.bceloss.loss.default, (fn, x, y, w, w, None, "(('reduction', 'none'),)")),
+        (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, None, w, None, "()")),
+    ]
+    for op, args in calls:
+        results = torch.library.opcheck(op, args)
+        assert set(results.values()) == {"SUCCESS"}, (op, results)
+
+
 def test_meta_tensors_give_shapes_and_dtypes():
     x = torch.randn(3, 4, device="meta", dtype=torch.float64)
     out = bceloss.binary_cross_entropy_with_logits(x, x, reduction="none")

@@ -430,18 +430,26 @@ def express(bind, args, kwargs):
     away, from its arguments: the same node, the same results."""
     if _tangents_possible() or torch.compiler.is_compiling():
         return None
+    recipe, call = _remembered(bind, args, kwargs)
+    if recipe is not None:
+        return recipe.loss((*args, *kwargs.values(), None))
+    return None if call is None else call.backend.loss(call)
+
+
+def _remembered(bind, args, kwargs):
+    """(the `_Recipe` of the call's form, None) for a form remembered (`_memo`) whose calls
+    compute on NumPy views; else (None, the validated call), or (None, None) where an
+    argument has no form. A form's recipe is made as it is remembered."""
     form = _memo.form(bind, args, kwargs, torch.is_grad_enabled())
     if form is None:
-        return None
+        return None, None
     recipe = getattr(_memo.recall(form), "adapter", None)
     if recipe is not None and recipe.direct:
-        return recipe.loss((*args, *kwargs.values(), None))
+        return recipe, None
     call, memo = _memo.bind(form, bind, args, kwargs)
-    if memo is None:
-        return call.backend.loss(call)
-    if memo.adapter is None:
+    if memo is not None and memo.adapter is None:
         memo.adapter = _Recipe(memo, call)
-    return call.backend.loss(call)
+    return None, call
 
 
 def _tensor_form(t):
@@ -494,6 +502,17 @@ class _Recipe:
         if self.records:
             return _classic_apply()(self, *arrays, None)
         return self.on_views(arrays, None)
+
+    def loss_and_grad(self, given):
+        """(the reduced loss, its gradient wrt the input) of a call of the form computed
+        with nothing recording, or None where the kernel's constants are not kept."""
+        if self.prepared is None or self.twin.reduction == "none":
+            return None
+        x, y, w, p, _ = self.arrays(given)
+        grad = torch.empty_like(x, memory_format=_C_ORDER)  # see `_on_views`
+        w = None if w is None else w.numpy()
+        p = None if p is None else p.numpy()
+        return _tensor(self.prepared.loss_and_grad(x.numpy(), y.numpy(), w, p, grad.numpy())), grad
 
     def on_views(self, arrays, eager):
         """The node's forward on NumPy views of `arrays` (`_on_views`)."""
@@ -632,8 +651,23 @@ def _literal(node):
 def _operator_call(fn, tensors, options):
     """The validated call of the operator's arguments (on fake tensors: shapes and dtypes),
     not validated again for a form seen before (`_memo`; fake tensors have no form)."""
+    return _memo.validated(_bind_of(fn), (), _operator_arguments(tensors, options))
+
+
+def _operator_arguments(tensors, options) -> dict:
+    """The keyword arguments of the core function an operator's arguments stand for."""
     arrays = {n: t for n, t in zip(_OPERANDS, tensors, strict=True) if t is not None}
-    return _memo.validated(_bind_of(fn), (), {**arrays, **_options_of(options)})
+    return {**arrays, **_options_of(options)}
+
+
+def _operator_run(fn, tensors, options):
+    """(the `_Recipe` of the operator's call and its arguments, None) for a form remembered
+    with nothing recording (the express lane's), else (None, the validated call)."""
+    kwargs = _operator_arguments(tensors, options)
+    recipe, call = _remembered(_bind_of(fn), (), kwargs)
+    if recipe is not None:
+        return (recipe, (*kwargs.values(), None)), None
+    return None, (_bind_of(fn)(**kwargs) if call is None else call)
 
 
 def _traced_call(fn, tensors, options):
@@ -652,34 +686,53 @@ _ARGUMENTS = (
 )
 
 
-@torch.library.custom_op("bceloss::loss", mutates_args=(), schema=f"{_ARGUMENTS} -> Tensor")
-def _loss_operator(fn, input, target, weight, pos_weight, where, options):
-    """The loss of a core function `fn`, as eager PyTorch computes it (`forward`)."""
-    call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+# The operators are defined on a Library of their own and their Python kernels registered
+# with the dispatcher directly (torch.library.custom_op wraps a kernel in layers that cost
+# a small call as much as the kernel's own Python); the fake implementations, autograd
+# formulas and autocast rules through torch.library as custom_op would register them.
+_LIBRARY = torch.library.Library("bceloss", "DEF")
+
+
+def _define(name: str, schema: str, kernel, fake) -> None:
+    """bceloss::`name` with `schema`: `kernel` for every device, `fake` for shapes."""
+    _LIBRARY.define(name + schema, tags=(torch.Tag.pt2_compliant_tag,))
+    _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"bceloss::{name}", fake, lib=_LIBRARY)
+
+
+def _loss_kernel(fn, input, target, weight, pos_weight, where, options):
+    """bceloss::loss: the loss of a core function `fn`, as eager PyTorch computes it
+    (`forward`)."""
     with torch.no_grad():
+        remembered, call = _operator_run(fn, (input, target, weight, pos_weight, where), options)
+        if remembered is not None:
+            recipe, given = remembered
+            return recipe.loss(given).contiguous()
         return forward(call).contiguous()
 
 
-@_loss_operator.register_fake
-def _(fn, input, target, weight, pos_weight, where, options):
+def _loss_fake(fn, input, target, weight, pos_weight, where, options):
     call = _traced_call(fn, (input, target, weight, pos_weight, where), options)
     return input.new_empty(call.shape if call.reduction == "none" else (), dtype=call.dtype)
 
 
-@torch.library.custom_op(
-    "bceloss::loss_and_grad", mutates_args=(), schema=f"{_ARGUMENTS} -> (Tensor, Tensor)"
-)
-def _loss_and_grad_operator(fn, input, target, weight, pos_weight, where, options):
-    """The reduced loss of a core function `fn` and its gradient with respect to the input
-    (for an output gradient of 1), as eager PyTorch's recorded forward computes them."""
-    call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
+def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options):
+    """bceloss::loss_and_grad: the reduced loss of a core function `fn` and its gradient
+    with respect to the input (for an output gradient of 1), as eager PyTorch's recorded
+    forward computes them."""
+    tensors = (input, target, weight, pos_weight, where)
     with torch.no_grad():
+        remembered, call = _operator_run(fn, tensors, options)
+        done = None if remembered is None else remembered[0].loss_and_grad(remembered[1])
+        if done is not None:
+            return done
+        if call is None:  # a remembered form without the kernel's constants (a mask)
+            call = _operator_call(fn, tensors, options)
         value, (gx,) = _evaluate.loss_and_grad(call, (0,))
     return value.contiguous(), gx.contiguous()
 
 
-@_loss_and_grad_operator.register_fake
-def _(fn, input, target, weight, pos_weight, where, options):
+def _loss_and_grad_fake(fn, input, target, weight, pos_weight, where, options):
     call = _traced_call(fn, (input, target, weight, pos_weight, where), options)
     return input.new_empty((), dtype=call.dtype), input.new_empty(input.shape)
 
@@ -695,33 +748,16 @@ def _loss_and_grad_backward(ctx, grad, _):
     return None, (gx * grad).to(gx.dtype), None, None, None, None, None
 
 
-_loss_and_grad_operator.register_autograd(
-    _loss_and_grad_backward, setup_context=_setup_loss_and_grad
-)
-
-
-@torch.library.custom_op("bceloss::loss_backward", mutates_args=())
-def _loss_backward_operator(
-    grad: torch.Tensor,
-    fn: str,
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    pos_weight: torch.Tensor | None,
-    where: torch.Tensor | None,
-    options: str,
-    needs: list[bool],
-) -> list[torch.Tensor]:
-    """`grad` times the gradients of the loss wrt the arrays `needs` asks for, in order, as
-    eager PyTorch's backward computes them (`backward`)."""
+def _loss_backward_kernel(grad, fn, input, target, weight, pos_weight, where, options, needs):
+    """bceloss::loss_backward: `grad` times the gradients of the loss wrt the arrays `needs`
+    asks for, in order, as eager PyTorch's backward computes them (`backward`)."""
     call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
     with torch.no_grad():
         grads = backward(call, grad, tuple(needs))
     return [g.contiguous() for g in grads if g is not None]
 
 
-@_loss_backward_operator.register_fake
-def _(grad, fn, input, target, weight, pos_weight, where, options, needs):
+def _loss_backward_fake(grad, fn, input, target, weight, pos_weight, where, options, needs):
     arrays = (input, target, weight, pos_weight)
     return [a.new_empty(a.shape) for a, need in zip(arrays, needs, strict=True) if need]
 
@@ -740,11 +776,30 @@ def _operator_backward(ctx, grad):
     return (None, *(next(grads) if need else None for need in needs), None, None)
 
 
-_loss_operator.register_autograd(_operator_backward, setup_context=_setup_operator)
+_define("loss", f"{_ARGUMENTS} -> Tensor", _loss_kernel, _loss_fake)
+_define(
+    "loss_and_grad", f"{_ARGUMENTS} -> (Tensor, Tensor)", _loss_and_grad_kernel, _loss_and_grad_fake
+)
+_define(
+    "loss_backward",
+    "(Tensor grad, str fn, Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
+    "Tensor? where, str options, bool[] needs) -> Tensor[]",
+    _loss_backward_kernel,
+    _loss_backward_fake,
+)
+torch.library.register_autograd(
+    "bceloss::loss", _operator_backward, setup_context=_setup_operator, lib=_LIBRARY
+)
+torch.library.register_autograd(
+    "bceloss::loss_and_grad",
+    _loss_and_grad_backward,
+    setup_context=_setup_loss_and_grad,
+    lib=_LIBRARY,
+)
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
 for _op in ("bceloss::loss", "bceloss::loss_and_grad"):
-    torch.library.register_autocast(_op, "cpu", torch.float32)
-    torch.library.register_autocast(_op, "cuda", torch.float32)
+    torch.library.register_autocast(_op, "cpu", torch.float32, lib=_LIBRARY)
+    torch.library.register_autocast(_op, "cuda", torch.float32, lib=_LIBRARY)
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form)
     _dispatch.EXPRESS_LANES[_cls] = express
