@@ -57,6 +57,43 @@ def test_numpy_calls_of_a_form_are_validated_once_with_the_usual_results(validat
         assert lane == 2, fn  # the first two calls of the form only
 
 
+def test_numpy_calls_of_a_form_in_other_dtypes_and_layouts_give_the_usual_bits(validated):
+    # from the third call of a form, the kernel's constants kept for it
+    # (`_kernels.Prepared`) run on the arguments: halves (as their bits), integer and bool
+    # targets, transposed arrays (copied flat), broadcast weights, sizes with threads
+    import ml_dtypes
+
+    from bceloss import _kernels
+
+    rng = np.random.default_rng(6)
+    big = 4 * _kernels.launch.SERIAL_SIZE + 5
+    cases = [
+        ((64, 10), np.float16, np.float16, {}),
+        ((64, 10), ml_dtypes.bfloat16, np.float32, {"reduction": "sum"}),
+        ((64, 10), np.float64, np.int64, {"weight": (1, 10), "pos_weight": (10,)}),
+        ((10, 64), np.float32, np.bool_, {"reduction": "none", "transposed": True}),
+        ((3, big), np.float32, np.float32, {"weight": (3, 1), "label_smoothing": 0.3}),
+    ]
+    for shape, xdtype, ydtype, options in cases:
+        kwargs = dict(options)
+        transposed = kwargs.pop("transposed", False)
+        for _ in range(4):
+            x = rng.normal(0, 4, shape).astype(xdtype)
+            y = (rng.random(shape) > 0.5).astype(ydtype)
+            if transposed:
+                x, y = x.T, y.T
+            for name in ("weight", "pos_weight"):
+                if name in options:
+                    kwargs[name] = rng.random(options[name]).astype(np.float32) + 0.5
+            got = BCEL(x, y, **kwargs)
+            usual = _usual(BCEL, x, y, **kwargs)
+            assert got.tobytes() == usual.tobytes(), (shape, xdtype, options)
+            assert (got.dtype, got.shape) == (usual.dtype, usual.shape)
+    kept = [m.adapter for m in _memo._CALLS.values() if isinstance(m, _memo.Remembered)]
+    assert len(kept) == len(cases)
+    assert all(kept)  # each form ran on its kernel's constants
+
+
 def test_what_has_to_be_checked_every_call_still_is(validated):
     rng = np.random.default_rng(4)
     x = rng.normal(0, 2, (8, 3))

@@ -123,12 +123,46 @@ def _numpy_form(a):
 
 def _numpy_lane(bind, args, kwargs):
     """NumPy's express lane (`_dispatch.EXPRESS_LANES`): the loss, the call validated once a
-    form (`_memo`); None for an argument without a form (a framework's tensor: its adapter)."""
+    form (`_memo`), and for a form whose kernel's constants are kept (`_Prepared`) computed
+    straight from the arguments; None for an argument without a form (a framework's tensor:
+    its adapter)."""
     form = _memo.form(bind, args, kwargs)
     if form is None:
         return None
-    call, _ = _memo.bind(form, bind, args, kwargs)
+    kernel = getattr(_memo.recall(form), "adapter", None)
+    if type(kernel) is _Prepared:
+        return kernel.loss((*args, *kwargs.values(), None))
+    call, memo = _memo.bind(form, bind, args, kwargs)
+    if memo is not None and memo.adapter is None:
+        memo.adapter = _Prepared.of(memo, call)
     return call.backend.loss(call)
+
+
+class _Prepared:
+    """A remembered NumPy form's kernel constants (`_kernels.Prepared`) and where its arrays
+    are among the arguments (`_memo.Remembered.picker`)."""
+
+    __slots__ = ("arrays", "kernel")
+
+    def __init__(self, arrays, kernel):
+        self.arrays, self.kernel = arrays, kernel
+
+    @staticmethod
+    def of(memo, call):
+        """The form's `_Prepared`, or False where the kernel's constants are not kept (the
+        formula runs, a mask, a 'weighted_mean' of a weight: `_kernels.prepare`)."""
+        plan = _dispatch.kernel_plan(call) if type(call.backend) is NumPy else None
+        if plan is None:
+            return False
+        from bceloss import _kernels
+
+        kernel = _kernels.prepare(call, plan)
+        return False if kernel is None else _Prepared(memo.picker(), kernel)
+
+    def loss(self, given):
+        """The loss of a call of the form, `given` its (*args, *kwargs.values(), None)."""
+        x, y, w, p, _ = self.arrays(given)
+        return self.kernel.loss(x, y, w, p)
 
 
 _memo.register(np.ndarray, _numpy_form)

@@ -18,6 +18,7 @@ fails validation is never remembered.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,12 @@ class Remembered:
     call: LossCall
     places: tuple[tuple[str, int], ...]
     adapter: Any = None
+
+    def picker(self, names=ARRAYS) -> Callable:
+        """A function of a call's `(*args, *kwargs.values(), None)` that gives its arrays
+        `names`, in order (None where the form has none)."""
+        places = dict(self.places)
+        return operator.itemgetter(*(places.get(name, -1) for name in names))
 
 
 def register(cls: type, form: Callable) -> None:

@@ -23,7 +23,6 @@ import functools
 import importlib
 import inspect
 import math
-import operator
 
 import numpy as np
 import torch
@@ -492,9 +491,7 @@ class _Recipe:
             self.prepared = _kernels.prepare(twin, plan)
         self.twin = None if twin is None else twin.replace(**dict.fromkeys(_TENSORS))
         self.call = memo.call
-        # the call's tensors (`_TENSORS`) from (*args, *kwargs.values(), None)
-        places = dict(memo.places)
-        self.arrays = operator.itemgetter(*(places.get(name, -1) for name in _TENSORS))
+        self.arrays = memo.picker(_TENSORS)  # the call's tensors from its arguments
 
     def loss(self, given):
         """The loss of a call of the form, `given` its (*args, *kwargs.values(), None)."""
