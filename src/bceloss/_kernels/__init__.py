@@ -13,7 +13,8 @@ tests hold it to `_formulas` and the oracle.
 - `native.cpp`: the Python entry points (module `_native`);
 - `plan.py`: which calls run here, and their arrays laid out for the kernels;
 - `launch.py`: a plan run: `loss`, `elementwise`, `loss_and_grad`; `Prepared`, a plan's
-  constants kept for the calls of one form (PyTorch's express lane).
+  constants kept for the calls of one form (the express lanes of NumPy and PyTorch, and the
+  registered operators).
 
 `_evaluate` runs `loss` and `loss_and_grad` above `_dispatch`'s size threshold, and
 `elementwise` at every size for streams and Dask blocks, so that they add up to the
