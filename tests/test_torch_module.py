@@ -258,6 +258,23 @@ def test_export_round_trip():
     assert torch.equal(torch.export.load(buffer).module()(x, y), model(x, y))
 
 
+def test_a_second_derivative_through_the_operators_is_refused():
+    # the operators' backward has no derivative: a gradient of a gradient through a compiled
+    # function that runs them (backend "eager") or an exported program raises, never a
+    # silent zero; eagerly the loss differentiates twice (test_torch_autograd)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    pos_weight = torch.rand(3, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = bceloss.BCEWithLogitsLoss(pos_weight=pos_weight)  # two gradients: bceloss::loss
+    compiled = torch.compile(loss, backend="eager", fullgraph=True)
+    exported = torch.export.export(loss, (x, y)).module()
+    for fn in (compiled, exported):
+        (gx,) = torch.autograd.grad(fn(x, y), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="have no second derivative"):
+            gx.sum().backward()
+
+
 def test_a_saved_export_loads_in_a_new_process_after_import_bceloss(tmp_path):
     # the operators are registered by `import bceloss` when torch is imported before it
     exported = torch.export.export(bceloss.BCEWithLogitsLoss(), _batch(4, 64))

@@ -773,6 +773,15 @@ def _operator_backward(ctx, grad):
     return (None, *(next(grads) if need else None for need in needs), None, None)
 
 
+def _no_second_order(ctx, *grads):
+    msg = (
+        "bceloss's registered operators have no second derivative (a gradient of a "
+        "gradient through torch.compile or an exported program): differentiate the loss "
+        "twice eagerly, outside the compiled function"
+    )
+    raise RuntimeError(msg)
+
+
 _define("loss", f"{_ARGUMENTS} -> Tensor", _loss_kernel, _loss_fake)
 _define(
     "loss_and_grad", f"{_ARGUMENTS} -> (Tensor, Tensor)", _loss_and_grad_kernel, _loss_and_grad_fake
@@ -787,6 +796,7 @@ _define(
 torch.library.register_autograd(
     "bceloss::loss", _operator_backward, setup_context=_setup_operator, lib=_LIBRARY
 )
+torch.library.register_autograd("bceloss::loss_backward", _no_second_order, lib=_LIBRARY)
 torch.library.register_autograd(
     "bceloss::loss_and_grad",
     _loss_and_grad_backward,
