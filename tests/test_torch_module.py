@@ -17,6 +17,7 @@ import bceloss
 
 torch = pytest.importorskip("torch", reason="PyTorch is optional")
 F = torch.nn.functional
+BCEL = bceloss.binary_cross_entropy_with_logits
 
 
 def _mlp(labels: int, seed: int = 0):
@@ -256,6 +257,25 @@ def test_export_round_trip():
     torch.export.save(exported, buffer)
     buffer.seek(0)
     assert torch.equal(torch.export.load(buffer).module()(x, y), model(x, y))
+
+
+def test_a_float_option_that_changes_between_compiled_calls_is_read_each_time():
+    # the compiler makes a float argument that changes between calls a symbol (and every
+    # float one under dynamic=True): the operator's options still hold each call's value
+    torch._dynamo.reset()
+    x, y = _batch(8, 3)
+    x = x[:, :3]
+    focal = bceloss.sigmoid_focal_loss
+    for dynamic in (None, True):
+        smoothed = torch.compile(
+            lambda x, y, s: BCEL(x, y, label_smoothing=s), fullgraph=True, dynamic=dynamic
+        )
+        focused = torch.compile(
+            lambda x, y, g: focal(x, y, gamma=g, reduction="sum"), fullgraph=True, dynamic=dynamic
+        )
+        for v in (0.1, 0.2, 0.35):
+            assert torch.equal(smoothed(x, y, v), BCEL(x, y, label_smoothing=v))
+            assert torch.equal(focused(x, y, 10 * v), focal(x, y, gamma=10 * v, reduction="sum"))
 
 
 def test_a_second_derivative_through_the_operators_is_refused():

@@ -606,8 +606,19 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
         and not any(a is not None and a.requires_grad for a in others)
         and reduction != "none"
     ):
-        return torch.ops.bceloss.loss_and_grad(fn, *tensors, repr(tuple(options)))[0]
-    return torch.ops.bceloss.loss(fn, *tensors, repr(tuple(options)))
+        return torch.ops.bceloss.loss_and_grad(fn, *tensors, _written(options))[0]
+    return torch.ops.bceloss.loss(fn, *tensors, _written(options))
+
+
+def _written(options) -> str:
+    """`repr(tuple(options))`, a float written by format: the compiler traces a float
+    argument that changes between calls as a symbol, which repr cannot write and format
+    writes as the call's value (the graph then holds it as a constant, guarded)."""
+    items = [
+        f"({key!r}, {value})" if isinstance(value, float) else repr((key, value))
+        for key, value in options
+    ]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
 def _exporting() -> bool:
