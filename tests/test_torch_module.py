@@ -362,10 +362,12 @@ def test_the_operators_pass_pytorchs_own_checks():
     y = torch.rand(6, 4, generator=g, dtype=torch.float64)
     w = torch.rand(4, generator=g, dtype=torch.float64)
     fn = "bceloss._functional.binary_cross_entropy_with_logits"
+    none = "(('reduction', 'none'),)"
     calls = [
         (torch.ops.bceloss.loss.default, (fn, x, y, None, None, None, "()")),
-        (torch.ops.bceloss.loss.default, (fn, x, y, w, w, None, "(('reduction', 'none'),)")),
+        (torch.ops.bceloss.loss.default, (fn, x, y, w, w, None, none)),
         (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, None, w, None, "()")),
+        (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, w, None, None, none)),
     ]
     for op, args in calls:
         results = torch.library.opcheck(op, args)
@@ -459,14 +461,24 @@ def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_f
     # where only the input needs a gradient of a reduced loss, the graph holds one operator
     # computing loss and gradient (as the eager forward does) and the backward multiplies
     # in graph ops; otherwise the loss operator and its backward operator. Eager's bits both
+    # (reduction='none' too, whose elementwise gradient eager's forward computes on the CPU)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(64, 10, generator=gen, requires_grad=True)
     y = torch.rand(64, 10, generator=gen)
+    m = torch.rand(64, 10, generator=gen)
 
-    def fn(a, b):
+    def summed(a, b):
         return 2.5 * bceloss.binary_cross_entropy_with_logits(a, b, reduction="sum")
 
-    for target, op in ((y, "bceloss.loss_and_grad"), (y.clone().requires_grad_(), "bceloss.loss")):
+    def elementwise(a, b):
+        return bceloss.binary_cross_entropy_with_logits(a, b, reduction="none")
+
+    for fn, target, op in (
+        (summed, y, "bceloss.loss_and_grad"),
+        (summed, y.clone().requires_grad_(), "bceloss.loss"),
+        (elementwise, y, "bceloss.loss_and_grad"),
+        (elementwise, y.clone().requires_grad_(), "bceloss.loss"),
+    ):
         torch._dynamo.reset()
         graph = torch._dynamo.explain(fn)(x, target).graphs[0]
         assert f"torch.ops.{op}(" in graph.code
@@ -474,6 +486,8 @@ def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_f
         compiled = torch.compile(fn, fullgraph=True)(x, target)
         eager = fn(x, target)
         assert torch.equal(compiled, eager)
-        ours, theirs = torch.autograd.grad(compiled, wrt), torch.autograd.grad(eager, wrt)
+        seed = m if fn is elementwise else None
+        ours = torch.autograd.grad(compiled, wrt, seed)
+        theirs = torch.autograd.grad(eager, wrt, seed)
         for g, h in zip(ours, theirs, strict=True):
             assert torch.equal(g, h)

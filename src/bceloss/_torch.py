@@ -558,16 +558,17 @@ def outside_graph(fn):
 
 def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwargs: dict):
     """A core loss called inside a graph being compiled: one `bceloss::loss` operator, or
-    `bceloss::loss_and_grad` where only the input needs a gradient of a reduced loss (its
-    forward computes it, as eager's does, and the backward multiplies it in graph ops).
+    `bceloss::loss_and_grad` where only the input needs a gradient (its forward computes it,
+    as eager's does, and the backward multiplies it in graph ops).
 
     Written for the compiler to trace (plain Python on the arguments, no validation): the
     tensors are the operator's operands, the other arguments (str, bool, int, float, None)
-    its options, as their `repr`; `reduction` is the function's default one. The operator
-    validates and computes when the graph runs, and its fake implementation validates shapes
-    and dtypes when the graph is traced. The fused operator is taken where `_eager` would
-    compute the gradient in the forward of a reduced loss, on what the compiler sees and
-    guards (grad mode, requires_grad).
+    its options, as their `repr` (`_written`); `reduction` is the function's default one.
+    The operator validates and computes when the graph runs, and its fake implementation
+    validates shapes and dtypes when the graph is traced. The fused operator is taken where
+    `_eager` would compute the gradient in the forward (for reduction='none', on NumPy
+    views: `_on_views_elementwise`), on what the compiler sees and guards (grad mode,
+    requires_grad, device, dtype).
     """
     if len(args) > len(positional):
         msg = f"{fn.rpartition('.')[2]}() takes {len(positional)} positional arguments"
@@ -604,10 +605,22 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
         and x is not None
         and x.requires_grad
         and not any(a is not None and a.requires_grad for a in others)
-        and reduction != "none"
+        and (reduction != "none" or _on_views_elementwise(tensors))
     ):
         return torch.ops.bceloss.loss_and_grad(fn, *tensors, _written(options))[0]
     return torch.ops.bceloss.loss(fn, *tensors, _written(options))
+
+
+def _on_views_elementwise(tensors) -> bool:
+    """Whether eager's forward computes the elementwise gradient of reduction='none' (a CPU
+    call of float32 or float64 on NumPy views: `numpy_twin`), which the compiled graph then
+    takes from the fused operator too; elsewhere eager's backward computes it."""
+    x = tensors[0]
+    return (
+        x.device.type == "cpu"
+        and x.dtype in _NUMPY_DTYPES
+        and not any(a is not None and a.dtype is torch.bfloat16 for a in tensors)
+    )
 
 
 def _written(options) -> str:
@@ -725,7 +738,8 @@ def _loss_fake(fn, input, target, weight, pos_weight, where, options):
 
 
 def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options):
-    """bceloss::loss_and_grad: the reduced loss of a core function `fn` and its gradient
+    """bceloss::loss_and_grad: the loss of a core function `fn` (reduced, or elementwise
+    where eager's forward computes that gradient: `_on_views_elementwise`) and its gradient
     with respect to the input (for an output gradient of 1), as eager PyTorch's recorded
     forward computes them."""
     tensors = (input, target, weight, pos_weight, where)
@@ -736,13 +750,19 @@ def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options)
             return done
         if call is None:  # a remembered form without the kernel's constants (a mask)
             call = _operator_call(fn, tensors, options)
+        twin = numpy_twin(call) if call.reduction == "none" else None
+        if twin is not None:  # the elementwise gradient, as eager's forward (`_on_views`)
+            eager = []
+            value = _on_views(twin, eager)
+            return value.contiguous(), eager[0].contiguous()
         value, (gx,) = _evaluate.loss_and_grad(call, (0,))
     return value.contiguous(), gx.contiguous()
 
 
 def _loss_and_grad_fake(fn, input, target, weight, pos_weight, where, options):
     call = _traced_call(fn, (input, target, weight, pos_weight, where), options)
-    return input.new_empty((), dtype=call.dtype), input.new_empty(input.shape)
+    shape = call.shape if call.reduction == "none" else ()
+    return input.new_empty(shape, dtype=call.dtype), input.new_empty(input.shape)
 
 
 def _setup_loss_and_grad(ctx, inputs, output):
