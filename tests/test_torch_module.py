@@ -293,6 +293,12 @@ def test_a_second_derivative_through_the_operators_is_refused():
         (gx,) = torch.autograd.grad(fn(x, y), x, create_graph=True)
         with pytest.raises(RuntimeError, match="have no second derivative"):
             gx.sum().backward()
+    # the input's gradient alone (bceloss::loss_and_grad, which computes it in its forward):
+    # a graph of its gradient cannot be built
+    torch._dynamo.reset()
+    fused = torch.compile(bceloss.BCEWithLogitsLoss(), backend="eager", fullgraph=True)
+    with pytest.raises(RuntimeError, match="have no second derivative"):
+        torch.autograd.grad(fused(x, y), x, create_graph=True)
 
 
 def test_a_saved_export_loads_in_a_new_process_after_import_bceloss(tmp_path):

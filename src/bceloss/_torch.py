@@ -773,6 +773,8 @@ def _loss_and_grad_backward(ctx, grad, _):
     # the forward's gradient times the output's, as eager's backward (`_scaled_eager`);
     # the gradient output itself has none (nothing differentiates it)
     (gx,) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # a graph of this gradient (create_graph) would hold
+        _no_second_order(ctx)  # gx as a constant: a silent zero second derivative
     return None, (gx * grad).to(gx.dtype), None, None, None, None, None
 
 
