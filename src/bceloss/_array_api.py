@@ -126,16 +126,10 @@ def _numpy_lane(bind, args, kwargs):
     form (`_memo`), and for a form whose kernel's constants are kept (`_Prepared`) computed
     straight from the arguments; None for an argument without a form (a framework's tensor:
     its adapter)."""
-    form = _memo.form(bind, args, kwargs)
-    if form is None:
-        return None
-    kernel = getattr(_memo.recall(form), "adapter", None)
-    if type(kernel) is _Prepared:
+    kernel, call = _memo.adapted(bind, args, kwargs, _Prepared.of)
+    if kernel is not None:
         return kernel.loss((*args, *kwargs.values(), None))
-    call, memo = _memo.bind(form, bind, args, kwargs)
-    if memo is not None and memo.adapter is None:
-        memo.adapter = _Prepared.of(memo, call)
-    return call.backend.loss(call)
+    return None if call is None else call.backend.loss(call)
 
 
 class _Prepared:

@@ -6,8 +6,8 @@ arguments' positions and names, the form of each array (its class and what the c
 adapter registered: shape and dtype, and for PyTorch device, layout and requires_grad), the
 other arguments' values, and a state the caller adds (PyTorch's grad mode). From the second
 call of a form on, a call gets the validated `LossCall` of that form with its own arrays
-(`bind`), or an adapter takes what it kept beside the form (`recall`: PyTorch's express
-lane computes straight from the arguments).
+(`bind`), or an adapter takes what it kept beside the form (`adapted`: the express lanes
+of NumPy and PyTorch compute straight from the arguments).
 
 Values are never remembered: a form whose validation reads them (BCE on probabilities
 checks its input) or whose validated call holds an array the arguments do not (a
@@ -73,11 +73,22 @@ def form(bind_fn, args, kwargs, state=None):
     return tuple(form)
 
 
-def recall(form) -> Remembered | None:
-    """The Remembered of a `form` validated before (its arrays are where `places` says in
-    `(*args, *kwargs.values())`), or None."""
-    memo = _CALLS.get(form)
-    return memo if type(memo) is Remembered else None
+def adapted(bind_fn, args, kwargs, adapt: Callable, state=None):
+    """(what an adapter kept beside the call's form, None) for a remembered form where it
+    kept something; else (None, `bind_fn(*args, **kwargs)`, validated as `bind` does), or
+    (None, None) where an argument has no form. As a form is remembered, `adapt(its
+    Remembered, the validated call)` gives what to keep, or False: nothing (the usual
+    route, every call)."""
+    call_form = form(bind_fn, args, kwargs, state)
+    if call_form is None:
+        return None, None
+    memo = _CALLS.get(call_form)
+    if type(memo) is Remembered and memo.adapter:
+        return memo.adapter, None
+    call, memo = bind(call_form, bind_fn, args, kwargs)
+    if memo is not None and memo.adapter is None:
+        memo.adapter = adapt(memo, call) or False
+    return None, call
 
 
 def bind(form, bind_fn, args, kwargs) -> tuple[LossCall, Remembered | None]:

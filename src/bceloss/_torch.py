@@ -438,17 +438,8 @@ def express(bind, args, kwargs):
 def _remembered(bind, args, kwargs):
     """(the `_Recipe` of the call's form, None) for a form remembered (`_memo`) whose calls
     compute on NumPy views; else (None, the validated call), or (None, None) where an
-    argument has no form. A form's recipe is made as it is remembered."""
-    form = _memo.form(bind, args, kwargs, torch.is_grad_enabled())
-    if form is None:
-        return None, None
-    recipe = getattr(_memo.recall(form), "adapter", None)
-    if recipe is not None and recipe.direct:
-        return recipe, None
-    call, memo = _memo.bind(form, bind, args, kwargs)
-    if memo is not None and memo.adapter is None:
-        memo.adapter = _Recipe(memo, call)
-    return None, call
+    argument has no form. The form includes grad mode."""
+    return _memo.adapted(bind, args, kwargs, _Recipe.of, torch.is_grad_enabled())
 
 
 def _tensor_form(t):
@@ -464,32 +455,36 @@ _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 class _Recipe:
-    """What the usual route asks of a remembered call that computes on NumPy views
-    (`direct`: CPU tensors of a float32 or float64 loss; the others take the usual route):
-    its NumPy twin without arrays, whether autograd records it and whether its forward
-    computes the input's gradient, the kernel's constants where the form decides them
-    (`prepared`), and where its tensors are among the arguments (`arrays`)."""
+    """What the usual route asks of a remembered call that computes on NumPy views (CPU
+    tensors of a float32 or float64 loss: `of`): its NumPy twin without arrays, whether
+    autograd records it and whether its forward computes the input's gradient, the kernel's
+    constants where the form decides them (`prepared`), and where its tensors are among the
+    arguments (`arrays`)."""
 
-    __slots__ = ("arrays", "call", "direct", "eager", "prepared", "records", "twin")
+    __slots__ = ("arrays", "call", "eager", "prepared", "records", "twin")
 
-    def __init__(self, memo, call):
-        # (a half operand is left to the usual route: autocast, which the form does not
-        # hold, would widen it)
+    @staticmethod
+    def of(memo, call):
+        """The `_Recipe` of a remembered form, or False where its calls take the usual route
+        (another device or dtype; a half operand, which autocast, not held by the form,
+        would widen)."""
         halves = any(a is not None and a.dtype in _HALVES for a in _arrays(call))
         twin = None if halves or not isinstance(call.backend, Torch) else numpy_twin(call)
-        self.direct = twin is not None
+        return False if twin is None else _Recipe(memo, call, twin)
+
+    def __init__(self, memo, call, twin):
         self.records = records(call)
         self.eager = self.records and _eager(call)
         # the kernel's constants (`_kernels.prepare`), for the forward `_on_views` runs: a
         # reduced loss, or one with nothing recorded (an elementwise gradient of 'none' is
         # the computation dtype's)
-        plan = None if twin is None else _dispatch.kernel_plan(twin)
+        plan = _dispatch.kernel_plan(twin)
         self.prepared = None
         if plan is not None and not (self.eager and twin.reduction == "none"):
             from bceloss import _kernels
 
             self.prepared = _kernels.prepare(twin, plan)
-        self.twin = None if twin is None else twin.replace(**dict.fromkeys(_TENSORS))
+        self.twin = twin.replace(**dict.fromkeys(_TENSORS))
         self.call = memo.call
         self.arrays = memo.picker(_TENSORS)  # the call's tensors from its arguments
 
