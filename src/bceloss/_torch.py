@@ -500,28 +500,27 @@ class _Recipe:
         with nothing recording, or None where the kernel's constants are not kept."""
         if self.prepared is None or self.twin.reduction == "none":
             return None
-        x, y, w, p, _ = self.arrays(given)
-        grad = torch.empty_like(x, memory_format=_C_ORDER)  # see `_on_views`
-        w = None if w is None else w.numpy()
-        p = None if p is None else p.numpy()
-        return _tensor(self.prepared.loss_and_grad(x.numpy(), y.numpy(), w, p, grad.numpy())), grad
+        return self._on_kernel(self.arrays(given), gradient=True)
 
     def on_views(self, arrays, eager):
         """The node's forward on NumPy views of `arrays` (`_on_views`)."""
-        prepared = self.prepared
-        if prepared is None:
+        if self.prepared is None:
             views = [None if a is None else a.detach().numpy() for a in arrays]
             return _on_views(self.twin.replace(**dict(zip(_TENSORS, views, strict=True))), eager)
-        # grad mode is off (the node's forward) or no tensor requires grad: NumPy views them
-        x, y, w, p, _ = arrays
-        w = None if w is None else w.numpy()
-        p = None if p is None else p.numpy()
-        if eager is None:
-            return _tensor(prepared.loss(x.numpy(), y.numpy(), w, p))
-        grad = torch.empty_like(x, memory_format=_C_ORDER)  # see `_on_views`
-        value = prepared.loss_and_grad(x.numpy(), y.numpy(), w, p, grad.numpy())
-        eager.append(grad)
-        return _tensor(value)
+        value, grad = self._on_kernel(arrays, gradient=eager is not None)
+        if grad is not None:
+            eager.append(grad)
+        return value
+
+    def _on_kernel(self, arrays, gradient):
+        """(the loss, the input's gradient or None) by the kernel's constants kept."""
+        # grad mode is off (a node's forward, an operator) or no tensor requires grad: the
+        # tensors' NumPy views
+        x, y, w, p = (None if a is None else a.numpy() for a in arrays[:4])
+        if not gradient:
+            return _tensor(self.prepared.loss(x, y, w, p)), None
+        grad = torch.empty_like(arrays[0], memory_format=_C_ORDER)  # see `_on_views`
+        return _tensor(self.prepared.loss_and_grad(x, y, w, p, grad.numpy())), grad
 
 
 def module_type(cls):
