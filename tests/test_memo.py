@@ -19,7 +19,7 @@ def validated(monkeypatch):
     counts = []
     real = _validation.validate
     monkeypatch.setattr(_validation, "validate", lambda **k: counts.append(1) or real(**k))
-    _memo._CALLS.clear()
+    _memo.forget()
     return counts
 
 
@@ -127,14 +127,14 @@ def test_one_array_in_two_arguments_is_not_taken_for_the_form(validated):
     rng = np.random.default_rng(5)
     x, y, w = (rng.random((8, 3)) for _ in range(3))
     for first in ({"weight": y}, {"weight": w}):
-        _memo._CALLS.clear()
+        _memo.forget()
         for _ in range(2):
             BCEL(x, y, **first)
         for kwargs in ({"weight": w}, {"weight": y}):
             assert BCEL(x, y, **kwargs).tobytes() == _usual(BCEL, x, y, **kwargs).tobytes()
     assert BCEL(x, y, weight=w) != BCEL(x, y, weight=y)
     # the memory keeps the newest forms, up to its size
-    _memo._CALLS.clear()
+    _memo.forget()
     for n in range(1, _memo.MAX_FORMS + 3):
         BCEL(np.zeros(n), np.zeros(n))
     assert len(_memo._CALLS) == _memo.MAX_FORMS

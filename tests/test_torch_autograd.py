@@ -5,6 +5,7 @@ half types work, and nothing but the [0, 1] check reads a value back to the host
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import portable
@@ -301,7 +302,7 @@ def test_a_repeated_call_form_skips_validation_with_the_usual_results(monkeypatc
     validated = []
     real = _validation.validate
     monkeypatch.setattr(_validation, "validate", lambda **k: validated.append(1) or real(**k))
-    _memo._CALLS.clear()
+    _memo.forget()
     pos_weight = torch.rand(10, generator=gen) + 0.5
     module = bceloss.BCEWithLogitsLoss(pos_weight=pos_weight, label_smoothing=0.1)
     forms = [
@@ -339,6 +340,77 @@ def test_a_repeated_call_form_skips_validation_with_the_usual_results(monkeypatc
             assert lane == 2  # the first two calls of a form only
 
 
+@pytest.mark.parametrize("guards", [True, False])
+def test_the_lanes_check_in_c_takes_only_calls_of_the_form_it_guards(monkeypatch, guards):
+    # the express lane's first look (`_torch._Guarded`: PyTorch's TensorGuards) skips the
+    # form for a call like the one it guards, and takes every call that differs in a
+    # tensor's class, dtype, shape, strides, requires_grad or kind (an inference tensor),
+    # in grad mode, or in an option's value, type, name or place to the form's route: each
+    # with the usual route's results or error; without TensorGuards (another PyTorch) the
+    # form alone serves, with the same results
+    from bceloss import _memo, _torch
+
+    if not guards:
+        monkeypatch.setattr(_torch, "_TensorGuards", None)
+    _memo.forget()
+    forms = []
+    real = _memo.form
+    monkeypatch.setattr(_memo, "form", lambda *a, **k: forms.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(11)
+
+    def tensors(shape=(64, 10), dtype=torch.float32, grad=(True, False)):
+        x = (4 * torch.randn(shape, generator=gen, dtype=dtype)).requires_grad_(grad[0])
+        y = torch.rand(shape, generator=gen, dtype=dtype).requires_grad_(grad[1])
+        return x, y
+
+    def call(x, y, *args, grad_mode=True, **kwargs):
+        before = len(forms)
+        with torch.set_grad_enabled(grad_mode):
+            try:
+                got = BCEL(x, y, *args, **kwargs)
+            except (TypeError, ValueError) as e:
+                with pytest.raises(type(e), match=re.escape(str(e))):
+                    _usual_route(BCEL, x, y, *args, **kwargs)
+                return len(forms) - before
+            usual = _usual_route(BCEL, x, y, *args, **kwargs)
+        assert _bits(got) == _bits(usual)
+        assert (got.dtype, got.requires_grad) == (usual.dtype, usual.requires_grad)
+        if got.requires_grad:
+            wrt = [t for t in (x, y) if t.requires_grad]
+            ours, theirs = (torch.autograd.grad(v, wrt) for v in (got, usual))
+            assert list(map(_bits, ours)) == list(map(_bits, theirs))
+        return len(forms) - before
+
+    options = {"reduction": "sum", "label_smoothing": 0.0}
+    for _ in range(3):  # validated, remembered, then guarded
+        call(*tensors(), **options)
+    assert call(*tensors(), **options) == (0 if guards else 1)
+    x64, y64 = tensors(dtype=torch.float64)
+    xt, yt = (t.t() for t in tensors((10, 64)))
+    x_param, y_param = tensors()
+    with torch.inference_mode():
+        x_inference, y_inference = tensors(grad=(False, False))
+    others = [
+        ((x64, y64), options),
+        (tensors((32, 20)), options),
+        ((xt.detach().requires_grad_(), yt), options),
+        (tensors(grad=(False, False)), options),
+        (tensors(grad=(True, True)), options),
+        ((torch.nn.Parameter(x_param.detach()), y_param), options),
+        ((x_inference, y_inference), {**options, "grad_mode": False}),
+        (tensors(), {**options, "grad_mode": False}),
+        (tensors(), {"reduction": "mean", "label_smoothing": 0.0}),
+        (tensors(), {"reduction": "sum", "label_smoothing": False}),  # == 0.0: refused
+        (tensors(), {"reduction": "sum", "label_smoothing": 0}),
+        (tensors(), {"label_smoothing": 0.0, "reduction": "sum"}),
+        ((*tensors(), None, "sum"), {"label_smoothing": 0.0}),
+        (tensors(), {**options, "weight": torch.rand(10, generator=gen)}),
+    ]
+    for args, kwargs in others:
+        assert call(*args, **kwargs) == 1, kwargs
+    assert call(*tensors(), **options) == (0 if guards else 1)  # the form's own, still
+
+
 def test_a_repeated_call_form_of_other_layouts_and_sizes_gives_the_usual_results():
     # the express lane's kernel constants kept for a form (`_kernels.Prepared`) against the
     # usual route: transposed (strided) tensors, a pos_weight of the input's shape,
@@ -347,7 +419,7 @@ def test_a_repeated_call_form_of_other_layouts_and_sizes_gives_the_usual_results
     from bceloss import _kernels, _memo
 
     gen = torch.Generator().manual_seed(7)
-    _memo._CALLS.clear()
+    _memo.forget()
     big = 4 * _kernels.launch.SERIAL_SIZE + 37
     cases = [
         ((10, 64), True, {"reduction": "sum"}),
@@ -416,7 +488,7 @@ def _module_route(module, x, y):
 def test_a_repeated_call_form_is_still_refused_and_changes_of_form_are_seen():
     from bceloss import _memo
 
-    _memo._CALLS.clear()
+    _memo.forget()
     x = torch.randn(4, 3, requires_grad=True)
     y = torch.rand(4, 3)
     for _ in range(2):  # an error is raised on every call, never remembered as a form

@@ -33,6 +33,7 @@ _CALLS: dict = {}
 _SEEN_ONCE = object()  # a form met once: remembered when it comes again (one-off forms,
 # a new shape each call, cost no more than the form)
 _VALIDATED_EVERY_CALL = object()
+_FORGETTING: list[Callable] = []  # `on_forget`
 
 
 @dataclass(slots=True)
@@ -49,6 +50,18 @@ class Remembered:
         `names`, in order (None where the form has none)."""
         places = dict(self.places)
         return operator.itemgetter(*(places.get(name, -1) for name in names))
+
+
+def forget() -> None:
+    """Forget every form remembered, and what adapters keep beside them (`on_forget`)."""
+    _CALLS.clear()
+    for clear in _FORGETTING:
+        clear()
+
+
+def on_forget(clear: Callable) -> None:
+    """Call `clear()` when the forms are forgotten: an adapter's own memory of forms."""
+    _FORGETTING.append(clear)
 
 
 def register(cls: type, form: Callable) -> None:

@@ -23,6 +23,7 @@ import functools
 import importlib
 import inspect
 import math
+import operator
 
 import numpy as np
 import torch
@@ -337,11 +338,19 @@ def _function(transformable: bool = True):
 
         @staticmethod
         def setup_context(ctx, inputs, output):
-            _setup(ctx, inputs[0], inputs[1:-1], inputs[-1])
+            eager = inputs[-1]  # the forward's list
+            _setup(ctx, inputs[0], inputs[1:-1], eager[0] if eager else None)
             ctx.save_for_forward(*inputs[1:-1])
 
         @staticmethod
         def backward(ctx, grad):
+            gx = ctx.eager
+            if gx is not None and _plain_one(grad) and not torch.is_grad_enabled():
+                # the usual backward(): the forward's gradient is the input's (`_eager`:
+                # the input alone requires grad), once
+                ctx.saved_tensors  # noqa: B018 (raises if one was modified in place since)
+                ctx.eager = None
+                return (None, gx, *_NO_GRADIENTS)
             if grad is None:  # not materialized: the output's gradient is zero
                 return (None,) * (2 + len(_TENSORS))
             arrays = ctx.saved_tensors  # raises if one was modified in place since
@@ -370,13 +379,35 @@ def _function(transformable: bool = True):
 
 
 def _setup(ctx, call, arrays, eager):
-    """The context of a call's node, for its backward."""
+    """The context of a call's node, for its backward; `eager`: the input's gradient the
+    forward computed, or None."""
     ctx.call = call  # no tensors: they are saved below
-    ctx.eager = eager[0] if eager else None  # the input's gradient (`forward`)
+    ctx.eager = eager
     ctx.save_for_backward(*arrays)
     # a zero tangent or gradient is None, not zeros: at x = -inf, d l / d y is infinite, and
     # inf * 0 = NaN
     ctx.set_materialize_grads(False)
+
+
+_NO_GRADIENTS = (None,) * len(_TENSORS)  # the node's gradients after the input's
+
+
+def _plain_one(grad) -> bool:
+    """Whether the output's gradient `grad` is a plain 0-d CPU tensor of value 1 (a loss's
+    backward()): no transform's wrapper, no batch of PyTorch's older vmap (gradcheck's),
+    nothing recording it. A check in C where PyTorch has one (`_Guarded`)."""
+    if grad is None:
+        return False
+    check = _ONE_GUARDS.get(grad.dtype, _ONE_GUARDS)
+    if check is _ONE_GUARDS:  # (none made yet)
+        check = _ONE_GUARDS[grad.dtype] = _tensor_check(torch.ones((), dtype=grad.dtype))
+    if check is None:
+        plain = grad.ndim == 0 and not (_batched(grad) or _transformed(grad))
+        return plain and not grad.requires_grad and float(grad) == 1.0
+    return check(grad) and float(grad) == 1.0
+
+
+_ONE_GUARDS: dict = {}  # dtype -> the check of a plain 0-d CPU tensor of it (or None)
 
 
 def _classic_function():
@@ -392,13 +423,11 @@ def _classic_function():
         def forward(ctx, call, *arrays_and_eager):
             arrays = arrays_and_eager[:-1]
             if type(call) is _Recipe:
-                eager = [] if call.eager else None
-                output = call.on_views(arrays, eager)
-                call = call.call
-            else:
-                eager = arrays_and_eager[-1]
-                output = forward(_bind(call, arrays, _TENSORS), eager, plain=True)
-            _setup(ctx, call, arrays, eager)  # no jvp: nothing saved for it
+                return call.forward(ctx, arrays)
+            eager = arrays_and_eager[-1]
+            output = forward(_bind(call, arrays, _TENSORS), eager, plain=True)
+            # no jvp: nothing saved for it
+            _setup(ctx, call, arrays, eager[0] if eager else None)
             return output
 
         backward = node.backward
@@ -429,9 +458,18 @@ def express(bind, args, kwargs):
     away, from its arguments: the same node, the same results."""
     if _tangents_possible() or torch.compiler.is_compiling():
         return None
+    given = (*args, *kwargs.values(), None)
+    guarded = _GUARDED[torch.is_grad_enabled()].setdefault(bind, [])
+    for entry in guarded:
+        if entry.holds(args, kwargs, given):
+            return entry.recipe.loss(given)
     recipe, call = _remembered(bind, args, kwargs)
     if recipe is not None:
-        return recipe.loss((*args, *kwargs.values(), None))
+        entry = _Guarded.of(recipe, args, kwargs)
+        if entry is not None:
+            guarded.insert(0, entry)
+            del guarded[_GUARDED_FORMS:]
+        return recipe.loss(given)
     return None if call is None else call.backend.loss(call)
 
 
@@ -452,6 +490,83 @@ def _tensor_form(t):
 
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+try:  # PyTorch's check of tensors against those of a compiled frame, in C
+    from torch._C._dynamo.guards import TensorGuards as _TensorGuards
+except ImportError:
+    _TensorGuards = None
+
+# by grad mode: a loss's `bind` -> the _Guarded of its forms remembered last, newest first
+_GUARDED: tuple[dict, dict] = ({}, {})
+_GUARDED_FORMS = 4
+
+
+class _Guarded:
+    """A remembered form's `_Recipe` behind a check of the arguments in C: the express
+    lane's first look, before the form (`_memo.form`), which reads a tensor's properties
+    one attribute at a time. The check (PyTorch's `TensorGuards`, which dynamo made to
+    check the tensors of a compiled frame) compares each tensor's class, dispatch keys (a
+    functorch wrapper, a negative or conjugate view, an inference tensor, another device
+    type), dtype, device, requires_grad, shape and strides with those of the call that
+    made it: a stricter form than `_tensor_form`'s. The other arguments are compared by
+    type and value, their names and order too."""
+
+    __slots__ = ("check", "keys", "nargs", "others", "recipe", "scalars", "tensors")
+
+    @staticmethod
+    def of(recipe, args, kwargs):
+        """The `_Guarded` of a call whose form's recipe is `recipe`, or None where PyTorch
+        has no TensorGuards of the expected signature (the form then serves alone)."""
+        given = (*args, *kwargs.values())
+        at = [i for i, a in enumerate(given) if isinstance(a, torch.Tensor)]
+        check = _tensor_check(*(given[i] for i in at))
+        if check is None:
+            return None
+        entry = _Guarded()
+        entry.recipe, entry.check, entry.nargs, entry.keys = recipe, check, len(args), tuple(kwargs)
+        others = [i for i in range(len(given)) if i not in at]
+        entry.tensors = _picker(at)
+        entry.others = _picker(others)
+        entry.scalars = entry.others(given)
+        return entry
+
+    def holds(self, args, kwargs, given) -> bool:
+        """Whether the call `(*args, **kwargs)` (`given`: its arguments in order) is of
+        this form."""
+        if len(args) != self.nargs or tuple(kwargs) != self.keys:
+            return False
+        scalars = self.others(given)
+        return _same_scalars(scalars, self.scalars) and self.check(*self.tensors(given))
+
+
+def _tensor_check(*tensors):
+    """A check, in C, that tensors are of the class, dispatch keys, dtype, device,
+    requires_grad, shape and strides of `tensors` (PyTorch's `TensorGuards`), or None where
+    PyTorch has none of the expected signature."""
+    if _TensorGuards is None:
+        return None
+    try:
+        return _TensorGuards(
+            *tensors,
+            dynamic_dims_sizes=[list(t.shape) for t in tensors],
+            dynamic_dims_strides=[list(t.stride()) for t in tensors],
+        ).check
+    except Exception:  # noqa: BLE001 (an internal class: a PyTorch that changed it)
+        return None
+
+
+def _picker(positions):
+    """A function of a sequence giving the tuple of its items at `positions`."""
+    if len(positions) == 1:
+        position = positions[0]
+        return lambda given: (given[position],)
+    return operator.itemgetter(*positions) if positions else lambda given: ()
+
+
+def _same_scalars(a: tuple, b: tuple) -> bool:
+    # 1, 1.0 and True compare equal: the same objects (a module's options, a call's
+    # literals) or equal values of the same types
+    return all(map(operator.is_, a, b)) or (a == b and list(map(type, a)) == list(map(type, b)))
 
 
 class _Recipe:
@@ -502,6 +617,17 @@ class _Recipe:
             return None
         return self._on_kernel(self.arrays(given), gradient=True)
 
+    def forward(self, ctx, arrays):
+        """The classic node's forward for a call of the form, its context set up."""
+        if self.prepared is not None and self.eager:  # a training step's, in one go
+            output, grad = self._on_kernel(arrays, gradient=True)
+        else:
+            eager = [] if self.eager else None
+            output = self.on_views(arrays, eager)
+            grad = eager[0] if eager else None
+        _setup(ctx, self.call, arrays, grad)
+        return output
+
     def on_views(self, arrays, eager):
         """The node's forward on NumPy views of `arrays` (`_on_views`)."""
         if self.prepared is None:
@@ -516,7 +642,10 @@ class _Recipe:
         """(the loss, the input's gradient or None) by the kernel's constants kept."""
         # grad mode is off (a node's forward, an operator) or no tensor requires grad: the
         # tensors' NumPy views
-        x, y, w, p = (None if a is None else a.numpy() for a in arrays[:4])
+        x, y, w, p = arrays[:4]
+        x, y = x.numpy(), y.numpy()
+        w = None if w is None else w.numpy()
+        p = None if p is None else p.numpy()
         if not gradient:
             return _tensor(self.prepared.loss(x, y, w, p)), None
         grad = torch.empty_like(arrays[0], memory_format=_C_ORDER)  # see `_on_views`
@@ -834,6 +963,7 @@ torch.library.register_autograd(
 for _op in ("bceloss::loss", "bceloss::loss_and_grad"):
     torch.library.register_autocast(_op, "cpu", torch.float32, lib=_LIBRARY)
     torch.library.register_autocast(_op, "cuda", torch.float32, lib=_LIBRARY)
+_memo.on_forget(lambda: [guarded.clear() for guarded in _GUARDED])
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form)
     _dispatch.EXPRESS_LANES[_cls] = express
