@@ -382,6 +382,27 @@ def test_the_operators_pass_pytorchs_own_checks():
         assert set(results.values()) == {"SUCCESS"}, (op, results)
 
 
+def test_the_operators_kernels_compute_whatever_the_grad_mode_around_them():
+    # a kernel called below autograd (as another dispatcher layer may call it) with a tensor
+    # that requires grad, grad mode on: the eager loss's numbers, grad mode left as it was
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(6, 4, generator=g, dtype=torch.float64)
+    fn = "bceloss._functional.binary_cross_entropy_with_logits"
+    cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    want = bceloss.binary_cross_entropy_with_logits(x, y)
+    (want_gx,) = torch.autograd.grad(want, x)
+    for _ in range(3):  # validated, remembered, then guarded
+        loss = torch.ops.bceloss.loss.default.redispatch(cpu, fn, x, y, None, None, None, "()")
+        pair = torch.ops.bceloss.loss_and_grad.default.redispatch(
+            cpu, fn, x, y, None, None, None, "()"
+        )
+        assert torch.is_grad_enabled()
+        for value in (loss, pair[0]):
+            torch.testing.assert_close(value, want.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(pair[1], want_gx, rtol=0, atol=0)
+
+
 def test_meta_tensors_give_shapes_and_dtypes():
     x = torch.randn(3, 4, device="meta", dtype=torch.float64)
     out = bceloss.binary_cross_entropy_with_logits(x, x, reduction="none")

@@ -459,25 +459,28 @@ def express(bind, args, kwargs):
     if _tangents_possible() or torch.compiler.is_compiling():
         return None
     given = (*args, *kwargs.values(), None)
+    recipe, call = _remembered(bind, args, kwargs, given)
+    if recipe is not None:
+        return recipe.loss(given)
+    return None if call is None else call.backend.loss(call)
+
+
+def _remembered(bind, args, kwargs, given):
+    """(the `_Recipe` of the call's form, None) for a form remembered (`_memo`) whose calls
+    compute on NumPy views; else (None, the validated call), or (None, None) where an
+    argument has no form. The form includes grad mode. `given`: the call's arguments in
+    order, then None. A check in C first (`_Guarded`), of the forms remembered last."""
     guarded = _GUARDED[torch.is_grad_enabled()].setdefault(bind, [])
     for entry in guarded:
         if entry.holds(args, kwargs, given):
-            return entry.recipe.loss(given)
-    recipe, call = _remembered(bind, args, kwargs)
+            return entry.recipe, None
+    recipe, call = _memo.adapted(bind, args, kwargs, _Recipe.of, torch.is_grad_enabled())
     if recipe is not None:
         entry = _Guarded.of(recipe, args, kwargs)
         if entry is not None:
             guarded.insert(0, entry)
             del guarded[_GUARDED_FORMS:]
-        return recipe.loss(given)
-    return None if call is None else call.backend.loss(call)
-
-
-def _remembered(bind, args, kwargs):
-    """(the `_Recipe` of the call's form, None) for a form remembered (`_memo`) whose calls
-    compute on NumPy views; else (None, the validated call), or (None, None) where an
-    argument has no form. The form includes grad mode."""
-    return _memo.adapted(bind, args, kwargs, _Recipe.of, torch.is_grad_enabled())
+    return recipe, call
 
 
 def _tensor_form(t):
@@ -808,9 +811,10 @@ def _operator_run(fn, tensors, options):
     """(the `_Recipe` of the operator's call and its arguments, None) for a form remembered
     with nothing recording (the express lane's), else (None, the validated call)."""
     kwargs = _operator_arguments(tensors, options)
-    recipe, call = _remembered(_bind_of(fn), (), kwargs)
+    given = (*kwargs.values(), None)
+    recipe, call = _remembered(_bind_of(fn), (), kwargs, given)
     if recipe is not None:
-        return (recipe, (*kwargs.values(), None)), None
+        return (recipe, given), None
     return None, (_bind_of(fn)(**kwargs) if call is None else call)
 
 
@@ -844,15 +848,31 @@ def _define(name: str, schema: str, kernel, fake) -> None:
     torch.library.register_fake(f"bceloss::{name}", fake, lib=_LIBRARY)
 
 
+def _grad_off(kernel):
+    """An operator's `kernel` run with grad mode off, as under torch.no_grad() in fewer
+    steps (a compiled graph calls it for every small loss)."""
+
+    @functools.wraps(kernel)
+    def run(*args):
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return kernel(*args)
+        finally:
+            torch._C._set_grad_enabled(enabled)
+
+    return run
+
+
+@_grad_off
 def _loss_kernel(fn, input, target, weight, pos_weight, where, options):
     """bceloss::loss: the loss of a core function `fn`, as eager PyTorch computes it
     (`forward`)."""
-    with torch.no_grad():
-        remembered, call = _operator_run(fn, (input, target, weight, pos_weight, where), options)
-        if remembered is not None:
-            recipe, given = remembered
-            return recipe.loss(given).contiguous()
-        return forward(call).contiguous()
+    remembered, call = _operator_run(fn, (input, target, weight, pos_weight, where), options)
+    if remembered is not None:
+        recipe, given = remembered
+        return recipe.loss(given).contiguous()
+    return forward(call).contiguous()
 
 
 def _loss_fake(fn, input, target, weight, pos_weight, where, options):
@@ -860,25 +880,25 @@ def _loss_fake(fn, input, target, weight, pos_weight, where, options):
     return input.new_empty(call.shape if call.reduction == "none" else (), dtype=call.dtype)
 
 
+@_grad_off
 def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options):
     """bceloss::loss_and_grad: the loss of a core function `fn` (reduced, or elementwise
     where eager's forward computes that gradient: `_on_views_elementwise`) and its gradient
     with respect to the input (for an output gradient of 1), as eager PyTorch's recorded
     forward computes them."""
     tensors = (input, target, weight, pos_weight, where)
-    with torch.no_grad():
-        remembered, call = _operator_run(fn, tensors, options)
-        done = None if remembered is None else remembered[0].loss_and_grad(remembered[1])
-        if done is not None:
-            return done
-        if call is None:  # a remembered form without the kernel's constants (a mask)
-            call = _operator_call(fn, tensors, options)
-        twin = numpy_twin(call) if call.reduction == "none" else None
-        if twin is not None:  # the elementwise gradient, as eager's forward (`_on_views`)
-            eager = []
-            value = _on_views(twin, eager)
-            return value.contiguous(), eager[0].contiguous()
-        value, (gx,) = _evaluate.loss_and_grad(call, (0,))
+    remembered, call = _operator_run(fn, tensors, options)
+    done = None if remembered is None else remembered[0].loss_and_grad(remembered[1])
+    if done is not None:
+        return done
+    if call is None:  # a remembered form without the kernel's constants (a mask)
+        call = _operator_call(fn, tensors, options)
+    twin = numpy_twin(call) if call.reduction == "none" else None
+    if twin is not None:  # the elementwise gradient, as eager's forward (`_on_views`)
+        eager = []
+        value = _on_views(twin, eager)
+        return value.contiguous(), eager[0].contiguous()
+    value, (gx,) = _evaluate.loss_and_grad(call, (0,))
     return value.contiguous(), gx.contiguous()
 
 
@@ -901,12 +921,12 @@ def _loss_and_grad_backward(ctx, grad, _):
     return None, (gx * grad).to(gx.dtype), None, None, None, None, None
 
 
+@_grad_off
 def _loss_backward_kernel(grad, fn, input, target, weight, pos_weight, where, options, needs):
     """bceloss::loss_backward: `grad` times the gradients of the loss wrt the arrays `needs`
     asks for, in order, as eager PyTorch's backward computes them (`backward`)."""
     call = _operator_call(fn, (input, target, weight, pos_weight, where), options)
-    with torch.no_grad():
-        grads = backward(call, grad, tuple(needs))
+    grads = backward(call, grad, tuple(needs))
     return [g.contiguous() for g in grads if g is not None]
 
 
