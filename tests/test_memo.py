@@ -138,3 +138,37 @@ def test_one_array_in_two_arguments_is_not_taken_for_the_form(validated):
     for n in range(1, _memo.MAX_FORMS + 3):
         BCEL(np.zeros(n), np.zeros(n))
     assert len(_memo._CALLS) == _memo.MAX_FORMS
+
+
+def test_threads_that_overflow_the_memory_of_forms_at_once_all_finish():
+    # four threads calling with a new shape each time: each past MAX_FORMS forgets the
+    # oldest form, at times the same one as another thread (switching threads as often as
+    # CPython allows); every call still gives its loss
+    import sys
+    import threading
+
+    torch = pytest.importorskip("torch", reason="PyTorch is optional")
+    _memo.forget()
+    errors = []
+
+    def work(seed):
+        gen = torch.Generator().manual_seed(seed)
+        try:
+            for i in range(4000):
+                n = 1 + (i * 7919 + seed * 104729) % 4000
+                x, y = torch.randn(n, generator=gen), torch.rand(n, generator=gen)
+                assert BCEL(x, y).numpy().tobytes() == _usual(BCEL, x, y).numpy().tobytes()
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -194,6 +194,31 @@ def test_where_none_reduction_is_zero_outside_and_broadcasts():
     assert (g == 0).all()
 
 
+@pytest.mark.parametrize("size", [1, 300, 20000])  # the kernel from 1 element; blocks
+def test_weighted_mean_without_a_weight_is_mean_where_nothing_is_kept(size):
+    # 'weighted_mean' without a weight is 'mean' (docs/options.md), the gradients of a
+    # mask keeping nothing included: 0, not 0 / 0 (NumPy's value_and_grad, PyTorch's
+    # autograd); with a weight the weights' sum 0 gives NaN
+    rng = np.random.default_rng(size)
+    x, y = rng.normal(0, 3, (size, 2)), rng.random((size, 2))
+    none = np.zeros(x.shape, bool)
+    for wrt in ((0,), (0, 1)):
+        grad = bceloss.value_and_grad(BCEL, argnums=wrt)
+        value, grads = grad(x, y, reduction="weighted_mean", where=none)
+        assert np.isnan(value)
+        assert all((g == 0).all() for g in np.atleast_1d(grads) if g is not None)
+    _, g = bceloss.value_and_grad(BCEL)(x, y, np.ones(2), reduction="weighted_mean", where=none)
+    assert np.isnan(g).all()
+    torch = pytest.importorskip("torch", reason="PyTorch is optional")
+    X = torch.from_numpy(x).requires_grad_()
+    for reduction in ("mean", "weighted_mean"):
+        for _ in range(3):  # validated, remembered, kept
+            loss = BCEL(X, torch.from_numpy(y), reduction=reduction, where=torch.from_numpy(none))
+            (gx,) = torch.autograd.grad(loss, X)
+            assert torch.isnan(loss), reduction
+            assert (gx == 0).all(), reduction
+
+
 def _poisoned(seed=10):
     x, y, w, p = _logits_case(seed=seed)
     m = _mask(x.shape, seed=seed)

@@ -405,6 +405,7 @@ def test_the_lanes_check_in_c_takes_only_calls_of_the_form_it_guards(monkeypatch
         (tensors(), {"label_smoothing": 0.0, "reduction": "sum"}),
         ((*tensors(), None, "sum"), {"label_smoothing": 0.0}),
         (tensors(), {**options, "weight": torch.rand(10, generator=gen)}),
+        (tensors(), {**options, "weight": np.ones(10, np.float32)}),  # refused: NumPy's
     ]
     for args, kwargs in others:
         assert call(*args, **kwargs) == 1, kwargs

@@ -18,6 +18,7 @@ fails validation is never remembered.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def bind(form, bind_fn, args, kwargs) -> tuple[LossCall, Remembered | None]:
     if memo is None or memo is _SEEN_ONCE:
         call = bind_fn(*args, **kwargs)
         if len(_CALLS) >= MAX_FORMS:
-            del _CALLS[next(iter(_CALLS))]  # the oldest (dicts keep insertion order)
+            _forget_oldest()
         memo = _CALLS[form] = (
             _SEEN_ONCE if memo is None else _remembered(call, (*args, *kwargs.values()))
         )
@@ -120,6 +121,13 @@ def bind(form, bind_fn, args, kwargs) -> tuple[LossCall, Remembered | None]:
         return bind_fn(*args, **kwargs), None
     given = (*args, *kwargs.values())
     return memo.call.replace(**{name: given[i] for name, i in memo.places}), memo
+
+
+def _forget_oldest() -> None:
+    # the oldest (dicts keep insertion order); another thread may have taken it, or changed
+    # the dict while it was read
+    with contextlib.suppress(StopIteration, RuntimeError):
+        _CALLS.pop(next(iter(_CALLS)), None)
 
 
 def validated(bind_fn, args, kwargs) -> LossCall:

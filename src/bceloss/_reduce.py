@@ -79,16 +79,23 @@ def denominator(call, acc):
     return backend.total(xp, w, keep, acc)
 
 
+def counts(call) -> bool:
+    """Whether the reduction divides by the number of elements kept: 'mean', and
+    'weighted_mean' without a weight (which is 'mean', its gradient where nothing is kept
+    included: 0)."""
+    return call.reduction == "mean" or (call.reduction == "weighted_mean" and call.weight is None)
+
+
 def gradient(call, g, like, dtype):
     """The gradient `g` of the elementwise loss as that of the reduced loss, summed back to
     the shape of `like` (a broadcast argument), in `dtype`."""
     xp, backend = call.xp, call.backend
-    if call.reduction == "weighted_mean":
+    if call.reduction == "weighted_mean" and call.weight is not None:
         # divided in the accumulation dtype: the weights' sum may be beyond the dtype's range
         # (weights near its largest number), where w g is not
         acc = backend.accumulator(xp, g)
         g = xp.astype(g, acc) / denominator(call, acc)
-    elif call.reduction == "mean":
+    elif counts(call):
         n = denominator(call, backend.accumulator(xp, g))
         # nothing kept: every gradient is 0
         g = g / (max(n, 1) if isinstance(n, int) else xp.where(n > 0, n, xp.ones_like(n)))

@@ -470,7 +470,8 @@ def _remembered(bind, args, kwargs, given):
     compute on NumPy views; else (None, the validated call), or (None, None) where an
     argument has no form. The form includes grad mode. `given`: the call's arguments in
     order, then None. A check in C first (`_Guarded`), of the forms remembered last."""
-    guarded = _GUARDED[torch.is_grad_enabled()].setdefault(bind, [])
+    by_bind = _GUARDED[torch.is_grad_enabled()]
+    guarded = by_bind.get(bind, ())
     for entry in guarded:
         if entry.holds(args, kwargs, given):
             return entry.recipe, None
@@ -478,8 +479,7 @@ def _remembered(bind, args, kwargs, given):
     if recipe is not None:
         entry = _Guarded.of(recipe, args, kwargs)
         if entry is not None:
-            guarded.insert(0, entry)
-            del guarded[_GUARDED_FORMS:]
+            by_bind[bind] = (entry, *guarded[: _GUARDED_FORMS - 1])
     return recipe, call
 
 
@@ -499,7 +499,8 @@ try:  # PyTorch's check of tensors against those of a compiled frame, in C
 except ImportError:
     _TensorGuards = None
 
-# by grad mode: a loss's `bind` -> the _Guarded of its forms remembered last, newest first
+# by grad mode: a loss's `bind` -> the _Guarded of its forms remembered last (a tuple,
+# newest first: replaced whole, so a thread never sees it half changed)
 _GUARDED: tuple[dict, dict] = ({}, {})
 _GUARDED_FORMS = 4
 
@@ -568,8 +569,9 @@ def _picker(positions):
 
 def _same_scalars(a: tuple, b: tuple) -> bool:
     # 1, 1.0 and True compare equal: the same objects (a module's options, a call's
-    # literals) or equal values of the same types
-    return all(map(operator.is_, a, b)) or (a == b and list(map(type, a)) == list(map(type, b)))
+    # literals) or values of the same types (`b` holds scalars: an array in `a` is refused
+    # by its type, before == would compare it elementwise) that are equal
+    return all(map(operator.is_, a, b)) or (list(map(type, a)) == list(map(type, b)) and a == b)
 
 
 class _Recipe:

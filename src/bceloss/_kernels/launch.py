@@ -161,7 +161,7 @@ def loss_and_grad(call, pl: Plan, wrt: tuple[int, ...], out=None, seed=1.0):
         # seed joins the divisor.
         denominator = _denominator(call, pl)
         # (a weights' sum beyond the dtype is inf here: rescued below)
-        divisor = _in_range(max(denominator, 1) if call.reduction == "mean" else denominator, pl.ct)
+        divisor = _in_range(max(denominator, 1) if _reduce.counts(call) else denominator, pl.ct)
         sums = _block_array(pl)
         _run(call, pl, gx=gx, gy=gy, sums=sums, divisor=divisor / seed)
         total = _total(call, sums, denominator)
@@ -186,7 +186,7 @@ class Prepared:
         self.reduction, self.dtype = call.reduction, call.dtype
         # as `loss_and_grad` divides (`_denominator`: no weights' sum without a weight)
         self.denominator = 1 if call.reduction == "sum" else pl.kept
-        divisor = max(pl.kept, 1) if call.reduction == "mean" else self.denominator
+        divisor = max(pl.kept, 1) if _reduce.counts(call) else self.denominator
         self.divisor = _in_range(divisor, pl.ct)
 
     def _run(self, x, y, w, p, *, out=None, gx=None, sums=None, divisor=1.0):
