@@ -410,6 +410,14 @@ def test_the_lanes_check_in_c_takes_only_calls_of_the_form_it_guards(monkeypatch
     for args, kwargs in others:
         assert call(*args, **kwargs) == 1, kwargs
     assert call(*tensors(), **options) == (0 if guards else 1)  # the form's own, still
+    # more forms than the check keeps (each remembered, called again and again): the first
+    # ones keep theirs, the others the form; one tensor in two arguments has the form
+    w = torch.rand(64, 10, generator=gen)
+    for _ in range(4):
+        for rows in range(1, 7):
+            call(*tensors((rows, 10)), **options)
+        assert call(*tensors(), **options) == (0 if guards else 1)
+        assert call(*tensors(), weight=w, pos_weight=w) == 1
 
 
 def test_a_repeated_call_form_of_other_layouts_and_sizes_gives_the_usual_results():

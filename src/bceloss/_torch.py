@@ -344,13 +344,6 @@ def _function(transformable: bool = True):
 
         @staticmethod
         def backward(ctx, grad):
-            gx = ctx.eager
-            if gx is not None and _plain_one(grad) and not torch.is_grad_enabled():
-                # the usual backward(): the forward's gradient is the input's (`_eager`:
-                # the input alone requires grad), once
-                ctx.saved_tensors  # noqa: B018 (raises if one was modified in place since)
-                ctx.eager = None
-                return (None, gx, *_NO_GRADIENTS)
             if grad is None:  # not materialized: the output's gradient is zero
                 return (None,) * (2 + len(_TENSORS))
             arrays = ctx.saved_tensors  # raises if one was modified in place since
@@ -363,7 +356,7 @@ def _function(transformable: bool = True):
                 and not torch.is_grad_enabled()
                 and needs == (True, False, False, False)
             ):
-                return (None, _scaled_eager(gx, grad, arrays[0].dtype), *(None,) * 5)
+                return (None, _scaled_eager(gx, grad, arrays[0].dtype), *_NO_GRADIENTS)
             call = _bind(ctx.call, arrays, _TENSORS)
             return (None, *backward(call, grad, needs), None, None)
 
@@ -390,24 +383,6 @@ def _setup(ctx, call, arrays, eager):
 
 
 _NO_GRADIENTS = (None,) * len(_TENSORS)  # the node's gradients after the input's
-
-
-def _plain_one(grad) -> bool:
-    """Whether the output's gradient `grad` is a plain 0-d CPU tensor of value 1 (a loss's
-    backward()): no transform's wrapper, no batch of PyTorch's older vmap (gradcheck's),
-    nothing recording it. A check in C where PyTorch has one (`_Guarded`)."""
-    if grad is None:
-        return False
-    check = _ONE_GUARDS.get(grad.dtype, _ONE_GUARDS)
-    if check is _ONE_GUARDS:  # (none made yet)
-        check = _ONE_GUARDS[grad.dtype] = _tensor_check(torch.ones((), dtype=grad.dtype))
-    if check is None:
-        plain = grad.ndim == 0 and not (_batched(grad) or _transformed(grad))
-        return plain and not grad.requires_grad and float(grad) == 1.0
-    return check(grad) and float(grad) == 1.0
-
-
-_ONE_GUARDS: dict = {}  # dtype -> the check of a plain 0-d CPU tensor of it (or None)
 
 
 def _classic_function():
@@ -476,10 +451,12 @@ def _remembered(bind, args, kwargs, given):
         if entry.holds(args, kwargs, given):
             return entry.recipe, None
     recipe, call = _memo.adapted(bind, args, kwargs, _Recipe.of, torch.is_grad_enabled())
-    if recipe is not None:
+    if recipe is not None and len(guarded) < _GUARDED_FORMS:
+        # (the first forms: a loss called in more forms would otherwise check and replace
+        # one at every call)
         entry = _Guarded.of(recipe, args, kwargs)
         if entry is not None:
-            by_bind[bind] = (entry, *guarded[: _GUARDED_FORMS - 1])
+            by_bind[bind] = (*guarded, entry)
     return recipe, call
 
 
@@ -499,40 +476,48 @@ try:  # PyTorch's check of tensors against those of a compiled frame, in C
 except ImportError:
     _TensorGuards = None
 
-# by grad mode: a loss's `bind` -> the _Guarded of its forms remembered last (a tuple,
-# newest first: replaced whole, so a thread never sees it half changed)
+# by grad mode: a loss's `bind` -> the _Guarded of its first remembered forms (a tuple,
+# replaced whole, so a thread never sees it half changed)
 _GUARDED: tuple[dict, dict] = ({}, {})
 _GUARDED_FORMS = 4
+
+
+def _forget_guarded() -> None:
+    for by_bind in _GUARDED:
+        by_bind.clear()
+
+
+_memo.on_forget(_forget_guarded)
 
 
 class _Guarded:
     """A remembered form's `_Recipe` behind a check of the arguments in C: the express
     lane's first look, before the form (`_memo.form`), which reads a tensor's properties
-    one attribute at a time. The check (PyTorch's `TensorGuards`, which dynamo made to
-    check the tensors of a compiled frame) compares each tensor's class, dispatch keys (a
-    functorch wrapper, a negative or conjugate view, an inference tensor, another device
-    type), dtype, device, requires_grad, shape and strides with those of the call that
-    made it: a stricter form than `_tensor_form`'s. The other arguments are compared by
-    type and value, their names and order too."""
+    one attribute at a time. The check (`_tensor_check`) is stricter than `_tensor_form`;
+    the other arguments are compared by type and value (`_same_scalars`), their number,
+    names and order too."""
 
     __slots__ = ("check", "keys", "nargs", "others", "recipe", "scalars", "tensors")
+
+    def __init__(self, recipe, check, args, kwargs, at):
+        given = (*args, *kwargs.values())
+        self.recipe, self.check, self.nargs, self.keys = recipe, check, len(args), tuple(kwargs)
+        self.tensors = _picker(at)  # the positions of the tensors in `given`
+        self.others = _picker([i for i in range(len(given)) if i not in at])
+        self.scalars = self.others(given)
 
     @staticmethod
     def of(recipe, args, kwargs):
         """The `_Guarded` of a call whose form's recipe is `recipe`, or None where PyTorch
-        has no TensorGuards of the expected signature (the form then serves alone)."""
+        has no TensorGuards of the expected signature (the form then serves alone) or one
+        tensor is in two arguments (which TensorGuards refuses: no call would pass)."""
         given = (*args, *kwargs.values())
         at = [i for i, a in enumerate(given) if isinstance(a, torch.Tensor)]
-        check = _tensor_check(*(given[i] for i in at))
-        if check is None:
+        tensors = [given[i] for i in at]
+        if len(set(map(id, tensors))) < len(tensors):
             return None
-        entry = _Guarded()
-        entry.recipe, entry.check, entry.nargs, entry.keys = recipe, check, len(args), tuple(kwargs)
-        others = [i for i in range(len(given)) if i not in at]
-        entry.tensors = _picker(at)
-        entry.others = _picker(others)
-        entry.scalars = entry.others(given)
-        return entry
+        check = _tensor_check(*tensors)
+        return None if check is None else _Guarded(recipe, check, args, kwargs, at)
 
     def holds(self, args, kwargs, given) -> bool:
         """Whether the call `(*args, **kwargs)` (`given`: its arguments in order) is of
@@ -544,9 +529,12 @@ class _Guarded:
 
 
 def _tensor_check(*tensors):
-    """A check, in C, that tensors are of the class, dispatch keys, dtype, device,
-    requires_grad, shape and strides of `tensors` (PyTorch's `TensorGuards`), or None where
-    PyTorch has none of the expected signature."""
+    """A check, in C, that tensors are of the class, dispatch keys, dtype, device index,
+    requires_grad, shape and strides of `tensors`, and distinct objects (PyTorch's
+    `TensorGuards`, which dynamo made to check a compiled frame's tensors), or None where
+    PyTorch has none of the expected signature. The dispatch keys are compared under the
+    thread's dispatch state (autocast, inference mode...) as it is at each check and was at
+    the making: a check made in one state fails in another, a miss, not a mistake."""
     if _TensorGuards is None:
         return None
     try:
@@ -568,9 +556,9 @@ def _picker(positions):
 
 
 def _same_scalars(a: tuple, b: tuple) -> bool:
-    # 1, 1.0 and True compare equal: the same objects (a module's options, a call's
-    # literals) or values of the same types (`b` holds scalars: an array in `a` is refused
-    # by its type, before == would compare it elementwise) that are equal
+    """Whether the arguments `a` are the scalars `b`: the same objects (a module's options,
+    a call's literals), or values of the same types that are equal (1, 1.0 and True compare
+    equal; an array in `a` is refused by its type before == would compare it elementwise)."""
     return all(map(operator.is_, a, b)) or (list(map(type, a)) == list(map(type, b)) and a == b)
 
 
@@ -985,7 +973,6 @@ torch.library.register_autograd(
 for _op in ("bceloss::loss", "bceloss::loss_and_grad"):
     torch.library.register_autocast(_op, "cpu", torch.float32, lib=_LIBRARY)
     torch.library.register_autocast(_op, "cuda", torch.float32, lib=_LIBRARY)
-_memo.on_forget(lambda: [guarded.clear() for guarded in _GUARDED])
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form)
     _dispatch.EXPRESS_LANES[_cls] = express
