@@ -22,6 +22,8 @@ import oracle
 import pytest
 import samples
 import tolerances
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tolerances import MAX_ULP, assert_close
 
 import bceloss
@@ -1272,3 +1274,46 @@ def test_every_loop_compiled_for_avx512_is_vectorised():
     assert len(loops) >= 60, len(loops)  # 2 dtypes x 3 gradients x 2 weights x (2 + 1 + 2)
     scalar = sorted(name for name, count in loops.items() if count == 0)
     assert not scalar, scalar
+
+
+# --- combine: the exact total of block sums, in C (the PyTorch operator's C kernel) ------
+
+_FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+def _half_way_sums():
+    """Sums whose last rounding lands half-way between two floats: a big value, a tie at
+    its last bit, and a tiny value of either sign (or none) that breaks the tie."""
+    big = st.floats(1.0, 2.0**60).map(lambda v: math.ldexp(math.frexp(v)[0], math.frexp(v)[1]))
+    return st.tuples(big, st.sampled_from([-1.0, 1.0]), st.sampled_from([-1.0, 0.0, 1.0])).map(
+        lambda t: [t[0], t[1] * math.ulp(t[0]) / 2, t[2] * math.ulp(t[0]) * 2.0**-40]
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.lists(_FINITE, max_size=40),
+        st.lists(st.floats(-1e6, 1e6), max_size=200),
+        _half_way_sums(),
+        st.lists(st.sampled_from([1e16, -1e16, 1.0, -1.0, 0.5, 2.0**-60, 3.0]), max_size=60),
+    )
+)
+def test_combine_in_c_is_math_fsum(values):
+    data = np.asarray(values, dtype=np.float64).tobytes()
+    try:
+        expected = math.fsum(values)
+    except OverflowError:  # a partial sum beyond float64: the Python kernel decides
+        assert _native.combine(data) is None
+        return
+    got = _native.combine(data)
+    if got is None:  # only an overflowing partial may make C hand the total back
+        assert max((abs(v) for v in values), default=0.0) > 2.0**1000
+        return
+    assert got == expected, values
+    assert math.copysign(1.0, got) == math.copysign(1.0, expected), values
+
+
+def test_combine_hands_non_finite_values_back():
+    for values in ([1.0, math.inf], [math.nan], [-math.inf, 2.0]):
+        assert _native.combine(np.asarray(values).tobytes()) is None

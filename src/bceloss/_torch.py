@@ -38,6 +38,7 @@ from bceloss import (
     _memo,
     _module_types,
     _reduce,
+    _torch_kernel,
     _validation,
 )
 
@@ -714,6 +715,12 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
             raise TypeError(msg)
         options.append((key, value))
     reduction = dict(options).get("reduction", reduction)
+    # the reduced logits loss's own operators, whose CPU calls run in C (`_torch_kernel`);
+    # their errors come from there as RuntimeError with the library's message, so a loss
+    # whose Python kernel checks values at every call (probabilities) keeps the others, as
+    # does an exported program (a file: the operators any process defines)
+    ops = torch.ops.bceloss
+    in_c = fn == _LOGITS and reduction != "none" and not _exporting()
     x, *others = tensors[:4]
     if (  # (an exported program computes no gradient: the loss alone)
         torch.is_grad_enabled()
@@ -723,8 +730,12 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
         and not any(a is not None and a.requires_grad for a in others)
         and (reduction != "none" or _on_views_elementwise(tensors))
     ):
-        return torch.ops.bceloss.loss_and_grad(fn, *tensors, _written(options))[0]
-    return torch.ops.bceloss.loss(fn, *tensors, _written(options))
+        fused = ops.logits_loss_and_grad if in_c else ops.loss_and_grad
+        return fused(fn, *tensors, _written(options))[0]
+    return (ops.logits_loss if in_c else ops.loss)(fn, *tensors, _written(options))
+
+
+_LOGITS = "bceloss._functional.binary_cross_entropy_with_logits"
 
 
 def _on_views_elementwise(tensors) -> bool:
@@ -861,7 +872,10 @@ def _loss_kernel(fn, input, target, weight, pos_weight, where, options):
     remembered, call = _operator_run(fn, (input, target, weight, pos_weight, where), options)
     if remembered is not None:
         recipe, given = remembered
-        return recipe.loss(given).contiguous()
+        loss = recipe.loss(given).contiguous()
+        # the form's constants, for the C kernel if it is falling back for this call
+        _torch_kernel.remember(recipe.prepared)
+        return loss
     return forward(call).contiguous()
 
 
@@ -880,6 +894,8 @@ def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options)
     remembered, call = _operator_run(fn, tensors, options)
     done = None if remembered is None else remembered[0].loss_and_grad(remembered[1])
     if done is not None:
+        # the form's constants, for the C kernel if it is falling back for this call
+        _torch_kernel.remember(remembered[0].prepared)
         return done
     if call is None:  # a remembered form without the kernel's constants (a mask)
         call = _operator_call(fn, tensors, options)
@@ -948,10 +964,13 @@ def _no_second_order(ctx, *grads):
     raise RuntimeError(msg)
 
 
-_define("loss", f"{_ARGUMENTS} -> Tensor", _loss_kernel, _loss_fake)
-_define(
-    "loss_and_grad", f"{_ARGUMENTS} -> (Tensor, Tensor)", _loss_and_grad_kernel, _loss_and_grad_fake
-)
+# logits_loss and logits_loss_and_grad: loss and loss_and_grad for a reduced
+# binary_cross_entropy_with_logits in a compiled graph, their CPU calls run by C kernels
+# where PyTorch has the stable C ABI (`_torch_kernel`)
+for _name in ("loss", "logits_loss"):
+    _define(_name, f"{_ARGUMENTS} -> Tensor", _loss_kernel, _loss_fake)
+for _name in ("loss_and_grad", "logits_loss_and_grad"):
+    _define(_name, f"{_ARGUMENTS} -> (Tensor, Tensor)", _loss_and_grad_kernel, _loss_and_grad_fake)
 _define(
     "loss_backward",
     "(Tensor grad, str fn, Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
@@ -959,20 +978,24 @@ _define(
     _loss_backward_kernel,
     _loss_backward_fake,
 )
-torch.library.register_autograd(
-    "bceloss::loss", _operator_backward, setup_context=_setup_operator, lib=_LIBRARY
-)
+for _name in ("loss", "logits_loss"):
+    torch.library.register_autograd(
+        f"bceloss::{_name}", _operator_backward, setup_context=_setup_operator, lib=_LIBRARY
+    )
 torch.library.register_autograd("bceloss::loss_backward", _no_second_order, lib=_LIBRARY)
-torch.library.register_autograd(
-    "bceloss::loss_and_grad",
-    _loss_and_grad_backward,
-    setup_context=_setup_loss_and_grad,
-    lib=_LIBRARY,
-)
+for _name in ("loss_and_grad", "logits_loss_and_grad"):
+    torch.library.register_autograd(
+        f"bceloss::{_name}",
+        _loss_and_grad_backward,
+        setup_context=_setup_loss_and_grad,
+        lib=_LIBRARY,
+    )
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
-for _op in ("bceloss::loss", "bceloss::loss_and_grad"):
-    torch.library.register_autocast(_op, "cpu", torch.float32, lib=_LIBRARY)
-    torch.library.register_autocast(_op, "cuda", torch.float32, lib=_LIBRARY)
+for _op in ("loss", "loss_and_grad", "logits_loss", "logits_loss_and_grad"):
+    torch.library.register_autocast(f"bceloss::{_op}", "cpu", torch.float32, lib=_LIBRARY)
+    torch.library.register_autocast(f"bceloss::{_op}", "cuda", torch.float32, lib=_LIBRARY)
+_torch_kernel.install()
+_memo.on_forget(_torch_kernel.forget)
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form)
     _dispatch.EXPRESS_LANES[_cls] = express

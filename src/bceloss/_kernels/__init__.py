@@ -10,6 +10,10 @@ tests hold it to `_formulas` and the oracle.
   `_formulas`'), over `fastmath.hpp`'s exp, log and storage conversions;
 - `loops.hpp`, `loops.cpp`: the loops over a run of blocks, compiled for each vector width;
 - `threads.hpp`, `threads.cpp`: the helper threads; `threads.py`: how many;
+- `launch.hpp`, `launch.cpp`: a planned call run on the threads, from its arguments;
+- `torch_kernel.hpp`, `torch_kernel.cpp`: the C kernel of the PyTorch operator
+  `bceloss::logits_loss_and_grad` on CPU tensors (`bceloss._torch_kernel` installs it), and
+  `combine`, `_summation.combine`'s twin;
 - `native.cpp`: the Python entry points (module `_native`);
 - `plan.py`: which calls run here, and their arrays laid out for the kernels;
 - `launch.py`: a plan run: `loss`, `elementwise`, `loss_and_grad`; `Prepared`, a plan's

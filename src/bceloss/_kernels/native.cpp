@@ -11,8 +11,9 @@
 #include <cstring>
 #include <vector>
 
+#include "launch.hpp"
 #include "loops.hpp"
-#include "threads.hpp"
+#include "torch_kernel.hpp"
 
 namespace {
 
@@ -130,64 +131,6 @@ bool sums(PyObject* obj, Held& h, double** out, const char* name, int64_t blocks
     return true;
 }
 
-template <class F>
-struct Chunks {
-    const bceloss::Call<F>* call;
-    int64_t chunks;
-};
-
-template <class F>
-void run_chunk(void* context, int64_t chunk) {
-    const Chunks<F>& c = *static_cast<const Chunks<F>*>(context);
-    const int64_t blocks = c.call->blocks;
-    bceloss::run_blocks(*c.call, chunk * blocks / c.chunks, (chunk + 1) * blocks / c.chunks);
-}
-
-struct Arguments {
-    int kind, grad, team;
-    long long chunks;
-    double ignore, smooth_keep, smooth_add, alpha, gamma, divisor;
-    int has_alpha;
-    bceloss::Operand x, y, w, p, wd;
-    const uint8_t* keep;
-    bceloss::Output out, gx, gy;
-    double *sums, *wsums;
-    const int64_t* starts;
-    int64_t blocks;
-};
-
-template <class F>
-void launch(const Arguments& a) {
-    bceloss::Call<F> call{};
-    const bool terms = a.sums != nullptr || a.out.data != nullptr || a.grad > 0;
-    call.segment = terms ? bceloss::segment_for<F>(
-                               static_cast<bceloss::Kind>(a.kind), a.grad, a.w.data != nullptr,
-                               a.kind == 2 ? a.has_alpha != 0 : a.p.data != nullptr,
-                               a.smooth_keep == 1.0 && a.smooth_add == 0.0 && std::isnan(a.ignore))
-                         : nullptr;
-    call.x = a.x;
-    call.y = a.y;
-    call.w = a.w;
-    call.p = a.p;
-    call.wd = a.wd;
-    call.keep = a.keep;
-    call.options =
-        bceloss::Options<F>{static_cast<F>(a.divisor),
-                            {static_cast<F>(a.smooth_keep), static_cast<F>(a.smooth_add)},
-                            static_cast<F>(a.ignore),
-                            static_cast<F>(a.alpha),
-                            a.gamma};
-    call.out = a.out;
-    call.gx = a.gx;
-    call.gy = a.gy;
-    call.sums = a.sums;
-    call.wsums = a.wsums;
-    call.starts = a.starts;
-    call.blocks = a.blocks;
-    Chunks<F> chunks{&call, a.chunks};
-    bceloss::run_chunks(a.team, a.chunks, &run_chunk<F>, &chunks);
-}
-
 const char run_doc[] =
     "run(kind, compute64, x, y, w, p, keep, wd, out, gx, gy, sums, wsums, starts, ignore,\n"
     "    smooth_keep, smooth_add, has_alpha, alpha, gamma, divisor, team, chunks)\n"
@@ -209,7 +152,7 @@ PyObject* run(PyObject*, PyObject* args) {
         return nullptr;
     }
     Held hs, hx, hy, hw, hp, hk, hwd, hout, hgx, hgy, hsums, hwsums;
-    Arguments a{};
+    bceloss::Arguments a{};
     a.kind = kind;
     a.team = team;
     a.chunks = chunks;
@@ -262,11 +205,7 @@ PyObject* run(PyObject*, PyObject* args) {
     a.keep = hk.held ? static_cast<const uint8_t*>(hk.view.buf) : nullptr;
     a.grad = a.gy.data != nullptr ? 2 : (a.gx.data != nullptr ? 1 : 0);
     Py_BEGIN_ALLOW_THREADS
-        if (compute64) {
-            launch<double>(a);
-        } else {
-            launch<float>(a);
-        }
+        bceloss::launch(a, compute64 != 0);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -486,6 +425,23 @@ PyMethodDef methods[] = {
     {"kept_blocks", guarded<kept_blocks>, METH_VARARGS, kept_blocks_doc},
     {"fastmath", guarded<fastmath>, METH_VARARGS, fastmath_doc},
     {"encode", guarded<encode>, METH_VARARGS, encode_doc},
+    {"torch_install", guarded<bceloss::torch_install>, METH_VARARGS,
+     "torch_install(addresses, fallbacks, codes, cpu)\n--\n\nInstall the PyTorch operators' C "
+     "kernels (see torch_kernel.hpp); returns their addresses."},
+    {"torch_remember", guarded<bceloss::torch_remember>, METH_VARARGS,
+     "torch_remember(kind, compute64, starts, ignore, smooth_keep, smooth_add, has_alpha, alpha,\n"
+     "    gamma, divisor, sum, denominator, out_dtype)\n--\n\nThe constants of the form the C "
+     "kernel falls back for; whether it keeps them."},
+    {"torch_forget", guarded<bceloss::torch_forget>, METH_NOARGS,
+     "torch_forget()\n--\n\nEvery form the C kernel keeps, forgotten."},
+    {"combine", guarded<bceloss::combine_entry>, METH_VARARGS,
+     "combine(values)\n--\n\nThe exactly rounded sum of float64 values (bytes), as math.fsum; "
+     "None\n"
+     "for a value that is not finite or a partial sum that overflows (for the tests)."},
+    {"torch_kept", guarded<bceloss::torch_kept>, METH_NOARGS,
+     "torch_kept()\n--\n\nHow many forms the C kernel keeps (for the tests)."},
+    {"set_threads", guarded<bceloss::set_threads>, METH_VARARGS,
+     "set_threads(count)\n--\n\nThe threads a large call of the C kernel runs on."},
     {nullptr, nullptr, 0, nullptr},
 };
 

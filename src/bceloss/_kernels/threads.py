@@ -6,6 +6,8 @@ from __future__ import annotations
 import operator
 import os
 
+from bceloss._kernels._native import set_threads as _native_threads
+
 # Each thread past the first is a helper that lives as long as the process: a bound keeps a
 # typo (10000 for 100) from starting thousands of them
 MAX_THREADS = 1024
@@ -59,3 +61,4 @@ def set_num_threads(count: int) -> None:
         msg = f"count must be from 1 to {MAX_THREADS}; got {count}"
         raise ValueError(msg)
     _count = count
+    _native_threads(count)  # the count of the PyTorch operator's C kernel

@@ -1,0 +1,549 @@
+// The C kernels of bceloss::logits_loss_and_grad and bceloss::logits_loss on CPU tensors:
+// what a compiled graph calls for a training step's loss (and an inference's), without a
+// Python kernel between the dispatcher and the loops.
+//
+// PyTorch's stable C ABI (the `aoti_torch_*` and `torch_*` functions of libtorch) is the only
+// part of PyTorch this file touches, through addresses Python hands over at install
+// (_torch_kernel.py): the package builds without PyTorch's headers and loads without PyTorch.
+// The dispatcher calls a kernel boxed: a stack of 64-bit values, the arguments in schema
+// order, owned by the kernel (tensors as handles, strings as string handles, a present
+// optional tensor as a heap box holding its handle, an absent one as 0), the returns written
+// back from the stack's first slot.
+//
+// A call of a form the kernel keeps (the operator, its strings, each tensor's dtype, device,
+// sizes and strides) runs the loops straight away, with the constants the Python kernel
+// computed for that form (launch.py's Prepared); a call of any other form goes to the
+// fallback operator (loss_and_grad, loss: the Python kernel), which hands the form's
+// constants back here (`torch_remember`) when the form is one the kernel can run: its
+// results are the Python kernel's to the last bit (tests/test_torch_kernel.py holds them to
+// it).
+#include "torch_kernel.hpp"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "launch.hpp"
+
+namespace bceloss {
+namespace {
+
+using StableIValue = uint64_t;
+using Handle = void*;  // AtenTensorHandle
+using Error = int32_t;
+
+// The libtorch functions, in the order of the addresses torch_install takes.
+struct Api {
+    Error (*data_ptr)(Handle, void**);
+    Error (*dim)(Handle, int64_t*);
+    Error (*sizes)(Handle, int64_t**);
+    Error (*strides)(Handle, int64_t**);
+    Error (*dtype)(Handle, int32_t*);
+    Error (*device_type)(Handle, int32_t*);
+    Error (*empty_strided)(int64_t, const int64_t*, const int64_t*, int32_t, int32_t, int32_t,
+                           Handle*);
+    Error (*delete_tensor)(Handle);
+    Error (*string_length)(void*, size_t*);
+    Error (*string_data)(void*, const char**);
+    Error (*delete_string)(void*);
+    Error (*delete_box)(StableIValue*);
+    Error (*call_dispatcher)(const char*, const char*, StableIValue*);
+    const char* (*last_error)();  // may be null
+};
+constexpr int API_FUNCTIONS = 14;
+
+Api api{};
+// the operators a call of an unknown form goes to: loss_and_grad's, loss's
+std::string fallbacks[2];
+int32_t cpu = -1;
+// PyTorch's dtype codes of the storages the loops read (-1: none yet)
+int32_t dtype_codes[11] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+std::atomic<int> threads{1};
+
+void check(Error e, const char* what) {
+    if (e != 0) throw std::runtime_error(std::string("bceloss: PyTorch's ") + what + " failed");
+}
+
+bool storage_of_dtype(int32_t code, Storage* s) {
+    for (int i = 0; i < 11; ++i) {
+        if (dtype_codes[i] == code && i != static_cast<int>(Storage::f16) &&
+            i != static_cast<int>(Storage::bf16)) {
+            *s = static_cast<Storage>(i);
+            return true;
+        }
+    }
+    return false;
+}
+
+// The operators' schema: (str fn, Tensor input, Tensor target, Tensor? weight,
+// Tensor? pos_weight, Tensor? where, str options) -> (Tensor, Tensor) (the loss and its
+// gradient) or Tensor (the loss)
+constexpr uint64_t ARGUMENTS = 7, TENSORS = 5;
+
+Handle tensor_at(const StableIValue* stack, uint64_t slot) {
+    if (slot <= 2) return reinterpret_cast<Handle>(stack[slot]);
+    if (stack[slot] == 0) return nullptr;  // an absent optional
+    return reinterpret_cast<Handle>(*reinterpret_cast<StableIValue*>(stack[slot]));
+}
+
+void append_string(std::string& key, StableIValue s) {
+    size_t length = 0;
+    const char* data = nullptr;
+    check(api.string_length(reinterpret_cast<void*>(s), &length), "string length");
+    check(api.string_data(reinterpret_cast<void*>(s), &data), "string data");
+    key.append(reinterpret_cast<const char*>(&length), sizeof length);
+    key.append(data, length);
+}
+
+template <class T>
+void append(std::string& key, const T* values, int64_t count) {
+    key.append(reinterpret_cast<const char*>(values), sizeof(T) * count);
+}
+
+// What the kernel reads of a tensor.
+struct Tensor {
+    Handle handle = nullptr;
+    int32_t dtype = -1, device = -1;
+    int64_t dim = 0;
+    const int64_t* sizes = nullptr;
+    const int64_t* strides = nullptr;
+};
+
+Tensor read(Handle h) {
+    Tensor t;
+    t.handle = h;
+    if (h == nullptr) return t;
+    int64_t* sizes;
+    int64_t* strides;
+    check(api.dtype(h, &t.dtype), "dtype");
+    check(api.device_type(h, &t.device), "device type");
+    check(api.dim(h, &t.dim), "dim");
+    check(api.sizes(h, &sizes), "sizes");
+    check(api.strides(h, &strides), "strides");
+    t.sizes = sizes;
+    t.strides = strides;
+    return t;
+}
+
+// The form of a call: its strings, then each tensor's dtype, device, sizes and strides.
+std::string form_key(const StableIValue* stack, const Tensor* tensors, bool gradient) {
+    std::string key(1, gradient ? 'g' : 'l');  // the operator
+    key.reserve(256);
+    append_string(key, stack[0]);
+    append_string(key, stack[6]);
+    for (uint64_t i = 0; i < TENSORS; ++i) {
+        const Tensor& t = tensors[i];
+        const int64_t head[3] = {t.handle != nullptr, t.dtype, t.device};
+        append(key, head, 3);
+        if (t.handle == nullptr) continue;
+        append(key, &t.dim, 1);
+        append(key, t.sizes, t.dim);
+        append(key, t.strides, t.dim);
+    }
+    return key;
+}
+
+bool contiguous(const Tensor& t) {
+    int64_t expected = 1;
+    for (int64_t d = t.dim - 1; d >= 0; --d) {
+        if (t.sizes[d] != 1 && t.strides[d] != expected) return false;
+        expected *= t.sizes[d];
+    }
+    return true;
+}
+
+int64_t numel(const Tensor& t) {
+    int64_t n = 1;
+    for (int64_t d = 0; d < t.dim; ++d) n *= t.sizes[d];
+    return n;
+}
+
+// How the loops read the call's tensors, where they can read them in place: x and y whole,
+// weight and pos_weight periodic (their shape, leading 1s aside, the input's last
+// dimensions: plan.py's `periodic` without a copy).
+struct Layout {
+    Storage x, y, w, p;
+    int64_t n = 0, w_period = 0, p_period = 0;  // a period of 0: absent
+    int32_t x_dtype = -1;
+    std::vector<int64_t> x_sizes;
+};
+
+bool periodic(const Tensor& a, const Tensor& x, Storage* s, int64_t* period) {
+    *period = 0;
+    if (a.handle == nullptr) return true;
+    if (!storage_of_dtype(a.dtype, s) || !contiguous(a)) return false;
+    int64_t first = 0;
+    while (first < a.dim && a.sizes[first] == 1) ++first;
+    const int64_t kept = a.dim - first;
+    if (kept > x.dim) return false;
+    for (int64_t d = 0; d < kept; ++d) {
+        if (a.sizes[first + d] != x.sizes[x.dim - kept + d]) return false;
+    }
+    *period = numel(a);
+    return *period >= 1;
+}
+
+bool layout_of(const Tensor* t, Layout* l) {
+    const Tensor& x = t[0];
+    const Tensor& y = t[1];
+    for (uint64_t i = 0; i < TENSORS; ++i) {
+        if (t[i].handle != nullptr && t[i].device != cpu) return false;
+    }
+    if (t[4].handle != nullptr || !storage_of_dtype(x.dtype, &l->x) ||
+        !storage_of_dtype(y.dtype, &l->y) || (l->x != Storage::f32 && l->x != Storage::f64) ||
+        !contiguous(x) || !contiguous(y) || x.dim != y.dim ||
+        std::memcmp(x.sizes, y.sizes, sizeof(int64_t) * x.dim) != 0) {
+        return false;
+    }
+    l->n = numel(x);
+    l->x_dtype = x.dtype;
+    l->x_sizes.assign(x.sizes, x.sizes + x.dim);
+    return l->n >= 1 && periodic(t[2], x, &l->w, &l->w_period) &&
+           periodic(t[3], x, &l->p, &l->p_period);
+}
+
+// A form the kernel runs: its layout and Prepared's constants.
+struct Form {
+    Layout layout;
+    int kind = 0;
+    bool compute64 = false, sum = false;
+    std::vector<int64_t> starts;
+    double ignore = 0, smooth_keep = 1, smooth_add = 0, alpha = 0, gamma = 0, divisor = 1;
+    int has_alpha = 0;
+    double denominator = 1;
+    int32_t out_dtype = -1;
+};
+
+constexpr size_t MAX_FORMS = 64;  // then every form is forgotten (a loss of many shapes)
+std::mutex forms_lock;
+std::unordered_map<std::string, std::shared_ptr<const Form>> forms;
+
+// The form the calling thread's kernel is falling back for, until the fallback returns.
+thread_local std::string pending_key;
+thread_local Layout pending_layout;
+thread_local bool pending = false;
+
+}  // namespace
+
+// The exactly rounded sum of finite values (_summation.combine's math.fsum): Shewchuk's
+// non-overlapping partials, each addition split into its rounded sum and its exact error
+// (TwoSum), then the partials added from the largest with the last rounding corrected to
+// nearest (a half-way error decided by the sign of the next partial). False for a value
+// that is not finite or a partial that overflows: the Python kernel decides those.
+bool combine(const double* values, int64_t count, double* total) {
+    std::vector<double> partials;
+    partials.reserve(16);
+    for (int64_t k = 0; k < count; ++k) {
+        double x = values[k];
+        if (!std::isfinite(x)) return false;
+        size_t kept = 0;
+        for (double y : partials) {
+            if (std::fabs(x) < std::fabs(y)) std::swap(x, y);
+            const double hi = x + y;
+            const double lo = y - (hi - x);
+            if (lo != 0.0) partials[kept++] = lo;
+            x = hi;
+        }
+        if (!std::isfinite(x)) return false;
+        partials.resize(kept);
+        if (x != 0.0) partials.push_back(x);
+    }
+    double hi = 0.0;
+    size_t n = partials.size();
+    if (n > 0) {
+        hi = partials[--n];
+        double lo = 0.0;
+        while (n > 0) {
+            const double x = hi;
+            const double y = partials[--n];
+            hi = x + y;
+            lo = y - (hi - x);
+            if (lo != 0.0) break;
+        }
+        if (n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0))) {
+            const double y = lo * 2.0;
+            const double x = hi + y;
+            if (y == x - hi) hi = x;
+        }
+    }
+    *total = hi;
+    return true;
+}
+
+namespace {
+
+Handle empty(const std::vector<int64_t>& sizes, int32_t dtype) {
+    std::vector<int64_t> strides(sizes.size());
+    int64_t stride = 1;
+    for (size_t d = sizes.size(); d-- > 0;) {
+        strides[d] = stride;
+        stride *= sizes[d] > 1 ? sizes[d] : 1;
+    }
+    Handle h = nullptr;
+    check(api.empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(), dtype,
+                            cpu, 0, &h),
+          "empty_strided");
+    return h;
+}
+
+void* data_of(Handle h) {
+    void* data = nullptr;
+    check(api.data_ptr(h, &data), "data_ptr");
+    return data;
+}
+
+// (team, chunks) of a call, launch.py's `_team`: the calling thread alone up to 4 blocks'
+// elements (SERIAL_SIZE).
+void team_of(const Form& f, int* team, long long* chunks) {
+    const int64_t blocks = static_cast<int64_t>(f.starts.size()) - 1;
+    if (f.layout.n <= 4 * BLOCK) {
+        *team = 1;
+        *chunks = 1;
+        return;
+    }
+    const int count = threads.load(std::memory_order_relaxed);
+    *team = static_cast<int>(blocks < count ? blocks : count);
+    if (*team < 1) *team = 1;
+    *chunks = *team == 1 ? 1 : (8LL * *team < blocks ? 8LL * *team : blocks);
+}
+
+// The call run by the loops into new tensors: Prepared.loss_and_grad, or Prepared.loss
+// without `gradient`. False where the total is for the Python kernel to decide (the tensors
+// then deleted).
+bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handle* grad) {
+    const Layout& l = f.layout;
+    *grad = gradient ? empty(l.x_sizes, l.x_dtype) : nullptr;
+    *loss = empty({}, f.out_dtype);
+    std::vector<double> sums(f.starts.size() - 1);
+    Arguments a{};
+    a.kind = f.kind;
+    a.grad = gradient ? 1 : 0;
+    team_of(f, &a.team, &a.chunks);
+    a.ignore = f.ignore;
+    a.smooth_keep = f.smooth_keep;
+    a.smooth_add = f.smooth_add;
+    a.has_alpha = f.has_alpha;
+    a.alpha = f.alpha;
+    a.gamma = f.gamma;
+    a.divisor = gradient ? f.divisor : 1.0;
+    a.x = Operand{data_of(t[0].handle), l.x, l.n};
+    a.y = Operand{data_of(t[1].handle), l.y, l.n};
+    a.w = l.w_period ? Operand{data_of(t[2].handle), l.w, l.w_period} : Operand{nullptr, l.x, 1};
+    a.p = l.p_period ? Operand{data_of(t[3].handle), l.p, l.p_period} : Operand{nullptr, l.x, 1};
+    a.wd = Operand{nullptr, Storage::f64, 1};
+    a.keep = nullptr;
+    a.out = Output{nullptr, l.x};
+    a.gx = Output{gradient ? data_of(*grad) : nullptr, l.x};
+    a.gy = Output{nullptr, l.x};
+    a.sums = sums.data();
+    a.wsums = nullptr;
+    a.starts = f.starts.data();
+    a.blocks = static_cast<int64_t>(sums.size());
+    launch(a, f.compute64);
+    double total;
+    if (!combine(sums.data(), a.blocks, &total)) {
+        if (gradient) api.delete_tensor(*grad);
+        api.delete_tensor(*loss);
+        return false;
+    }
+    // _reduce.finish: divided in float64, rounded once to the loss's dtype
+    const double value = f.sum ? total : total / f.denominator;
+    void* out = data_of(*loss);
+    if (f.out_dtype == dtype_codes[static_cast<int>(Storage::f64)]) {
+        *static_cast<double*>(out) = value;
+    } else {
+        *static_cast<float*>(out) = static_cast<float>(value);
+    }
+    return true;
+}
+
+void release_arguments(StableIValue* stack) {
+    api.delete_string(reinterpret_cast<void*>(stack[0]));
+    api.delete_string(reinterpret_cast<void*>(stack[6]));
+    for (uint64_t slot = 1; slot <= TENSORS; ++slot) {
+        Handle h = tensor_at(stack, slot);
+        if (h != nullptr) api.delete_tensor(h);
+        if (slot >= 3 && stack[slot] != 0)
+            api.delete_box(reinterpret_cast<StableIValue*>(stack[slot]));
+    }
+}
+
+void fall_back(StableIValue* stack, bool gradient, std::string key, Layout layout, bool runnable) {
+    pending_key = std::move(key);
+    pending_layout = std::move(layout);
+    pending = runnable;
+    const Error e = api.call_dispatcher(fallbacks[gradient ? 0 : 1].c_str(), "", stack);
+    pending = false;
+    if (e != 0) {  // the Python kernel's exception, its message without the traceback
+        const char* what = api.last_error != nullptr ? api.last_error() : nullptr;
+        std::string message = what != nullptr ? what : "bceloss: the Python kernel failed";
+        const size_t at = message.find("\n\nAt:");
+        throw std::runtime_error(at == std::string::npos ? message : message.substr(0, at));
+    }
+}
+
+void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradient) {
+    if (arguments != ARGUMENTS || returns != (gradient ? 2u : 1u)) {
+        throw std::runtime_error("bceloss: the operator's schema is not the kernel's");
+    }
+    Tensor tensors[TENSORS];
+    for (uint64_t i = 0; i < TENSORS; ++i) tensors[i] = read(tensor_at(stack, i + 1));
+    std::string key = form_key(stack, tensors, gradient);
+    std::shared_ptr<const Form> form;
+    {
+        std::lock_guard<std::mutex> hold(forms_lock);
+        auto found = forms.find(key);
+        if (found != forms.end()) form = found->second;
+    }
+    Handle loss = nullptr, grad = nullptr;
+    if (form != nullptr && run_form(*form, tensors, gradient, &loss, &grad)) {
+        release_arguments(stack);
+        stack[0] = reinterpret_cast<StableIValue>(loss);
+        if (gradient) stack[1] = reinterpret_cast<StableIValue>(grad);
+        return;
+    }
+    Layout layout;
+    const bool runnable = form == nullptr && layout_of(tensors, &layout);
+    fall_back(stack, gradient, std::move(key), std::move(layout), runnable);
+}
+
+void loss_and_grad_kernel(StableIValue* stack, uint64_t arguments, uint64_t returns) {
+    run(stack, arguments, returns, true);
+}
+
+void loss_kernel(StableIValue* stack, uint64_t arguments, uint64_t returns) {
+    run(stack, arguments, returns, false);
+}
+
+}  // namespace
+
+PyObject* torch_install(PyObject*, PyObject* args) {
+    PyObject* addresses;
+    const char *loss_and_grad, *loss;
+    PyObject* codes;
+    int cpu_code;
+    if (!PyArg_ParseTuple(args, "O!(ss)O!i", &PyTuple_Type, &addresses, &loss_and_grad, &loss,
+                          &PyTuple_Type, &codes, &cpu_code)) {
+        return nullptr;
+    }
+    if (PyTuple_GET_SIZE(addresses) != API_FUNCTIONS || PyTuple_GET_SIZE(codes) != 11) {
+        PyErr_SetString(PyExc_ValueError, "bceloss: torch_install takes 14 addresses, 11 codes");
+        return nullptr;
+    }
+    void* table[API_FUNCTIONS];
+    for (int i = 0; i < API_FUNCTIONS; ++i) {
+        table[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(addresses, i));
+        if (PyErr_Occurred()) return nullptr;
+        if (table[i] == nullptr && i != API_FUNCTIONS - 1) {
+            PyErr_SetString(PyExc_ValueError, "bceloss: a libtorch function is missing");
+            return nullptr;
+        }
+    }
+    int32_t read_codes[11];
+    for (int i = 0; i < 11; ++i) {
+        read_codes[i] = static_cast<int32_t>(PyLong_AsLong(PyTuple_GET_ITEM(codes, i)));
+        if (PyErr_Occurred()) return nullptr;
+    }
+    std::lock_guard<std::mutex> hold(forms_lock);
+    static_assert(sizeof(Api) == API_FUNCTIONS * sizeof(void*), "one pointer a function");
+    std::memcpy(&api, table, sizeof api);
+    std::memcpy(dtype_codes, read_codes, sizeof dtype_codes);
+    fallbacks[0] = loss_and_grad;
+    fallbacks[1] = loss;
+    cpu = cpu_code;
+    forms.clear();
+    return Py_BuildValue("(NN)", PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_and_grad_kernel)),
+                         PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_kernel)));
+}
+
+PyObject* torch_remember(PyObject*, PyObject* args) {
+    int kind, compute64, has_alpha, sum, out_dtype;
+    PyObject* starts;
+    double ignore, smooth_keep, smooth_add, alpha, gamma, divisor, denominator;
+    if (!PyArg_ParseTuple(args, "ipOdddpdddpdi", &kind, &compute64, &starts, &ignore, &smooth_keep,
+                          &smooth_add, &has_alpha, &alpha, &gamma, &divisor, &sum, &denominator,
+                          &out_dtype)) {
+        return nullptr;
+    }
+    if (!pending) Py_RETURN_FALSE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(starts, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return nullptr;
+    auto form = std::make_shared<Form>();
+    const bool int64 = view.itemsize == 8 && view.format != nullptr &&
+                       (std::strcmp(view.format, "l") == 0 || std::strcmp(view.format, "q") == 0);
+    if (int64) {
+        const int64_t* s = static_cast<const int64_t*>(view.buf);
+        form->starts.assign(s, s + view.len / 8);
+    }
+    PyBuffer_Release(&view);
+    const Layout& l = pending_layout;
+    // the constants must be those of the pending form: blocks covering its elements in order
+    bool usable = int64 && form->starts.size() >= 2 && form->starts.front() == 0 &&
+                  form->starts.back() == l.n && kind >= 0 && kind <= 2 &&
+                  (out_dtype == dtype_codes[static_cast<int>(Storage::f32)] ||
+                   out_dtype == dtype_codes[static_cast<int>(Storage::f64)]);
+    for (size_t b = 1; usable && b < form->starts.size(); ++b) {
+        usable = form->starts[b - 1] < form->starts[b];
+    }
+    if (!usable) Py_RETURN_FALSE;
+    form->layout = l;
+    form->kind = kind;
+    form->compute64 = compute64 != 0;
+    form->ignore = ignore;
+    form->smooth_keep = smooth_keep;
+    form->smooth_add = smooth_add;
+    form->has_alpha = has_alpha;
+    form->alpha = alpha;
+    form->gamma = gamma;
+    form->divisor = divisor;
+    form->sum = sum != 0;
+    form->denominator = denominator;
+    form->out_dtype = out_dtype;
+    pending = false;
+    std::lock_guard<std::mutex> hold(forms_lock);
+    if (forms.size() >= MAX_FORMS) forms.clear();
+    forms[pending_key] = std::move(form);
+    Py_RETURN_TRUE;
+}
+
+PyObject* torch_forget(PyObject*, PyObject*) {
+    std::lock_guard<std::mutex> hold(forms_lock);
+    forms.clear();
+    Py_RETURN_NONE;
+}
+
+PyObject* combine_entry(PyObject*, PyObject* args) {
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*", &view)) return nullptr;
+    double total = 0.0;
+    const bool finite = view.len % sizeof(double) == 0 &&
+                        combine(static_cast<const double*>(view.buf),
+                                static_cast<int64_t>(view.len / sizeof(double)), &total);
+    PyBuffer_Release(&view);
+    if (!finite) Py_RETURN_NONE;
+    return PyFloat_FromDouble(total);
+}
+
+PyObject* torch_kept(PyObject*, PyObject*) {
+    std::lock_guard<std::mutex> hold(forms_lock);
+    return PyLong_FromSize_t(forms.size());
+}
+
+PyObject* set_threads(PyObject*, PyObject* args) {
+    int count;
+    if (!PyArg_ParseTuple(args, "i", &count)) return nullptr;
+    if (count < 1) {
+        PyErr_SetString(PyExc_ValueError, "bceloss: threads must be at least 1");
+        return nullptr;
+    }
+    threads = count;
+    Py_RETURN_NONE;
+}
+
+}  // namespace bceloss

@@ -1,0 +1,34 @@
+// The C kernels of the PyTorch operators bceloss::logits_loss_and_grad and
+// bceloss::logits_loss on CPU tensors, called by PyTorch's dispatcher through its stable C
+// ABI (see torch_kernel.cpp and bceloss/_torch_kernel.py); the Python entry points that
+// install them and feed them.
+#pragma once
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cstdint>
+
+namespace bceloss {
+
+// torch_install(addresses, (loss_and_grad, loss), codes, cpu): the libtorch functions the
+// kernels call (their addresses, in torch_kernel.cpp's order), the operators they fall back
+// to, PyTorch's codes of the storages' dtypes and of the CPU; returns the kernels' addresses
+// (loss and gradient, loss), for Python to register.
+PyObject* torch_install(PyObject*, PyObject* args);
+// torch_remember(...): the constants of the form the calling thread's kernel is falling back
+// for (launch.py's Prepared); returns whether the kernel keeps them.
+PyObject* torch_remember(PyObject*, PyObject* args);
+// torch_forget(): every form the kernel keeps, forgotten.
+PyObject* torch_forget(PyObject*, PyObject* args);
+// The exactly rounded sum of `count` finite values (_summation.combine's twin); false for a
+// value that is not finite or a partial sum that overflows.
+bool combine(const double* values, int64_t count, double* total);
+// combine(float64 bytes): combine's total, None where it returns false (for the tests).
+PyObject* combine_entry(PyObject*, PyObject* args);
+// torch_kept(): how many forms the kernel keeps (for the tests).
+PyObject* torch_kept(PyObject*, PyObject* args);
+// set_threads(count): the number of threads a large call runs on (threads.py's).
+PyObject* set_threads(PyObject*, PyObject* args);
+
+}  // namespace bceloss

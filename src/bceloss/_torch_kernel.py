@@ -1,0 +1,150 @@
+"""The C kernels of `bceloss::logits_loss_and_grad` and `bceloss::logits_loss` on CPU
+tensors (`_kernels/torch_kernel.cpp`), installed through PyTorch's stable C ABI.
+
+A compiled step calls one of these operators for the logits loss; a Python kernel there
+costs several times the loss's own work at small sizes. The C kernel runs a call of a form
+it keeps (the operator's strings, each tensor's dtype, device, sizes and strides) on the
+fused loops straight away, with the constants the Python kernel computed for that form
+(`Prepared`), and sends a call of any other form to `bceloss::loss_and_grad` or
+`bceloss::loss` (the Python kernel, the same schema), which hands such constants back
+(`remember`) where the kernel can run the form (CPU tensors, the input and target
+contiguous, weight and pos_weight read in place, no mask, a reduced loss).
+
+The ABI's functions are found in libtorch by name (ctypes) and handed to the extension, which
+is built without PyTorch's headers. A PyTorch without them (older than 2.10, or a build
+without the shared library) keeps the Python kernel for every call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import torch
+
+from bceloss._kernels import _native, threads
+
+# the libtorch functions the kernel calls, in torch_kernel.cpp's order (the last optional)
+_FUNCTIONS = (
+    "aoti_torch_get_data_ptr",
+    "aoti_torch_get_dim",
+    "aoti_torch_get_sizes",
+    "aoti_torch_get_strides",
+    "aoti_torch_get_dtype",
+    "aoti_torch_get_device_type",
+    "aoti_torch_empty_strided",
+    "aoti_torch_delete_tensor_object",
+    "torch_string_length",
+    "torch_string_c_str",
+    "torch_delete_string",
+    "torch_delete_stable_ivalue",
+    "aoti_torch_call_dispatcher",
+)
+_LAST_ERROR = "torch_exception_get_what_without_backtrace"
+# the dtypes of the kernels' storages, in loops.hpp's order (`Storage`)
+_DTYPES = (
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "bool",
+    "int8",
+    "uint8",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+)
+_LIBRARIES = ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll")
+
+# PyTorch's codes of the loss's dtypes, once installed
+_CODES: dict = {}
+# the registration, kept as long as the process: deleting it would unregister the kernel
+_REGISTRATION: list = []
+
+
+def _libtorch():
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in _LIBRARIES:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                return None
+    return None
+
+
+# the operators of the C kernels (`_torch` defines them), and those they fall back to
+_OPERATORS = ("logits_loss_and_grad", "logits_loss")
+_FALLBACKS = ("bceloss::loss_and_grad", "bceloss::loss")
+
+
+def install() -> bool:
+    """Register the C kernels for the CPU calls of `_OPERATORS`; False where PyTorch has no
+    stable C ABI of the functions they need (their Python kernels then serve)."""
+    lib = _libtorch()
+    if lib is None or not all(hasattr(lib, name) for name in _FUNCTIONS):
+        return False
+    address = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in _FUNCTIONS]
+    last_error = getattr(lib, _LAST_ERROR, None)
+    address.append(0 if last_error is None else ctypes.cast(last_error, ctypes.c_void_p).value)
+    codes = []
+    for name in _DTYPES:
+        code = getattr(lib, f"aoti_torch_dtype_{name}")
+        code.restype = ctypes.c_int32
+        codes.append(code())
+    cpu = lib.aoti_torch_device_type_cpu
+    cpu.restype = ctypes.c_int32
+    kernels = _native.torch_install(tuple(address), _FALLBACKS, tuple(codes), cpu())
+    _native.set_threads(threads.get_num_threads())
+    handle = ctypes.c_void_p()
+    init = lib.aoti_torch_library_init_impl
+    init.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_uint32,
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
+    impl = lib.aoti_torch_library_impl
+    impl.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    if init(b"bceloss", b"CPU", __file__.encode(), 0, ctypes.byref(handle)) != 0:
+        return False
+    for operator, kernel in zip(_OPERATORS, kernels, strict=True):
+        if impl(handle, operator.encode(), ctypes.c_void_p(kernel)) != 0:
+            return False
+    _REGISTRATION.append(handle)
+    _CODES.update({np.dtype(name): code for name, code in zip(_DTYPES[:2], codes, strict=False)})
+    return True
+
+
+def remember(prepared) -> bool:
+    """Hand the constants of a form the Python kernel ran (`Prepared`) to the C kernel,
+    where the calling thread's C kernel is falling back for that form; whether it keeps
+    them (a reduced loss only: the C kernels compute no elementwise one)."""
+    if not _CODES or prepared is None or prepared.reduction == "none":
+        return False
+    kind, compute64 = prepared.options
+    starts, ignore, smooth_keep, smooth_add, has_alpha, alpha, gamma = prepared.constants
+    return _native.torch_remember(
+        kind,
+        compute64,
+        starts,
+        ignore,
+        smooth_keep,
+        smooth_add,
+        has_alpha,
+        alpha,
+        gamma,
+        prepared.divisor,
+        prepared.reduction == "sum",
+        float(prepared.denominator),
+        _CODES[np.dtype(prepared.dtype)],
+    )
+
+
+def forget() -> None:
+    """Every form the C kernel keeps, forgotten (`_memo.forget`)."""
+    _native.torch_forget()

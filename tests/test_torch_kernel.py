@@ -1,0 +1,206 @@
+"""The C kernels of bceloss::logits_loss_and_grad and bceloss::logits_loss on CPU tensors
+(`_torch_kernel`), held to the Python kernels of bceloss::loss_and_grad and bceloss::loss
+bit for bit: a form's call falls back to the Python kernel, which hands the form's
+constants to the C kernel once the library remembers the form; its next calls run in C."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+import bceloss
+from bceloss import _memo
+
+torch = pytest.importorskip("torch", reason="PyTorch is optional")
+from bceloss import _torch, _torch_kernel  # noqa: F401  (_torch defines the operators)
+from bceloss._kernels import _native
+
+FN = "bceloss._functional.binary_cross_entropy_with_logits"
+OPS = torch.ops.bceloss
+
+
+def _options(**options) -> str:
+    return repr(tuple(options.items()))
+
+
+def _both(x, y, w=None, p=None, where=None, gradient=True, **options):
+    """(the C operator's results of three calls, the Python operator's), with grad mode
+    off: the library remembers a form at its second call, the C kernel the form at the
+    next call it falls back for, so the last call runs in C (where it can). Each result a
+    tuple: (loss, gradient), or (loss,) without `gradient`."""
+    written = _options(**options)
+    c, python = (
+        (OPS.logits_loss_and_grad, OPS.loss_and_grad) if gradient else (OPS.logits_loss, OPS.loss)
+    )
+    with torch.no_grad():
+        expected = python(FN, x, y, w, p, where, written)
+        calls = [c(FN, x, y, w, p, where, written) for _ in range(3)]
+    if not gradient:
+        return [(r,) for r in calls], (expected,)
+    return calls, expected
+
+
+def _same_bits(a, b) -> bool:
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and bool(
+            np.array_equal(
+                a.reshape(-1).numpy().view(np.uint8), b.reshape(-1).numpy().view(np.uint8)
+            )
+        )
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    _memo.forget()
+    yield
+    _memo.forget()
+
+
+def test_the_kernel_is_installed_on_this_pytorch():
+    # CI's PyTorch has the stable C ABI: the C kernel must be what compiled graphs call
+    assert _torch_kernel._CODES, "the C kernel was not installed"
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    rows, labels = 64, 10
+    x = torch.randn(rows, labels, generator=g) * 4
+    y = (torch.rand(rows, labels, generator=g) > 0.7).float()
+    big = torch.randn(3 * 8192 + 5, generator=g) * 3  # four blocks, the last short
+    ybig = torch.rand(big.shape, generator=g)
+    pw = torch.rand(labels, generator=g) * 3
+    w = torch.rand(rows, labels, generator=g)
+    yield "plain", (x, y), {}, True
+    yield "sum", (x, y), {"reduction": "sum"}, True
+    yield "float64", (x.double(), y.double()), {}, True
+    yield "float32 input, float64 target", (x, y.double()), {}, True
+    yield "bool target", (x, y.bool()), {}, True
+    yield "int64 target", (x, y.long()), {}, True
+    yield "pos_weight", (x, y, None, pw), {}, True
+    yield "pos_weight (1, C)", (x, y, None, pw[None]), {}, True
+    yield "weight", (x, y, w), {}, True
+    yield "weight and pos_weight float64", (x, y, w.double(), pw.double()), {}, True
+    yield "label smoothing", (x, y), {"label_smoothing": 0.1}, True
+    yield "blocks", (big, ybig), {}, True
+    yield "blocks, sum", (big, ybig), {"reduction": "sum"}, True
+    yield "3-d", (x.reshape(8, 8, 10), y.reshape(8, 8, 10)), {}, True
+    # the kernel cannot run these in place: every call falls back, with the same results
+    yield "transposed input", (x.t(), y.t()), {}, False
+    yield "weight broadcast along rows", (x, y, w[:, :1].clone()), {}, False
+    yield "weight broadcast along rows, strided", (x, y, w[:, :1]), {}, False
+    yield "mask", (x, y, None, None, y > 0), {}, False
+    yield "none", (x, y), {"reduction": "none"}, False
+    yield "infinite logits", (x.masked_fill(y == 0, math.inf), y), {}, True
+
+
+@pytest.mark.parametrize("gradient", [True, False], ids=["loss_and_grad", "loss"])
+@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+def test_the_c_kernel_gives_the_python_kernels_bits(case, gradient):
+    _, tensors, options, kept = case
+    calls, python = _both(*tensors, gradient=gradient, **options)
+    for got in calls:
+        assert len(got) == len(python)
+        for a, b in zip(got, python, strict=True):
+            assert _same_bits(a, b), (a, b)
+    # the forms it runs are kept after their first call; the others are not
+    assert _native.torch_kept() == int(kept and options.get("reduction") != "none")
+
+
+def test_block_totals_are_rounded_once_as_math_fsum_rounds_them():
+    # blocks weighed 1e16, 1 and -1e16 in turn: the big blocks' sums nearly cancel, and
+    # a plain float64 sum of the blocks' sums loses the small ones' last bits
+    g = torch.Generator().manual_seed(3)
+    blocks = 45
+    n = blocks * 8192
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    y = torch.rand(n, generator=g, dtype=torch.float64)
+    scale = torch.tensor([1e16, 1.0, -1e16] * (blocks // 3), dtype=torch.float64)
+    w = torch.rand(n, generator=g, dtype=torch.float64) * scale.repeat_interleave(8192)
+    for reduction in ("sum", "mean"):
+        calls, python = _both(x, y, w, reduction=reduction)
+        assert _same_bits(calls[-1][0], python[0])
+        assert _same_bits(calls[-1][1], python[1])
+    assert _native.torch_kept() == 2
+
+
+def test_the_thread_count_changes_nothing_but_the_speed():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20 * 8192, generator=g)
+    y = torch.rand(x.shape, generator=g)
+    results = []
+    count = bceloss._kernels.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            bceloss._kernels.set_num_threads(threads)
+            results.append(_both(x, y)[0][-1])
+    finally:
+        bceloss._kernels.set_num_threads(count)
+    for got in results[1:]:
+        assert _same_bits(got[0], results[0][0])
+        assert _same_bits(got[1], results[0][1])
+
+
+def test_threads_calling_forms_at_once_each_get_their_own_results():
+    g = torch.Generator().manual_seed(5)
+    data = [(torch.randn(r, 7, generator=g), torch.rand(r, 7, generator=g)) for r in range(3, 40)]
+    expected = [_both(x, y)[1] for x, y in data]
+    _memo.forget()
+    failures = []
+
+    def work(seed):
+        order = np.random.default_rng(seed).permutation(len(data))
+        for _ in range(20):
+            for i in order:
+                got = OPS.logits_loss_and_grad(FN, *data[i], None, None, None, "()")
+                if not (_same_bits(got[0], expected[i][0]) and _same_bits(got[1], expected[i][1])):
+                    failures.append(i)
+
+    with torch.no_grad():
+        workers = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    assert not failures
+
+
+def test_the_librarys_error_comes_through_the_c_kernel():
+    with pytest.raises(RuntimeError, match=r"target must have the shape of input \(3, 4\)") as e:
+        OPS.logits_loss_and_grad(FN, torch.randn(3, 4), torch.rand(3, 5), None, None, None, "()")
+    assert "At:" not in str(e.value)  # the message, not the Python kernel's traceback
+
+
+def test_forget_clears_the_c_kernels_forms():
+    _both(torch.randn(5, 3), torch.rand(5, 3))
+    assert _native.torch_kept() == 1
+    _memo.forget()
+    assert _native.torch_kept() == 0
+
+
+def test_a_pytorch_without_the_abi_keeps_the_python_kernel(monkeypatch):
+    monkeypatch.setattr(_torch_kernel, "_libtorch", lambda: None)
+    assert _torch_kernel.install() is False
+
+
+def test_a_compiled_training_step_calls_the_c_kernel_and_matches_eager():
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 10, generator=g, requires_grad=True)
+    y = (torch.rand(64, 10, generator=g) > 0.5).float()
+    pw = torch.rand(10, generator=g) * 2
+    loss = bceloss.BCEWithLogitsLoss(pos_weight=pw)
+    compiled = torch.compile(loss, fullgraph=True)
+    eager_value = loss(x, y)
+    (eager_grad,) = torch.autograd.grad(eager_value, x)
+    for _ in range(3):
+        value = compiled(x, y)
+        (grad,) = torch.autograd.grad(value, x)
+        assert _same_bits(value.detach(), eager_value.detach())
+        assert _same_bits(grad, eager_grad)
+    assert _native.torch_kept() == 1
