@@ -211,12 +211,10 @@ bool layout_of(const Tensor* t, Layout* l) {
 // A form the kernel runs: its layout and Prepared's constants.
 struct Form {
     Layout layout;
-    int kind = 0;
-    bool compute64 = false, sum = false;
+    Arguments constants{};  // the kernel's arguments a call does not change
     std::vector<int64_t> starts;
-    double ignore = 0, smooth_keep = 1, smooth_add = 0, alpha = 0, gamma = 0, divisor = 1;
-    int has_alpha = 0;
-    double denominator = 1;
+    bool compute64 = false, sum = false;
+    double divisor = 1, denominator = 1;
     int32_t out_dtype = -1;
 };
 
@@ -321,28 +319,16 @@ bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handl
     *grad = gradient ? empty(l.x_sizes, l.x_dtype) : nullptr;
     *loss = empty({}, f.out_dtype);
     std::vector<double> sums(f.starts.size() - 1);
-    Arguments a{};
-    a.kind = f.kind;
+    Arguments a = f.constants;
     a.grad = gradient ? 1 : 0;
     team_of(f, &a.team, &a.chunks);
-    a.ignore = f.ignore;
-    a.smooth_keep = f.smooth_keep;
-    a.smooth_add = f.smooth_add;
-    a.has_alpha = f.has_alpha;
-    a.alpha = f.alpha;
-    a.gamma = f.gamma;
     a.divisor = gradient ? f.divisor : 1.0;
     a.x = Operand{data_of(t[0].handle), l.x, l.n};
     a.y = Operand{data_of(t[1].handle), l.y, l.n};
     a.w = l.w_period ? Operand{data_of(t[2].handle), l.w, l.w_period} : Operand{nullptr, l.x, 1};
     a.p = l.p_period ? Operand{data_of(t[3].handle), l.p, l.p_period} : Operand{nullptr, l.x, 1};
-    a.wd = Operand{nullptr, Storage::f64, 1};
-    a.keep = nullptr;
-    a.out = Output{nullptr, l.x};
     a.gx = Output{gradient ? data_of(*grad) : nullptr, l.x};
-    a.gy = Output{nullptr, l.x};
     a.sums = sums.data();
-    a.wsums = nullptr;
     a.starts = f.starts.data();
     a.blocks = static_cast<int64_t>(sums.size());
     launch(a, f.compute64);
@@ -493,14 +479,17 @@ PyObject* torch_remember(PyObject*, PyObject* args) {
     }
     if (!usable) Py_RETURN_FALSE;
     form->layout = l;
-    form->kind = kind;
+    Arguments& c = form->constants;  // no mask, weights' sums, elementwise loss or d/dy
+    c.wd = Operand{nullptr, Storage::f64, 1};
+    c.out = c.gy = Output{nullptr, l.x};
+    c.kind = kind;
+    c.ignore = ignore;
+    c.smooth_keep = smooth_keep;
+    c.smooth_add = smooth_add;
+    c.has_alpha = has_alpha;
+    c.alpha = alpha;
+    c.gamma = gamma;
     form->compute64 = compute64 != 0;
-    form->ignore = ignore;
-    form->smooth_keep = smooth_keep;
-    form->smooth_add = smooth_add;
-    form->has_alpha = has_alpha;
-    form->alpha = alpha;
-    form->gamma = gamma;
     form->divisor = divisor;
     form->sum = sum != 0;
     form->denominator = denominator;
