@@ -676,7 +676,9 @@ def outside_graph(fn):
 def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwargs: dict):
     """A core loss called inside a graph being compiled: one `bceloss::loss` operator, or
     `bceloss::loss_and_grad` where only the input needs a gradient (its forward computes it,
-    as eager's does, and the backward multiplies it in graph ops).
+    as eager's does, and the backward multiplies it in graph ops); for the reduced logits
+    loss `bceloss::logits_loss` and `bceloss::logits_loss_and_grad`, the same with their CPU
+    calls in C (`_torch_kernel`).
 
     Written for the compiler to trace (plain Python on the arguments, no validation): the
     tensors are the operator's operands, the other arguments (str, bool, int, float, None)

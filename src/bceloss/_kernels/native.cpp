@@ -435,9 +435,8 @@ PyMethodDef methods[] = {
     {"torch_forget", guarded<bceloss::torch_forget>, METH_NOARGS,
      "torch_forget()\n--\n\nEvery form the C kernel keeps, forgotten."},
     {"combine", guarded<bceloss::combine_entry>, METH_VARARGS,
-     "combine(values)\n--\n\nThe exactly rounded sum of float64 values (bytes), as math.fsum; "
-     "None\n"
-     "for a value that is not finite or a partial sum that overflows (for the tests)."},
+     "combine(values)\n--\n\nThe exactly rounded sum of float64 values (bytes), as math.fsum;\n"
+     "None for a value that is not finite or a partial sum that overflows (for the tests)."},
     {"torch_kept", guarded<bceloss::torch_kept>, METH_NOARGS,
      "torch_kept()\n--\n\nHow many forms the C kernel keeps (for the tests)."},
     {"set_threads", guarded<bceloss::set_threads>, METH_VARARGS,
