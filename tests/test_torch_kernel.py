@@ -6,6 +6,7 @@ constants to the C kernel once the library remembers the form; its next calls ru
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import numpy as np
@@ -204,3 +205,39 @@ def test_a_compiled_training_step_calls_the_c_kernel_and_matches_eager():
         assert _same_bits(value.detach(), eager_value.detach())
         assert _same_bits(grad, eager_grad)
     assert _native.torch_kept() == 1
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_compiled_call_of_a_kept_form_runs_no_python_of_bcelosss_or_torch_librarys(grad):
+    # the graph's operators go from the dispatcher to the C kernel: neither a Python kernel
+    # nor torch.library's Python autograd wrapper (which an operator with an autograd
+    # formula registered in Python pays at every run) is called
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 10, generator=g, requires_grad=grad)
+    y = (torch.rand(64, 10, generator=g) > 0.5).float()
+    compiled = torch.compile(bceloss.BCEWithLogitsLoss(), fullgraph=True)
+
+    def call():
+        value = compiled(x, y)
+        return torch.autograd.grad(value, x)[0] if grad else value
+
+    for _ in range(3):
+        expected = call()
+    called = set()
+
+    def record(frame, event, arg):
+        if event == "call":
+            called.add(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+
+    sys.setprofile(record)
+    try:
+        result = call()
+    finally:
+        sys.setprofile(None)
+    assert _same_bits(result, expected)
+    assert _native.torch_kept() == 1
+    # (the module's forward is the frame the compiler replaced: its compiled code runs there)
+    called.discard(f"{bceloss._modules.__file__}:forward")
+    python = [f for f in called if "bceloss" in f or "_library" in f or f.endswith("redispatch")]
+    assert not python, python

@@ -377,9 +377,11 @@ def test_the_operators_pass_pytorchs_own_checks():
         (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, None, w, None, "()")),
         (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, w, None, None, none)),
         # the logits loss's own, whose CPU kernel is C (opcheck calls each several times:
-        # the C kernel runs the form after its first calls)
-        (torch.ops.bceloss.logits_loss.default, (fn, x, y, w, None, None, "()")),
-        (torch.ops.bceloss.logits_loss_and_grad.default, (fn, x, y, None, w, None, "()")),
+        # the C kernel runs the form after its first calls); they have no autograd formula
+        # (graphs call them where nothing needs a gradient, or through logits_loss_fused)
+        (torch.ops.bceloss.logits_loss.default, (fn, x.detach(), y, w, None, None, "()")),
+        (torch.ops.bceloss.logits_loss_and_grad.default, (fn, x.detach(), y, None, w, None, "()")),
+        (torch.ops.bceloss.logits_loss_fused.default, (fn, x, y, None, w, None, "()")),
     ]
     for op, args in calls:
         results = torch.library.opcheck(op, args)
@@ -508,8 +510,8 @@ def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_f
 
     for fn, target, op in (
         # (the reduced logits loss's own operators: their CPU calls run in C)
-        (summed, y, "bceloss.logits_loss_and_grad"),
-        (summed, y.clone().requires_grad_(), "bceloss.logits_loss"),
+        (summed, y, "bceloss.logits_loss_fused"),
+        (summed, y.clone().requires_grad_(), "bceloss.loss"),
         (elementwise, y, "bceloss.loss_and_grad"),
         (elementwise, y.clone().requires_grad_(), "bceloss.loss"),
     ):

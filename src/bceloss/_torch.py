@@ -676,9 +676,10 @@ def outside_graph(fn):
 def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwargs: dict):
     """A core loss called inside a graph being compiled: one `bceloss::loss` operator, or
     `bceloss::loss_and_grad` where only the input needs a gradient (its forward computes it,
-    as eager's does, and the backward multiplies it in graph ops); for the reduced logits
-    loss `bceloss::logits_loss` and `bceloss::logits_loss_and_grad`, the same with their CPU
-    calls in C (`_torch_kernel`).
+    as eager's does, and the backward multiplies it in graph ops). For the reduced logits
+    loss, whose CPU calls run in C (`_torch_kernel`): `bceloss::logits_loss` where nothing
+    needs a gradient, `bceloss::logits_loss_fused` where only the input does (its traced
+    graph holds `bceloss::logits_loss_and_grad`), `bceloss::loss` where another tensor does.
 
     Written for the compiler to trace (plain Python on the arguments, no validation): the
     tensors are the operator's operands, the other arguments (str, bool, int, float, None)
@@ -722,19 +723,24 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
     # whose Python kernel checks values at every call (probabilities) keeps the others, as
     # does an exported program (a file: the operators any process defines)
     ops = torch.ops.bceloss
+    written = _written(options)
     in_c = fn == _LOGITS and reduction != "none" and not _exporting()
     x, *others = tensors[:4]
+    tracked = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in tensors)
     if (  # (an exported program computes no gradient: the loss alone)
-        torch.is_grad_enabled()
+        tracked
         and not _exporting()
         and x is not None
         and x.requires_grad
         and not any(a is not None and a.requires_grad for a in others)
         and (reduction != "none" or _on_views_elementwise(tensors))
     ):
-        fused = ops.logits_loss_and_grad if in_c else ops.loss_and_grad
-        return fused(fn, *tensors, _written(options))[0]
-    return (ops.logits_loss if in_c else ops.loss)(fn, *tensors, _written(options))
+        if in_c:
+            return ops.logits_loss_fused(fn, *tensors, written)
+        return ops.loss_and_grad(fn, *tensors, written)[0]
+    if in_c and not tracked:
+        return ops.logits_loss(fn, *tensors, written)
+    return ops.loss(fn, *tensors, written)
 
 
 _LOGITS = "bceloss._functional.binary_cross_entropy_with_logits"
@@ -957,6 +963,38 @@ def _operator_backward(ctx, grad):
     return (None, *(next(grads) if need else None for need in needs), None, None)
 
 
+class _LogitsLossFused(torch.autograd.Function):
+    """The reduced logits loss whose forward computes its gradient wrt the input
+    (`bceloss::logits_loss_and_grad`) and whose backward multiplies it in."""
+
+    @staticmethod
+    def forward(fn, input, target, weight, pos_weight, where, options):
+        loss, gx = torch.ops.bceloss.logits_loss_and_grad(
+            fn, input, target, weight, pos_weight, where, options
+        )
+        return loss, gx
+
+    setup_context = staticmethod(_setup_loss_and_grad)
+    backward = staticmethod(_loss_and_grad_backward)
+
+
+def _logits_loss_fused(fn, input, target, weight, pos_weight, where, options):
+    """bceloss::logits_loss_fused: the reduced logits loss, whose autograd node multiplies
+    the gradient its forward computed (`_LogitsLossFused`).
+
+    Its forward and the product are PyTorch ops of their own, with no autograd kernel in
+    Python: the graph a compiler traces of it holds `bceloss::logits_loss_and_grad`, which
+    runs from the dispatcher straight to the C kernel (an operator with an autograd formula
+    registered in Python is called through that formula's Python at every run)."""
+    arrays = (fn, input, target, weight, pos_weight, where, options)
+    others = (target, weight, pos_weight)
+    if any(a is not None and a.requires_grad for a in others):  # their gradients too
+        return torch.ops.bceloss.loss(*arrays)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _LogitsLossFused.apply(*arrays)[0]
+    return torch.ops.bceloss.logits_loss(*arrays)
+
+
 def _no_second_order(ctx, *grads):
     msg = (
         "bceloss's registered operators have no second derivative (a gradient of a "
@@ -980,20 +1018,22 @@ _define(
     _loss_backward_kernel,
     _loss_backward_fake,
 )
-for _name in ("loss", "logits_loss"):
-    torch.library.register_autograd(
-        f"bceloss::{_name}", _operator_backward, setup_context=_setup_operator, lib=_LIBRARY
-    )
+torch.library.register_autograd(
+    "bceloss::loss", _operator_backward, setup_context=_setup_operator, lib=_LIBRARY
+)
 torch.library.register_autograd("bceloss::loss_backward", _no_second_order, lib=_LIBRARY)
-for _name in ("loss_and_grad", "logits_loss_and_grad"):
-    torch.library.register_autograd(
-        f"bceloss::{_name}",
-        _loss_and_grad_backward,
-        setup_context=_setup_loss_and_grad,
-        lib=_LIBRARY,
-    )
+torch.library.register_autograd(
+    "bceloss::loss_and_grad",
+    _loss_and_grad_backward,
+    setup_context=_setup_loss_and_grad,
+    lib=_LIBRARY,
+)
+# logits_loss_fused: the reduced logits loss differentiable wrt its input, decomposed where
+# a graph is traced into logits_loss_and_grad and the backward's product (`_LogitsLossFused`)
+_LIBRARY.define(f"logits_loss_fused{_ARGUMENTS} -> Tensor", tags=(torch.Tag.pt2_compliant_tag,))
+_LIBRARY.impl("logits_loss_fused", _logits_loss_fused, "CompositeImplicitAutograd")
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
-for _op in ("loss", "loss_and_grad", "logits_loss", "logits_loss_and_grad"):
+for _op in ("loss", "loss_and_grad", "logits_loss", "logits_loss_and_grad", "logits_loss_fused"):
     torch.library.register_autocast(f"bceloss::{_op}", "cpu", torch.float32, lib=_LIBRARY)
     torch.library.register_autocast(f"bceloss::{_op}", "cuda", torch.float32, lib=_LIBRARY)
 _torch_kernel.install()
