@@ -91,12 +91,15 @@ def _cases():
     yield "blocks", (big, ybig), {}, True
     yield "blocks, sum", (big, ybig), {"reduction": "sum"}, True
     yield "3-d", (x.reshape(8, 8, 10), y.reshape(8, 8, 10)), {}, True
+    yield "0-d", (x[0, 0], y[0, 0]), {}, True
     # the kernel cannot run these in place: every call falls back, with the same results
     yield "transposed input", (x.t(), y.t()), {}, False
     yield "weight broadcast along rows", (x, y, w[:, :1].clone()), {}, False
     yield "weight broadcast along rows, strided", (x, y, w[:, :1]), {}, False
     yield "mask", (x, y, None, None, y > 0), {}, False
     yield "none", (x, y), {"reduction": "none"}, False
+    yield "empty", (x[:0], y[:0]), {"reduction": "sum"}, False
+    yield "float16 pos_weight", (x, y, None, pw.half()), {}, False
     yield "infinite logits", (x.masked_fill(y == 0, math.inf), y), {}, True
 
 
@@ -241,3 +244,78 @@ def test_a_compiled_call_of_a_kept_form_runs_no_python_of_bcelosss_or_torch_libr
     called.discard(f"{bceloss._modules.__file__}:forward")
     python = [f for f in called if "bceloss" in f or "_library" in f or f.endswith("redispatch")]
     assert not python, python
+
+
+@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+def test_the_express_lane_predicts_the_forms_the_c_kernel_keeps(case):
+    # `_torch_kernel.keeps` (with contiguous tensors) is torch_kernel.cpp's layout_of in
+    # Python: the eager lane calls the C operators only for forms the C kernel runs itself
+    _, tensors, options, kept = case
+    x, y, w, p, where = (*tensors, None, None, None)[:5]
+    if where is not None or options.get("reduction") == "none":
+        return  # the lane does not take the C operators there (`_torch._in_c`)
+    contiguous = all(a is None or a.is_contiguous() for a in (x, y, w, p))
+    assert (_torch_kernel.keeps(x, y, w, p) and contiguous) == kept
+
+
+def _eager_route(x, y, w, p, options):
+    """(loss, gradient wrt x for an output gradient of 1.5) of the eager call."""
+    x = x.detach().requires_grad_()
+    loss = bceloss.binary_cross_entropy_with_logits(x, y, w, pos_weight=p, **options)
+    (grad,) = torch.autograd.grad(loss, x, torch.tensor(1.5, dtype=loss.dtype))
+    return loss.detach(), grad
+
+
+def _usual_route(x, y, w, p, options):
+    """The same, as the library computes a call it has not seen (validated, then run)."""
+    from bceloss import _call
+
+    x = x.detach().requires_grad_()
+    bind = bceloss.binary_cross_entropy_with_logits._bceloss_bind
+    loss = _call.run(bind(x, y, w, pos_weight=p, **options))
+    (grad,) = torch.autograd.grad(loss, x, torch.tensor(1.5, dtype=loss.dtype))
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+def test_eager_calls_of_a_form_the_c_kernel_keeps_run_there_with_the_usual_bits(case):
+    # the express lane's node computes a training step's loss and gradient with the C
+    # operator (called straight at its CPU kernel) once the form is remembered: the bits
+    # of the usual route, with new values at every call, training and under no_grad
+    _, tensors, options, kept = case
+    x, y, w, p, where = (*tensors, None, None, None)[:5]
+    if where is not None or options.get("reduction") == "none":
+        return
+    g = torch.Generator().manual_seed(8)
+    for _ in range(6):
+        x = x + torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_contiguous() else x
+        got, usual = _eager_route(x, y, w, p, options), _usual_route(x, y, w, p, options)
+        for a, b in zip(got, usual, strict=True):
+            assert _same_bits(a, b), (a, b)
+        with torch.no_grad():
+            value = bceloss.binary_cross_entropy_with_logits(x, y, w, pos_weight=p, **options)
+        assert _same_bits(value, usual[0])
+    # the training step's form and the no_grad one's (the lane's forms include grad mode)
+    assert _native.torch_kept() == (2 if kept else 0)
+
+
+def test_an_eager_call_of_a_kept_form_runs_the_c_kernel():
+    # after the first calls of a form, the lane's node no longer runs the NumPy kernel:
+    # what it returns comes from the C operator
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(64, 10, generator=g, requires_grad=True)
+    y = (torch.rand(64, 10, generator=g) > 0.5).float()
+    for _ in range(4):
+        bceloss.binary_cross_entropy_with_logits(x, y).backward()
+    from bceloss._kernels import launch
+
+    ran = []
+    original = launch.Prepared.loss_and_grad
+    try:
+        launch.Prepared.loss_and_grad = lambda *a: ran.append(1) or original(*a)
+        loss = bceloss.binary_cross_entropy_with_logits(x, y)
+        loss.backward()
+    finally:
+        launch.Prepared.loss_and_grad = original
+    assert not ran
+    assert _native.torch_kept() == 1

@@ -24,6 +24,7 @@ import importlib
 import inspect
 import math
 import operator
+import threading
 
 import numpy as np
 import torch
@@ -451,7 +452,8 @@ def _remembered(bind, args, kwargs, given):
     for entry in guarded:
         if entry.holds(args, kwargs, given):
             return entry.recipe, None
-    recipe, call = _memo.adapted(bind, args, kwargs, _Recipe.of, torch.is_grad_enabled())
+    adapt = functools.partial(_Recipe.of, bind=bind)
+    recipe, call = _memo.adapted(bind, args, kwargs, adapt, torch.is_grad_enabled())
     if recipe is not None and len(guarded) < _GUARDED_FORMS:
         # (the first forms: a loss called in more forms would otherwise check and replace
         # one at every call)
@@ -567,21 +569,22 @@ class _Recipe:
     """What the usual route asks of a remembered call that computes on NumPy views (CPU
     tensors of a float32 or float64 loss: `of`): its NumPy twin without arrays, whether
     autograd records it and whether its forward computes the input's gradient, the kernel's
-    constants where the form decides them (`prepared`), and where its tensors are among the
-    arguments (`arrays`)."""
+    constants where the form decides them (`prepared`), where its tensors are among the
+    arguments (`arrays`), and the options of the logits loss's C operators where they run
+    the form (`in_c`)."""
 
-    __slots__ = ("arrays", "call", "eager", "prepared", "records", "twin")
+    __slots__ = ("arrays", "call", "eager", "in_c", "prepared", "records", "twin")
 
     @staticmethod
-    def of(memo, call):
-        """The `_Recipe` of a remembered form, or False where its calls take the usual route
-        (another device or dtype; a half operand, which autocast, not held by the form,
-        would widen)."""
+    def of(memo, call, bind=None):
+        """The `_Recipe` of a remembered form of the core function `bind`, or False where
+        its calls take the usual route (another device or dtype; a half operand, which
+        autocast, not held by the form, would widen)."""
         halves = any(a is not None and a.dtype in _HALVES for a in _arrays(call))
         twin = None if halves or not isinstance(call.backend, Torch) else numpy_twin(call)
-        return False if twin is None else _Recipe(memo, call, twin)
+        return False if twin is None else _Recipe(memo, call, twin, bind)
 
-    def __init__(self, memo, call, twin):
+    def __init__(self, memo, call, twin, bind=None):
         self.records = records(call)
         self.eager = self.records and _eager(call)
         # the kernel's constants (`_kernels.prepare`), for the forward `_on_views` runs: a
@@ -596,12 +599,16 @@ class _Recipe:
         self.twin = twin.replace(**dict.fromkeys(_TENSORS))
         self.call = memo.call
         self.arrays = memo.picker(_TENSORS)  # the call's tensors from its arguments
+        self.in_c = _in_c(call, bind) if self.prepared is not None else None
 
     def loss(self, given):
-        """The loss of a call of the form, `given` its (*args, *kwargs.values(), None)."""
+        """The loss of an eager call of the form, `given` its (*args, *kwargs.values(),
+        None)."""
         arrays = self.arrays(given)
         if self.records:
             return _classic_apply()(self, *arrays, None)
+        if self.in_c is not None and _contiguous(arrays):
+            return self._in_c(_C_LOSS, arrays)
         return self.on_views(arrays, None)
 
     def loss_and_grad(self, given):
@@ -613,7 +620,9 @@ class _Recipe:
 
     def forward(self, ctx, arrays):
         """The classic node's forward for a call of the form, its context set up."""
-        if self.prepared is not None and self.eager:  # a training step's, in one go
+        if self.in_c is not None and self.eager and _contiguous(arrays):
+            output, grad = self._in_c(_C_LOSS_AND_GRAD, arrays)
+        elif self.prepared is not None and self.eager:  # a training step's, in one go
             output, grad = self._on_kernel(arrays, gradient=True)
         else:
             eager = [] if self.eager else None
@@ -632,6 +641,16 @@ class _Recipe:
             eager.append(grad)
         return value
 
+    def _in_c(self, operator, arrays):
+        """The C operator's results for a call of the form; where the C kernel falls back
+        (a form it does not keep yet), the Python kernel computes them from this recipe
+        (`_falling_back`), not from a call validated again."""
+        _LANE.recipe = self
+        try:
+            return operator(_CPU_KEYS, _LOGITS, *arrays, self.in_c)
+        finally:
+            _LANE.recipe = None
+
     def _on_kernel(self, arrays, gradient):
         """(the loss, the input's gradient or None) by the kernel's constants kept."""
         # grad mode is off (a node's forward, an operator) or no tensor requires grad: the
@@ -644,6 +663,48 @@ class _Recipe:
             return _tensor(self.prepared.loss(x, y, w, p)), None
         grad = torch.empty_like(arrays[0], memory_format=_C_ORDER)  # see `_on_views`
         return _tensor(self.prepared.loss_and_grad(x, y, w, p, grad.numpy())), grad
+
+
+def _in_c(call, bind):
+    """The options of the C operators' calls (`bceloss::logits_loss`,
+    `bceloss::logits_loss_and_grad`, straight to their CPU kernel) that compute a form of
+    the core logits loss `bind` as the form's Python kernel does, where the C kernel runs the
+    form itself (`_torch_kernel.keeps`: its tensors contiguous at each call); else None."""
+    if (
+        bind is None
+        or bind is not _bind_of(_LOGITS)
+        or call.reduction == "none"
+        or call.where is not None
+        or call.kind != "logits"
+        or call.ignore_label is not None
+        or not _torch_kernel.keeps(call.input, call.target, call.weight, call.pos_weight)
+    ):
+        return None
+    # the operator's Python kernel binds the core function to these options again
+    return _written((("reduction", call.reduction), ("label_smoothing", call.label_smoothing)))
+
+
+# the express lane's recipe whose C operator call the thread is making (`_Recipe._in_c`)
+_LANE = threading.local()
+
+
+def _falling_back(tensors, gradient):
+    """The results of the C operator call the express lane is making, where its kernel falls
+    back to the Python one (computed by the lane's recipe, whose constants the C kernel then
+    keeps), or None for any other call of the operators."""
+    recipe = getattr(_LANE, "recipe", None)
+    if recipe is None:
+        return None
+    _LANE.recipe = None  # this call's alone
+    done = recipe._on_kernel(tensors, gradient)
+    _torch_kernel.remember(recipe.prepared)
+    return done if gradient else done[0]
+
+
+def _contiguous(arrays) -> bool:
+    """Whether a call's tensors are contiguous, as the C kernel's forms are (a form held by
+    `_memo` has no strides)."""
+    return all(a is None or a.is_contiguous() for a in arrays)
 
 
 def module_type(cls):
@@ -877,10 +938,13 @@ def _grad_off(kernel):
 def _loss_kernel(fn, input, target, weight, pos_weight, where, options):
     """bceloss::loss: the loss of a core function `fn`, as eager PyTorch computes it
     (`forward`)."""
+    done = _falling_back((input, target, weight, pos_weight, where), gradient=False)
+    if done is not None:
+        return done
     remembered, call = _operator_run(fn, (input, target, weight, pos_weight, where), options)
     if remembered is not None:
         recipe, given = remembered
-        loss = recipe.loss(given).contiguous()
+        loss = recipe.on_views(recipe.arrays(given), None).contiguous()
         # the form's constants, for the C kernel if it is falling back for this call
         _torch_kernel.remember(recipe.prepared)
         return loss
@@ -899,6 +963,9 @@ def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options)
     with respect to the input (for an output gradient of 1), as eager PyTorch's recorded
     forward computes them."""
     tensors = (input, target, weight, pos_weight, where)
+    done = _falling_back(tensors, gradient=True)
+    if done is not None:
+        return done
     remembered, call = _operator_run(fn, tensors, options)
     done = None if remembered is None else remembered[0].loss_and_grad(remembered[1])
     if done is not None:
@@ -1038,6 +1105,12 @@ for _op in ("loss", "loss_and_grad", "logits_loss", "logits_loss_and_grad", "log
     torch.library.register_autocast(f"bceloss::{_op}", "cuda", torch.float32, lib=_LIBRARY)
 _torch_kernel.install()
 _memo.on_forget(_torch_kernel.forget)
+# the logits loss's operators called straight at their CPU kernel (an eager call of a form
+# the C kernel runs: `_in_c`), below autograd and autocast, which the express lane's node
+# stands for (autocast widens halves only, which the lane does not take)
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+_C_LOSS = torch.ops.bceloss.logits_loss.default.redispatch
+_C_LOSS_AND_GRAD = torch.ops.bceloss.logits_loss_and_grad.default.redispatch
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form)
     _dispatch.EXPRESS_LANES[_cls] = express

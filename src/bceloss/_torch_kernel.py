@@ -120,6 +120,40 @@ def install() -> bool:
     return True
 
 
+# the dtypes the loops read in place (torch_kernel.cpp's storage_of_dtype: no halves)
+_STORAGES = frozenset(
+    getattr(torch, name, None) for name in _DTYPES if name not in ("float16", "bfloat16")
+) - {None}
+
+
+def keeps(input, target, weight, pos_weight) -> bool:
+    """Whether the C kernel runs a form of these tensors itself once the Python kernel
+    computed one call (torch_kernel.cpp's `layout_of`, for tensors that are contiguous: the
+    caller checks that per call): all on the CPU, a float32 or float64 input with at least
+    one element, a target of its shape, weight and pos_weight read in place (their shape,
+    leading 1s aside, the input's last dimensions)."""
+    arrays = [a for a in (input, target, weight, pos_weight) if a is not None]
+    return (
+        bool(_CODES)
+        and all(a.device.type == "cpu" and a.dtype in _STORAGES for a in arrays)
+        and input.dtype in (torch.float32, torch.float64)
+        and target.shape == input.shape
+        and input.numel() >= 1
+        and all(_periodic(a, input.shape) for a in (weight, pos_weight) if a is not None)
+    )
+
+
+def _periodic(a, shape) -> bool:
+    kept = list(a.shape)
+    while kept and kept[0] == 1:
+        kept.pop(0)
+    return (
+        a.numel() >= 1
+        and len(kept) <= len(shape)
+        and tuple(shape[len(shape) - len(kept) :]) == tuple(kept)
+    )
+
+
 def remember(prepared) -> bool:
     """Hand the constants of a form the Python kernel ran (`Prepared`) to the C kernel,
     where the calling thread's C kernel is falling back for that form; whether it keeps
