@@ -172,3 +172,105 @@ def test_threads_that_overflow_the_memory_of_forms_at_once_all_finish():
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def _unit_range_cases():
+    """Arrays for BCE's check of probabilities."""
+    tiny = np.finfo(np.float64).tiny
+    yield np.array([0.0, 0.25, 1.0])
+    yield np.array([0.5, np.nan, 1.0])  # NaN passes (and propagates to the loss)
+    yield np.array([-0.0, 5e-324, tiny])  # -0 and the subnormals are in range
+    yield np.array([0.5, np.nextafter(1.0, 2.0)])  # one ulp above 1 (1 in float32)
+    yield np.array([0.5, np.nextafter(np.float32(1), np.float32(2))])
+    yield np.array([0.5, -5e-324])  # the smallest negative (-0 in float32)
+    yield np.array([0.5, -1e-40])  # a negative float32 subnormal
+    yield np.array([np.inf, 0.5])
+    yield np.array([0.5, 0.5, -np.inf])
+    yield np.linspace(-0.5, 1.5, 1001)
+    yield np.empty(0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("values", list(_unit_range_cases()), ids=str)
+def test_the_kernels_check_of_probabilities_is_validations(values, dtype):
+    from bceloss import _array_api
+    from bceloss._kernels import _native
+
+    a = values.astype(dtype)
+    passes = all(not (v < 0 or v > 1) for v in a.tolist())  # Python's comparisons
+    assert _native.in_unit_range(a) is passes
+    assert _array_api.in_unit_range(a) is passes
+    # the validation's own check agrees
+    try:
+        _validation.probabilities_in_range(np, a, "input")
+        assert passes
+    except ValueError:
+        assert not passes
+    # another layout: None from the kernel, NumPy's check instead
+    if a.size > 1:
+        assert _native.in_unit_range(np.repeat(a, 2)[1::2]) is None
+        assert _array_api.in_unit_range(np.repeat(a, 2)[1::2]) is passes
+    assert _native.in_unit_range(np.zeros(a.shape, np.int64)) is None
+
+
+def _probability_calls():
+    """Calls of BCE on probabilities in every place an express lane takes them: (library,
+    loss function, kwargs of options)."""
+    yield "numpy", BCE, {}
+    yield "numpy", BCE, {"weight": np.full(10, 0.5), "reduction": "sum"}
+    yield "numpy", bceloss.BCELoss(), {}
+
+
+def test_a_remembered_form_of_bce_on_probabilities_checks_values_every_call(validated):
+    # BCE on probabilities is remembered where the input's class checks its values: every
+    # later call still raises the loss's own error for a value outside [0, 1] (and passes
+    # NaN), the calls in range are not validated again, with the usual results
+    rng = np.random.default_rng(5)
+    for _, fn, kwargs in _probability_calls():
+        lane = 0
+        for step in range(6):
+            p = rng.random((64, 10))
+            y = rng.random((64, 10))
+            if step == 4:
+                p[3, 7] = 1.5
+            if step == 5:
+                p[0, 0] = np.nan
+            before = len(validated)
+            if step == 4:
+                with pytest.raises(ValueError, match=r"input must hold probabilities in \[0, 1\]"):
+                    fn(p, y, **kwargs)
+                continue
+            got = fn(p, y, **kwargs)
+            lane += len(validated) - before
+            usual = _usual(
+                getattr(fn, "function", fn), p, y, **kwargs, **getattr(fn, "_options", dict)()
+            )
+            assert np.asarray(got).tobytes() == np.asarray(usual).tobytes()
+        assert lane == 2, (fn, kwargs)  # the first two calls of the form only
+
+
+def _flavour_probability_losses():
+    from bceloss.compat import mindspore as bm
+    from bceloss.compat import paddle as pd
+
+    yield "paddle function", pd.binary_cross_entropy, "input"
+    yield "paddle class", pd.BCELoss(reduction="sum"), "input"
+    yield "mindspore function", bm.binary_cross_entropy, "input"
+    yield "mindspore class", bm.BCELoss(), "logits"
+
+
+@pytest.mark.parametrize("case", list(_flavour_probability_losses()), ids=lambda c: c[0])
+def test_the_flavours_bce_on_probabilities_checks_values_every_call(validated, case):
+    # the flavours' NumPy calls of a remembered form: a value outside [0, 1] at any call
+    # is the flavour's own error, with the name it gives the input
+    _, loss, name = case
+    rng = np.random.default_rng(6)
+    for step in range(5):
+        p = rng.random((16, 5)).astype(np.float32)
+        y = rng.random((16, 5)).astype(np.float32)
+        if step == 4:
+            p[1, 1] = -0.25
+            with pytest.raises(ValueError, match=rf"{name} must hold probabilities in \[0, 1\]"):
+                loss(p, y)
+        else:
+            assert np.isfinite(loss(p, y))

@@ -295,3 +295,19 @@ def test_a_recorded_forward_computes_gradients_only_where_its_pass_gives_them(mo
     plain = ms.grad(lambda a, b: loss(a, b), (0, 1))(x, y)
     for g, h in zip(scaled, plain, strict=True):
         np.testing.assert_allclose(g.asnumpy(), 1024 * h.asnumpy(), rtol=1e-7)
+
+
+def test_a_repeated_call_form_of_probabilities_checks_values_every_call():
+    # a remembered form of BCE on probabilities still checks each call's values
+    rng = np.random.default_rng(9)
+    for loss in (bm.binary_cross_entropy, bm.BCELoss()):
+        for step in range(5):
+            p = rng.random((16, 5)).astype(F32)
+            if step == 4:
+                p[2, 2] = 1.5
+            x, y = T(p), T(rng.random((16, 5)).astype(F32))
+            if step == 4:
+                with pytest.raises(ValueError, match=r"must hold probabilities in \[0, 1\]"):
+                    loss(x, y)
+            else:
+                assert np.isfinite(loss(x, y).asnumpy())

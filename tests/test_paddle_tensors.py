@@ -596,3 +596,20 @@ def test_a_repeated_call_form_is_validated_once(monkeypatch):
             else:
                 results[step] = (x.numpy(), y.numpy(), got)
         assert len(counts) - before == (3 if fresh else 2)
+
+
+def test_a_repeated_call_form_of_probabilities_checks_values_every_call():
+    # a remembered form of BCE on probabilities still checks each call's values
+    rng = np.random.default_rng(9)
+    for loss in (pd.binary_cross_entropy, pd.BCELoss()):
+        for step in range(5):
+            p = rng.random((16, 5)).astype(F32)
+            if step == 4:
+                p[2, 2] = 1.5
+            x, y = tensor(p, grad=True), tensor(rng.random((16, 5)).astype(F32))
+            if step == 4:
+                with pytest.raises(ValueError, match=r"input must hold probabilities in \[0, 1\]"):
+                    loss(x, y)
+            else:
+                loss(x, y).backward()
+                assert np.isfinite(x.grad.numpy()).all()

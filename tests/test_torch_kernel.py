@@ -48,10 +48,8 @@ def _same_bits(a, b) -> bool:
     return (
         a.dtype == b.dtype
         and a.shape == b.shape
-        and bool(
-            np.array_equal(
-                a.reshape(-1).numpy().view(np.uint8), b.reshape(-1).numpy().view(np.uint8)
-            )
+        and torch.equal(
+            a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8)
         )
     )
 
@@ -319,3 +317,41 @@ def test_an_eager_call_of_a_kept_form_runs_the_c_kernel():
         launch.Prepared.loss_and_grad = original
     assert not ran
     assert _native.torch_kept() == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "loss", [bceloss.binary_cross_entropy, bceloss.BCELoss(reduction="sum")], ids=["fn", "module"]
+)
+def test_eager_bce_on_probabilities_checks_every_call_and_keeps_the_usual_bits(loss, dtype):
+    # a remembered form of BCE on probabilities (the C kernel's where it reads the tensors:
+    # float32 and float64) checks its input's values at every call, whichever lane takes
+    # it: a value outside [0, 1] is the loss's own ValueError, NaN passes
+    from bceloss import _call
+
+    g = torch.Generator().manual_seed(10)
+    core = getattr(loss, "function", loss)
+    options = loss._options() if hasattr(loss, "_options") else {}
+    for step in range(7):
+        p = torch.rand(64, 10, generator=g, dtype=dtype)
+        y = torch.rand(64, 10, generator=g, dtype=dtype)
+        if step == 5:
+            p[2, 3] = 1.25
+        if step == 6:
+            p[0, 0] = math.nan
+        for grad_mode in (True, False):
+            x = p.clone().requires_grad_(grad_mode)
+            with torch.set_grad_enabled(grad_mode):
+                if step == 5:
+                    with pytest.raises(ValueError, match=r"must hold probabilities in \[0, 1\]"):
+                        loss(x, y)
+                    continue
+                got = loss(x, y)
+                usual = _call.run(core._bceloss_bind(x, y, **options))
+            assert _same_bits(got.detach(), usual.detach())
+            if grad_mode:
+                (ours,) = torch.autograd.grad(got, x)
+                (theirs,) = torch.autograd.grad(usual, x)
+                assert _same_bits(ours, theirs)
+    # training and no_grad forms run in C where the C kernel reads the tensors
+    assert _native.torch_kept() == (0 if dtype is torch.bfloat16 else 2)

@@ -159,5 +159,15 @@ class _Prepared:
         return self.kernel.loss(x, y, w, p)
 
 
-_memo.register(np.ndarray, _numpy_form)
+def in_unit_range(a) -> bool:
+    """Whether a NumPy array's values lie in [0, 1] or are NaN (BCE's check of
+    probabilities: `_validation.probabilities_in_range`, for `_memo`): in one pass of the
+    kernels' library for float32 and float64 in C order."""
+    from bceloss._kernels import _native
+
+    inside = _native.in_unit_range(a)
+    return not ((a < 0) | (a > 1)).any() if inside is None else inside
+
+
+_memo.register(np.ndarray, _numpy_form, in_unit_range)
 _dispatch.EXPRESS_LANES[np.ndarray] = _numpy_lane

@@ -9,11 +9,13 @@ call of a form on, a call gets the validated `LossCall` of that form with its ow
 (`bind`), or an adapter takes what it kept beside the form (`adapted`: the express lanes
 of NumPy and PyTorch compute straight from the arguments).
 
-Values are never remembered: a form whose validation reads them (BCE on probabilities
-checks its input) or whose validated call holds an array the arguments do not (a
-byte-swapped copy) is validated every call, as is one whose first validated call had one
-object in two arguments (which of them feeds which array cannot be told), and a call that
-fails validation is never remembered.
+Values are never remembered. BCE on probabilities checks its input's values at every call:
+a form of it is remembered where the input's class registered a check of them (`register`),
+which runs at every call of the form, and a call whose values fail it is validated (which
+raises the loss's own error); elsewhere it is validated every call. A form whose validated
+call holds an array the arguments do not (a byte-swapped copy) is validated every call, as
+is one whose first validated call had one object in two arguments (which of them feeds
+which array cannot be told), and a call that fails validation is never remembered.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bceloss._call import ARRAYS, LossCall
 MAX_FORMS = 256  # forms remembered; past it the oldest is forgotten
 _SCALARS = frozenset((str, float, int, bool, type(None)))
 _FORMS: dict[type, Callable] = {}  # an array class -> its form (`register`)
+_IN_UNIT_RANGE: dict[type, Callable] = {}  # an array class -> its check of values (`register`)
 # a call's form -> its Remembered, _SEEN_ONCE or _VALIDATED_EVERY_CALL
 _CALLS: dict = {}
 _SEEN_ONCE = object()  # a form met once: remembered when it comes again (one-off forms,
@@ -40,11 +43,22 @@ _FORGETTING: list[Callable] = []  # `on_forget`
 @dataclass(slots=True)
 class Remembered:
     """A validated call without its arrays (None), where each is among the arguments
-    (`places`: (name, position)), and what an adapter keeps beside it (`adapter`)."""
+    (`places`: (name, position)), what an adapter keeps beside it (`adapter`), and the
+    position of the input whose values every call checks (`checked`: BCE on probabilities),
+    or None."""
 
     call: LossCall
     places: tuple[tuple[str, int], ...]
     adapter: Any = None
+    checked: int | None = None
+
+    def values_pass(self, given) -> bool:
+        """Whether a call's values pass what validation checks of them (`checked`), `given`
+        the call's arguments in order."""
+        if self.checked is None:
+            return True
+        a = given[self.checked]
+        return _IN_UNIT_RANGE[type(a)](a)
 
     def picker(self, names=ARRAYS) -> Callable:
         """A function of a call's `(*args, *kwargs.values(), None)` that gives its arrays
@@ -65,9 +79,14 @@ def on_forget(clear: Callable) -> None:
     _FORGETTING.append(clear)
 
 
-def register(cls: type, form: Callable) -> None:
-    """Arrays of class `cls` have the form `form(array)` (hashable; None: do not remember)."""
+def register(cls: type, form: Callable, in_unit_range: Callable | None = None) -> None:
+    """Arrays of class `cls` have the form `form(array)` (hashable; None: do not remember);
+    `in_unit_range(array)`: whether its values lie in [0, 1] or are NaN (BCE's check of
+    probabilities, which validation makes with the message), without which a form of BCE on
+    probabilities is validated every call."""
     _FORMS[cls] = form
+    if in_unit_range is not None:
+        _IN_UNIT_RANGE[cls] = in_unit_range
 
 
 def form(bind_fn, args, kwargs, state=None):
@@ -97,7 +116,11 @@ def adapted(bind_fn, args, kwargs, adapt: Callable, state=None):
     if call_form is None:
         return None, None
     memo = _CALLS.get(call_form)
-    if type(memo) is Remembered and memo.adapter:
+    if (
+        type(memo) is Remembered
+        and memo.adapter
+        and (memo.checked is None or memo.values_pass((*args, *kwargs.values())))
+    ):
         return memo.adapter, None
     call, memo = bind(call_form, bind_fn, args, kwargs)
     if memo is not None and memo.adapter is None:
@@ -120,6 +143,8 @@ def bind(form, bind_fn, args, kwargs) -> tuple[LossCall, Remembered | None]:
     if memo is _VALIDATED_EVERY_CALL:
         return bind_fn(*args, **kwargs), None
     given = (*args, *kwargs.values())
+    if not memo.values_pass(given):
+        return bind_fn(*args, **kwargs), None  # validation raises the loss's error
     return memo.call.replace(**{name: given[i] for name, i in memo.places}), memo
 
 
@@ -139,8 +164,11 @@ def validated(bind_fn, args, kwargs) -> LossCall:
 
 
 def _remembered(call: LossCall, given: tuple):
+    checked = None
     if not call.logits:  # BCE on probabilities: its input's values are checked every call
-        return _VALIDATED_EVERY_CALL
+        if type(call.input) not in _IN_UNIT_RANGE:
+            return _VALIDATED_EVERY_CALL
+        checked = -1  # the input's position, below
     places = []
     for name in ARRAYS:
         a = getattr(call, name)
@@ -149,4 +177,6 @@ def _remembered(call: LossCall, given: tuple):
             if len(found) != 1:  # a new array (none), or one object in two arguments
                 return _VALIDATED_EVERY_CALL
             places.append((name, found[0]))
-    return Remembered(call.replace(**dict.fromkeys(ARRAYS)), tuple(places))
+    if checked is not None:
+        checked = dict(places)["input"]
+    return Remembered(call.replace(**dict.fromkeys(ARRAYS)), tuple(places), checked=checked)

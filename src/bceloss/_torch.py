@@ -113,6 +113,7 @@ class Torch(_array_api.ArrayAPI):
         functorch = torch._C._functorch
         while functorch.is_functorch_wrapped_tensor(values):
             values = functorch.get_unwrapped(values)
+        values = values.detach()  # (the message reads values: no autograd warning)
         if math.prod(tuple(values.shape)):
             _validation.probabilities_in_range(xp, values, name)
         return x
@@ -451,7 +452,10 @@ def _remembered(bind, args, kwargs, given):
     guarded = by_bind.get(bind, ())
     for entry in guarded:
         if entry.holds(args, kwargs, given):
-            return entry.recipe, None
+            checked = entry.recipe.checked
+            if checked is None or _in_unit_range(given[checked]):
+                return entry.recipe, None
+            break  # validated below, which raises the loss's error
     adapt = functools.partial(_Recipe.of, bind=bind)
     recipe, call = _memo.adapted(bind, args, kwargs, adapt, torch.is_grad_enabled())
     if recipe is not None and len(guarded) < _GUARDED_FORMS:
@@ -461,6 +465,17 @@ def _remembered(bind, args, kwargs, given):
         if entry is not None:
             by_bind[bind] = (*guarded, entry)
     return recipe, call
+
+
+def _in_unit_range(t) -> bool:
+    """Whether a tensor's values lie in [0, 1] or are NaN (`checked_probabilities`' check,
+    for `_memo`): on NumPy's view of a CPU tensor, in torch ops elsewhere; a meta tensor
+    has no values."""
+    if t.device.type == "meta":
+        return True
+    if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES:
+        return _array_api.in_unit_range(t.detach().numpy())
+    return not bool(((t < 0) | (t > 1)).any())
 
 
 def _tensor_form(t):
@@ -573,7 +588,7 @@ class _Recipe:
     arguments (`arrays`), and the options of the logits loss's C operators where they run
     the form (`in_c`)."""
 
-    __slots__ = ("arrays", "call", "eager", "in_c", "prepared", "records", "twin")
+    __slots__ = ("arrays", "call", "checked", "eager", "in_c", "prepared", "records", "twin")
 
     @staticmethod
     def of(memo, call, bind=None):
@@ -599,6 +614,7 @@ class _Recipe:
         self.twin = twin.replace(**dict.fromkeys(_TENSORS))
         self.call = memo.call
         self.arrays = memo.picker(_TENSORS)  # the call's tensors from its arguments
+        self.checked = memo.checked  # the input whose values each call checks, or None
         self.in_c = _in_c(call, bind) if self.prepared is not None else None
 
     def loss(self, given):
@@ -647,7 +663,8 @@ class _Recipe:
         (`_falling_back`), not from a call validated again."""
         _LANE.recipe = self
         try:
-            return operator(_CPU_KEYS, _LOGITS, *arrays, self.in_c)
+            fn, options = self.in_c
+            return operator(_CPU_KEYS, fn, *arrays, options)
         finally:
             _LANE.recipe = None
 
@@ -666,22 +683,26 @@ class _Recipe:
 
 
 def _in_c(call, bind):
-    """The options of the C operators' calls (`bceloss::logits_loss`,
-    `bceloss::logits_loss_and_grad`, straight to their CPU kernel) that compute a form of
-    the core logits loss `bind` as the form's Python kernel does, where the C kernel runs the
-    form itself (`_torch_kernel.keeps`: its tensors contiguous at each call); else None."""
+    """(the core function's name, the options) of the C operators' calls that compute a form
+    of `bind` as the form's Python kernel does (`bceloss::logits_loss`,
+    `bceloss::logits_loss_and_grad` straight at their CPU kernel, which runs any kind of
+    form kept: the compiled logits loss's, and here BCE on probabilities too, whose values
+    `_memo` checks before), where the C kernel runs the form itself (`_torch_kernel.keeps`:
+    its tensors contiguous at each call); else None."""
+    fn = None if bind is None else f"{bind.__module__}.{bind.__name__}"
     if (
-        bind is None
-        or bind is not _bind_of(_LOGITS)
+        fn not in _IN_C
+        or bind is not _bind_of(fn)  # (the core function itself, not a flavour's)
         or call.reduction == "none"
         or call.where is not None
-        or call.kind != "logits"
         or call.ignore_label is not None
+        or call.gamma is not None
         or not _torch_kernel.keeps(call.input, call.target, call.weight, call.pos_weight)
     ):
         return None
     # the operator's Python kernel binds the core function to these options again
-    return _written((("reduction", call.reduction), ("label_smoothing", call.label_smoothing)))
+    options = (("reduction", call.reduction), ("label_smoothing", call.label_smoothing))
+    return fn, _written(options)
 
 
 # the express lane's recipe whose C operator call the thread is making (`_Recipe._in_c`)
@@ -805,6 +826,8 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
 
 
 _LOGITS = "bceloss._functional.binary_cross_entropy_with_logits"
+# the core functions whose eager calls may run the C kernel (`_in_c`)
+_IN_C = frozenset((_LOGITS, "bceloss._functional.binary_cross_entropy"))
 
 
 def _on_views_elementwise(tensors) -> bool:
@@ -1112,5 +1135,5 @@ _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _C_LOSS = torch.ops.bceloss.logits_loss.default.redispatch
 _C_LOSS_AND_GRAD = torch.ops.bceloss.logits_loss_and_grad.default.redispatch
 for _cls in (torch.Tensor, torch.nn.Parameter):
-    _memo.register(_cls, _tensor_form)
+    _memo.register(_cls, _tensor_form, _in_unit_range)
     _dispatch.EXPRESS_LANES[_cls] = express

@@ -406,6 +406,40 @@ PyObject* encode(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+const char in_unit_range_doc[] =
+    "in_unit_range(a)\n--\n\n"
+    "Whether the values of a float32 or float64 array in C order all lie in [0, 1] or are\n"
+    "NaN (BCE's check of probabilities); None for another array.";
+
+template <class T>
+bool all_in_unit_range(const T* v, Py_ssize_t n) {
+    bool outside = false;  // no early exit: the loop vectorizes (NaN compares false)
+    for (Py_ssize_t i = 0; i < n; ++i) outside |= (v[i] < T(0)) | (v[i] > T(1));
+    return !outside;
+}
+
+PyObject* in_unit_range(PyObject*, PyObject* args) {
+    PyObject* a;
+    if (!PyArg_ParseTuple(args, "O", &a)) return nullptr;
+    Py_buffer view;
+    if (PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+        PyErr_Clear();  // not a C-ordered buffer: the caller checks it otherwise
+        Py_RETURN_NONE;
+    }
+    Storage type;
+    const bool known =
+        storage_of_format(view, &type) && (type == Storage::f32 || type == Storage::f64);
+    bool inside = true;
+    if (known && type == Storage::f32) {
+        inside = all_in_unit_range(static_cast<const float*>(view.buf), view.len / 4);
+    } else if (known) {
+        inside = all_in_unit_range(static_cast<const double*>(view.buf), view.len / 8);
+    }
+    PyBuffer_Release(&view);
+    if (!known) Py_RETURN_NONE;
+    return PyBool_FromLong(inside);
+}
+
 // An entry point with C++ exceptions (no memory for a copy, say) turned into Python's; the
 // code that runs without the GIL throws none.
 template <PyObject* (*Entry)(PyObject*, PyObject*)>
@@ -425,6 +459,7 @@ PyMethodDef methods[] = {
     {"kept_blocks", guarded<kept_blocks>, METH_VARARGS, kept_blocks_doc},
     {"fastmath", guarded<fastmath>, METH_VARARGS, fastmath_doc},
     {"encode", guarded<encode>, METH_VARARGS, encode_doc},
+    {"in_unit_range", guarded<in_unit_range>, METH_VARARGS, in_unit_range_doc},
     {"torch_install", guarded<bceloss::torch_install>, METH_VARARGS,
      "torch_install(addresses, fallbacks, codes, cpu)\n--\n\nInstall the PyTorch operators' C "
      "kernels (see torch_kernel.hpp); returns their addresses."},
