@@ -9,6 +9,10 @@ bceloss and PyTorch alternate, so a busy moment hits both):
 and prints the times and the ratios bceloss / PyTorch (below 1: bceloss is faster).
 
     python benchmarks/bench_training.py [--repeats 15] [--sizes 64x10,256x100,...] [--no-compile]
+        [--probabilities]
+
+--probabilities: BCELoss on the model's sigmoid (and on probabilities for `loss` and
+`no_grad`) in place of BCEWithLogitsLoss on its logits.
 """
 
 from __future__ import annotations
@@ -38,15 +42,15 @@ def _inner(fn) -> int:
     return max(1, min(2000, int(0.02 / max(once, 1e-7))))
 
 
-def _workloads(rows: int, labels: int, loss_fn, compiled: bool):
+def _workloads(rows: int, labels: int, loss_fn, compiled: bool, probabilities: bool):
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, labels)
-    )
+    layers = [torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, labels)]
+    net = torch.nn.Sequential(*layers, *([torch.nn.Sigmoid()] if probabilities else []))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x = torch.randn(rows, 64)
     y = (torch.rand(rows, labels) > 0.7).float()
-    logits = torch.randn(rows, labels, requires_grad=True)
+    draw = torch.rand if probabilities else torch.randn
+    logits = draw(rows, labels).requires_grad_()
 
     def train(x, y):
         return loss_fn(net(x), y)
@@ -75,13 +79,14 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--sizes", default=",".join(f"{r}x{c}" for r, c in SIZES))
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--probabilities", action="store_true")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     torch.set_num_threads(torch.get_num_threads())
-    losses = {
-        "bceloss": bceloss.BCEWithLogitsLoss(),
-        "PyTorch": torch.nn.BCEWithLogitsLoss(),
-    }
+    if args.probabilities:
+        losses = {"bceloss": bceloss.BCELoss(), "PyTorch": torch.nn.BCELoss()}
+    else:
+        losses = {"bceloss": bceloss.BCEWithLogitsLoss(), "PyTorch": torch.nn.BCEWithLogitsLoss()}
     modes = [False] if args.no_compile else [False, True]
     print(
         f"{'batch x labels':>15} {'mode':>8} {'what':>8} {'bceloss us':>11} "
@@ -89,7 +94,10 @@ def main(argv=None) -> None:
     )
     for rows, labels in sizes:
         for compiled in modes:
-            work = {name: _workloads(rows, labels, fn, compiled) for name, fn in losses.items()}
+            work = {
+                name: _workloads(rows, labels, fn, compiled, args.probabilities)
+                for name, fn in losses.items()
+            }
             for what in ("step", "loss", "no_grad"):
                 fns = {name: w[what] for name, w in work.items()}
                 for fn in fns.values():  # warm up: compile, allocate

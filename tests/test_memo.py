@@ -187,6 +187,8 @@ def _unit_range_cases():
     yield np.array([np.inf, 0.5])
     yield np.array([0.5, 0.5, -np.inf])
     yield np.linspace(-0.5, 1.5, 1001)
+    yield np.append(np.full(3 * 4096, 0.5), 1.5)  # the kernel's blocks: outside in the last
+    yield np.append(np.full(3 * 4096 + 7, 0.5), np.nan)
     yield np.empty(0)
 
 
