@@ -585,8 +585,9 @@ class _Recipe:
     tensors of a float32 or float64 loss: `of`): its NumPy twin without arrays, whether
     autograd records it and whether its forward computes the input's gradient, the kernel's
     constants where the form decides them (`prepared`), where its tensors are among the
-    arguments (`arrays`), and the options of the logits loss's C operators where they run
-    the form (`in_c`)."""
+    arguments (`arrays`), the input whose values each call checks (`checked`: BCE on
+    probabilities), and the core function and options of the C operators' calls where the C
+    kernel runs the form (`in_c`)."""
 
     __slots__ = ("arrays", "call", "checked", "eager", "in_c", "prepared", "records", "twin")
 
