@@ -149,13 +149,13 @@ def _transformed(*objects) -> bool:
     (`torch.autograd.forward_ad`): NumPy cannot read the one and would drop the other."""
     if torch._C._are_functorch_transforms_active():
         return True
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    tangents = _tangents_possible()
-    return any(
-        isinstance(a, torch.Tensor)
-        and (wrapped(a) or (tangents and forward_ad.unpack_dual(a).tangent is not None))
-        for a in objects
-    )
+    tangents = getattr(forward_ad, "_current_level", 0) >= 0  # (`_tangents_possible`)
+    for a in objects:  # (a loop: a backward asks it of every output gradient)
+        if isinstance(a, torch.Tensor) and (
+            _is_wrapped(a) or (tangents and forward_ad.unpack_dual(a).tangent is not None)
+        ):
+            return True
+    return False
 
 
 def _tangents_possible() -> bool:
