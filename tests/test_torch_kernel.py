@@ -355,3 +355,47 @@ def test_eager_bce_on_probabilities_checks_every_call_and_keeps_the_usual_bits(l
                 assert _same_bits(ours, theirs)
     # training and no_grad forms run in C where the C kernel reads the tensors
     assert _native.torch_kept() == (0 if dtype is torch.bfloat16 else 2)
+
+
+def test_threads_training_at_once_each_get_their_own_results():
+    # eager training steps of many forms in four threads: the lane's C operator calls, the
+    # C kernel's fallbacks to the lane's recipe (a thread's own) and the forms kept at once
+    g = torch.Generator().manual_seed(11)
+    data = [(torch.randn(r, 6, generator=g), torch.rand(r, 6, generator=g)) for r in range(3, 30)]
+    losses = (bceloss.binary_cross_entropy_with_logits, bceloss.binary_cross_entropy)
+    expected = {}
+    for i, (x, y) in enumerate(data):
+        for k, loss in enumerate(losses):
+            p = x.sigmoid() if k else x
+            expected[i, k] = _usual_route_of(loss, p, y)
+    _memo.forget()
+    failures = []
+
+    def work(seed):
+        order = np.random.default_rng(seed).permutation(len(data))
+        for _ in range(8):
+            for i in order:
+                for k, loss in enumerate(losses):
+                    x = (data[i][0].sigmoid() if k else data[i][0]).requires_grad_()
+                    value = loss(x, data[i][1])
+                    (grad,) = torch.autograd.grad(value, x)
+                    want = expected[i, k]
+                    if not (_same_bits(value, want[0]) and _same_bits(grad, want[1])):
+                        failures.append((i, k))
+
+    workers = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert not failures
+    assert _native.torch_kept() == 2 * len(data)
+
+
+def _usual_route_of(loss, x, y):
+    from bceloss import _call
+
+    x = x.detach().requires_grad_()
+    value = _call.run(loss._bceloss_bind(x, y))
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
