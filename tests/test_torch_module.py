@@ -527,3 +527,29 @@ def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_f
         theirs = torch.autograd.grad(eager, wrt, seed)
         for g, h in zip(ours, theirs, strict=True):
             assert torch.equal(g, h)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_compiled_gradients_of_any_output_gradient_equal_eagers(dtype, autocast):
+    # the compiled graph fuses the input's gradient into the forward exactly where eager's
+    # forward does (after autocast widens halves): a loss scaled by 1.5 (two rounding steps
+    # otherwise) has eager's gradient to the last bit
+    g = torch.Generator().manual_seed(12)
+    x = (torch.randn(32, 6, generator=g) * 3).to(dtype)
+    y = (torch.rand(32, 6, generator=g) > 0.5).to(dtype)
+    torch._dynamo.reset()
+    loss = bceloss.BCEWithLogitsLoss()
+    compiled = torch.compile(loss, fullgraph=True)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        results = []
+        for fn in (loss, compiled, loss, compiled):
+            xr = x.clone().requires_grad_()
+            value = fn(xr, y)
+            (grad,) = torch.autograd.grad(value, xr, torch.tensor(1.5, dtype=value.dtype))
+            results.append((value.detach(), grad))
+    for value, grad in results[1:]:
+        assert value.dtype == results[0][0].dtype
+        assert torch.equal(value, results[0][0])
+        assert grad.dtype == x.dtype
+        assert torch.equal(grad, results[0][1])

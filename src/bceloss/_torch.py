@@ -769,8 +769,8 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
     its options, as their `repr` (`_written`); `reduction` is the function's default one.
     The operator validates and computes when the graph runs, and its fake implementation
     validates shapes and dtypes when the graph is traced. The fused operator is taken where
-    `_eager` would compute the gradient in the forward (for reduction='none', on NumPy
-    views: `_on_views_elementwise`), on what the compiler sees and guards (grad mode,
+    `_eager` would compute the gradient in the forward (on NumPy views, after autocast:
+    `_eager_fuses`), on what the compiler sees and guards (grad mode, autocast,
     requires_grad, device, dtype).
     """
     if len(args) > len(positional):
@@ -816,7 +816,7 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
         and x is not None
         and x.requires_grad
         and not any(a is not None and a.requires_grad for a in others)
-        and (reduction != "none" or _on_views_elementwise(tensors))
+        and _eager_fuses(tensors)
     ):
         if in_c:
             return ops.logits_loss_fused(fn, *tensors, written)
@@ -831,15 +831,19 @@ _LOGITS = "bceloss._functional.binary_cross_entropy_with_logits"
 _IN_C = frozenset((_LOGITS, "bceloss._functional.binary_cross_entropy"))
 
 
-def _on_views_elementwise(tensors) -> bool:
-    """Whether eager's forward computes the elementwise gradient of reduction='none' (a CPU
-    call of float32 or float64 on NumPy views: `numpy_twin`), which the compiled graph then
-    takes from the fused operator too; elsewhere eager's backward computes it."""
+def _eager_fuses(tensors) -> bool:
+    """Whether eager's recorded forward computes the input's gradient in its own pass (a CPU
+    call of float32 or float64 on NumPy views: `numpy_twin`, after autocast widens float16
+    and bfloat16 operands: `_autocast`), which the compiled graph then takes from the fused
+    operator too; elsewhere eager's backward computes it (where the output's gradient is
+    not 1, the two round differently)."""
     x = tensors[0]
-    return (
-        x.device.type == "cpu"
-        and x.dtype in _NUMPY_DTYPES
-        and not any(a is not None and a.dtype is torch.bfloat16 for a in tensors)
+    if x.device.type != "cpu":
+        return False
+    if torch.is_autocast_enabled("cpu"):  # every half operand widened to float32
+        return x.dtype in _NUMPY_DTYPES or x.dtype in _HALVES
+    return x.dtype in _NUMPY_DTYPES and not any(
+        a is not None and a.dtype is torch.bfloat16 for a in tensors
     )
 
 
@@ -983,7 +987,7 @@ def _loss_fake(fn, input, target, weight, pos_weight, where, options):
 @_grad_off
 def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options):
     """bceloss::loss_and_grad: the loss of a core function `fn` (reduced, or elementwise
-    where eager's forward computes that gradient: `_on_views_elementwise`) and its gradient
+    where eager's forward computes that gradient: `_eager_fuses`) and its gradient
     with respect to the input (for an output gradient of 1), as eager PyTorch's recorded
     forward computes them."""
     tensors = (input, target, weight, pos_weight, where)
