@@ -16,7 +16,7 @@ import bceloss
 from bceloss import _memo
 
 torch = pytest.importorskip("torch", reason="PyTorch is optional")
-from bceloss import _torch, _torch_kernel  # noqa: F401  (_torch defines the operators)
+from bceloss import _torch, _torch_kernel  # (_torch defines the operators)
 from bceloss._kernels import _native
 
 FN = "bceloss._functional.binary_cross_entropy_with_logits"
@@ -399,3 +399,62 @@ def _usual_route_of(loss, x, y):
     value = _call.run(loss._bceloss_bind(x, y))
     (grad,) = torch.autograd.grad(value, x)
     return value.detach(), grad
+
+
+def test_the_c_kernel_checks_probabilities_of_a_kept_form_at_every_call():
+    # a form of BCE on probabilities the express lane kept in the C kernel, called on the
+    # operator directly with a value outside [0, 1]: the library's error, not a number
+    g = torch.Generator().manual_seed(13)
+    fn = "bceloss._functional.binary_cross_entropy"
+    p, y = torch.rand(64, 10, generator=g), torch.rand(64, 10, generator=g)
+    for _ in range(5):
+        bceloss.binary_cross_entropy(p.clone().requires_grad_(), y).backward()
+    assert _native.torch_kept() == 1
+    options = _torch._in_c(
+        _memo.validated(bceloss.binary_cross_entropy._bceloss_bind, (p, y), {}),
+        bceloss.binary_cross_entropy._bceloss_bind,
+    )[1]
+    bad = p.clone()
+    bad[3, 3] = 1.5
+    with torch.no_grad():
+        kept = OPS.logits_loss_and_grad(fn, p, y, None, None, None, options)
+        usual = OPS.loss_and_grad(fn, p, y, None, None, None, options)
+        assert _same_bits(kept[0], usual[0])
+        assert _same_bits(kept[1], usual[1])
+        with pytest.raises(RuntimeError, match=r"input must hold probabilities in \[0, 1\]"):
+            OPS.logits_loss_and_grad(fn, bad, y, None, None, None, options)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("float32", torch.float32, {}, "logits_loss_fused"),
+        ("bfloat16", torch.bfloat16, {}, "loss"),
+        ("mask", torch.float32, {"where": "mask"}, "loss_and_grad"),
+        ("weighted_mean", torch.float32, {"weight": "w", "reduction": "weighted_mean"}, "loss"),
+    ],
+    ids=lambda c: c[0],
+)
+def test_a_compiled_call_takes_the_c_operators_only_for_forms_the_c_kernel_runs(case):
+    # a form the C kernel cannot run would go through its fallback at every call (whose
+    # strings PyTorch's C ABI leaks): the graph calls the Python operators instead
+    _, dtype, options, op = case
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(16, 5, generator=g).to(dtype).requires_grad_()
+    y = torch.rand(16, 5, generator=g).to(dtype)
+    kwargs = {}
+    if options.get("where"):
+        kwargs["where"] = torch.rand(16, 5, generator=g) > 0.3
+    if options.get("weight"):
+        kwargs["weight"] = torch.rand(5, generator=g).to(dtype).requires_grad_()
+    if "reduction" in options:
+        kwargs["reduction"] = options["reduction"]
+
+    def loss(a, b):
+        return bceloss.binary_cross_entropy_with_logits(a, b, **kwargs)
+
+    torch._dynamo.reset()
+    graph = torch._dynamo.explain(loss)(x, y).graphs[0]
+    assert f"torch.ops.bceloss.{op}(" in graph.code
+    compiled = torch.compile(loss, fullgraph=True)
+    assert torch.equal(compiled(x, y), loss(x, y))

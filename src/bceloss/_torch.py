@@ -807,7 +807,7 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
     # does an exported program (a file: the operators any process defines)
     ops = torch.ops.bceloss
     written = _written(options)
-    in_c = fn == _LOGITS and reduction != "none" and not _exporting()
+    in_c = fn == _LOGITS and not _exporting() and _c_runs(tensors, reduction)
     x, *others = tensors[:4]
     tracked = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in tensors)
     if (  # (an exported program computes no gradient: the loss alone)
@@ -829,6 +829,24 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
 _LOGITS = "bceloss._functional.binary_cross_entropy_with_logits"
 # the core functions whose eager calls may run the C kernel (`_in_c`)
 _IN_C = frozenset((_LOGITS, "bceloss._functional.binary_cross_entropy"))
+
+
+def _c_runs(tensors, reduction) -> bool:
+    """Whether the C kernel of the logits loss's operators runs a compiled call of these
+    tensors itself once its form is kept (a reduced loss, no mask, no 'weighted_mean' of a
+    weight, `_torch_kernel.keeps` after autocast, contiguous tensors): any other goes to the
+    Python operators directly, not through the C kernel's fallback (whose string arguments
+    PyTorch's C ABI does not free)."""
+    x, y, w, p, where = tensors
+    return (
+        reduction != "none"
+        and where is None
+        and not (reduction == "weighted_mean" and w is not None)
+        and x is not None
+        and y is not None
+        and _torch_kernel.keeps(x, y, w, p, widened=torch.is_autocast_enabled("cpu"))
+        and all(a is None or a.is_contiguous() for a in (x, y, w, p))
+    )
 
 
 def _eager_fuses(tensors) -> bool:

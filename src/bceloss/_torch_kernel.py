@@ -120,23 +120,29 @@ def install() -> bool:
     return True
 
 
+_HALVES = (torch.float16, torch.bfloat16)
 # the dtypes the loops read in place (torch_kernel.cpp's storage_of_dtype: no halves)
 _STORAGES = frozenset(
     getattr(torch, name, None) for name in _DTYPES if name not in ("float16", "bfloat16")
 ) - {None}
 
 
-def keeps(input, target, weight, pos_weight) -> bool:
+def keeps(input, target, weight, pos_weight, widened=False) -> bool:
     """Whether the C kernel runs a form of these tensors itself once the Python kernel
     computed one call (torch_kernel.cpp's `layout_of`, for tensors that are contiguous: the
-    caller checks that per call): all on the CPU, a float32 or float64 input with at least
-    one element, a target of its shape, weight and pos_weight read in place (their shape,
-    leading 1s aside, the input's last dimensions)."""
+    caller checks that): all on the CPU, a float32 or float64 input with at least one
+    element, a target of its shape, weight and pos_weight read in place (their shape,
+    leading 1s aside, the input's last dimensions). `widened`: float16 and bfloat16 tensors
+    reach the kernel as float32 (autocast)."""
     arrays = [a for a in (input, target, weight, pos_weight) if a is not None]
+
+    def dtype(a):
+        return torch.float32 if widened and a.dtype in _HALVES else a.dtype
+
     return (
         bool(_CODES)
-        and all(a.device.type == "cpu" and a.dtype in _STORAGES for a in arrays)
-        and input.dtype in (torch.float32, torch.float64)
+        and all(a.device.type == "cpu" and dtype(a) in _STORAGES for a in arrays)
+        and dtype(input) in (torch.float32, torch.float64)
         and target.shape == input.shape
         and input.numel() >= 1
         and all(_periodic(a, input.shape) for a in (weight, pos_weight) if a is not None)

@@ -40,6 +40,21 @@ enum class Storage : int { f32, f64, f16, bf16, b8, i8, u8, i32, u32, i64, u64 }
 
 enum class Kind : int { logits, probabilities, focal };
 
+// Whether n values all lie in [0, 1] or are NaN (BCE's check of probabilities), counted a
+// block at a time (an integer sum vectorizes, a flag's OR does not), the answer given at the
+// first block with a value outside.
+template <class T>
+BCELOSS_CLONES bool all_in_unit_range(const T* v, int64_t n) {
+    constexpr int64_t block = 4096;
+    for (int64_t start = 0; start < n; start += block) {
+        const int64_t end = start + block < n ? start + block : n;
+        int outside = 0;  // NaN compares false both ways: inside
+        for (int64_t i = start; i < end; ++i) outside += (v[i] < T(0)) | (v[i] > T(1));
+        if (outside != 0) return false;
+    }
+    return true;
+}
+
 template <class F>
 constexpr Storage storage_of();
 template <>

@@ -411,20 +411,6 @@ const char in_unit_range_doc[] =
     "Whether the values of a float32 or float64 array in C order all lie in [0, 1] or are\n"
     "NaN (BCE's check of probabilities); None for another array.";
 
-// Counted a block at a time (an integer sum vectorizes, a flag's OR does not), the answer
-// given at the first block with a value outside.
-template <class T>
-BCELOSS_CLONES bool all_in_unit_range(const T* v, Py_ssize_t n) {
-    constexpr Py_ssize_t block = 4096;
-    for (Py_ssize_t start = 0; start < n; start += block) {
-        const Py_ssize_t end = start + block < n ? start + block : n;
-        int outside = 0;  // NaN compares false both ways: inside
-        for (Py_ssize_t i = start; i < end; ++i) outside += (v[i] < T(0)) | (v[i] > T(1));
-        if (outside != 0) return false;
-    }
-    return true;
-}
-
 PyObject* in_unit_range(PyObject*, PyObject* args) {
     PyObject* a;
     if (!PyArg_ParseTuple(args, "O", &a)) return nullptr;
@@ -438,9 +424,9 @@ PyObject* in_unit_range(PyObject*, PyObject* args) {
         storage_of_format(view, &type) && (type == Storage::f32 || type == Storage::f64);
     bool inside = true;
     if (known && type == Storage::f32) {
-        inside = all_in_unit_range(static_cast<const float*>(view.buf), view.len / 4);
+        inside = bceloss::all_in_unit_range(static_cast<const float*>(view.buf), view.len / 4);
     } else if (known) {
-        inside = all_in_unit_range(static_cast<const double*>(view.buf), view.len / 8);
+        inside = bceloss::all_in_unit_range(static_cast<const double*>(view.buf), view.len / 8);
     }
     PyBuffer_Release(&view);
     if (!known) Py_RETURN_NONE;

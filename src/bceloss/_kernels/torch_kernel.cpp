@@ -349,6 +349,13 @@ bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handl
     return true;
 }
 
+bool probabilities_in_range(const Form& f, const Tensor& x) {
+    const void* data = data_of(x.handle);
+    if (f.layout.x == Storage::f32)
+        return all_in_unit_range(static_cast<const float*>(data), f.layout.n);
+    return all_in_unit_range(static_cast<const double*>(data), f.layout.n);
+}
+
 void release_arguments(StableIValue* stack) {
     api.delete_string(reinterpret_cast<void*>(stack[0]));
     api.delete_string(reinterpret_cast<void*>(stack[6]));
@@ -388,6 +395,12 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
         if (found != forms.end()) form = found->second;
     }
     Handle loss = nullptr, grad = nullptr;
+    // BCE on probabilities checks its input's values at every call: one outside [0, 1] is
+    // the Python kernel's to refuse (the express lane checks before; a direct call may not)
+    if (form != nullptr && form->constants.kind == static_cast<int>(Kind::probabilities) &&
+        !probabilities_in_range(*form, tensors[0])) {
+        form = nullptr;
+    }
     if (form != nullptr && run_form(*form, tensors, gradient, &loss, &grad)) {
         release_arguments(stack);
         stack[0] = reinterpret_cast<StableIValue>(loss);
