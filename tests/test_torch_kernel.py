@@ -164,11 +164,7 @@ def test_threads_calling_forms_at_once_each_get_their_own_results():
                     failures.append(i)
 
     with torch.no_grad():
-        workers = [threading.Thread(target=work, args=(s,)) for s in range(4)]
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
+        _in_threads(work, 4)
     assert not failures
 
 
@@ -383,13 +379,18 @@ def test_threads_training_at_once_each_get_their_own_results():
                     if not (_same_bits(value, want[0]) and _same_bits(grad, want[1])):
                         failures.append((i, k))
 
-    workers = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    _in_threads(work, 4)
+    assert not failures
+    assert _native.torch_kept() == 2 * len(data)
+
+
+def _in_threads(work, count):
+    """work(seed) in `count` threads at once (seeds 0, 1, ...), until all end."""
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(count)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
-    assert not failures
-    assert _native.torch_kept() == 2 * len(data)
 
 
 def _usual_route_of(loss, x, y):
