@@ -247,7 +247,7 @@ def test_the_express_lane_predicts_the_forms_the_c_kernel_keeps(case):
     _, tensors, options, kept = case
     x, y, w, p, where = (*tensors, None, None, None)[:5]
     if where is not None or options.get("reduction") == "none":
-        return  # the lane does not take the C operators there (`_torch._in_c`)
+        return  # the lane does not take the C operators there (`_torch._c_call`)
     contiguous = all(a is None or a.is_contiguous() for a in (x, y, w, p))
     assert (_torch_kernel.keeps(x, y, w, p) and contiguous) == kept
 
@@ -411,7 +411,7 @@ def test_the_c_kernel_checks_probabilities_of_a_kept_form_at_every_call():
     for _ in range(5):
         bceloss.binary_cross_entropy(p.clone().requires_grad_(), y).backward()
     assert _native.torch_kept() == 1
-    options = _torch._in_c(
+    options = _torch._c_call(
         _memo.validated(bceloss.binary_cross_entropy._bceloss_bind, (p, y), {}),
         bceloss.binary_cross_entropy._bceloss_bind,
     )[1]

@@ -164,11 +164,9 @@ def validated(bind_fn, args, kwargs) -> LossCall:
 
 
 def _remembered(call: LossCall, given: tuple):
-    checked = None
-    if not call.logits:  # BCE on probabilities: its input's values are checked every call
-        if type(call.input) not in _IN_UNIT_RANGE:
-            return _VALIDATED_EVERY_CALL
-        checked = -1  # the input's position, below
+    # BCE on probabilities: its input's values are checked every call
+    if not call.logits and type(call.input) not in _IN_UNIT_RANGE:
+        return _VALIDATED_EVERY_CALL
     places = []
     for name in ARRAYS:
         a = getattr(call, name)
@@ -177,6 +175,5 @@ def _remembered(call: LossCall, given: tuple):
             if len(found) != 1:  # a new array (none), or one object in two arguments
                 return _VALIDATED_EVERY_CALL
             places.append((name, found[0]))
-    if checked is not None:
-        checked = dict(places)["input"]
+    checked = None if call.logits else dict(places)["input"]
     return Remembered(call.replace(**dict.fromkeys(ARRAYS)), tuple(places), checked=checked)

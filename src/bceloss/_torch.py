@@ -452,8 +452,7 @@ def _remembered(bind, args, kwargs, given):
     guarded = by_bind.get(bind, ())
     for entry in guarded:
         if entry.holds(args, kwargs, given):
-            checked = entry.recipe.checked
-            if checked is None or _in_unit_range(given[checked]):
+            if entry.recipe.values_pass(given):
                 return entry.recipe, None
             break  # validated below, which raises the loss's error
     adapt = functools.partial(_Recipe.of, bind=bind)
@@ -585,11 +584,11 @@ class _Recipe:
     tensors of a float32 or float64 loss: `of`): its NumPy twin without arrays, whether
     autograd records it and whether its forward computes the input's gradient, the kernel's
     constants where the form decides them (`prepared`), where its tensors are among the
-    arguments (`arrays`), the input whose values each call checks (`checked`: BCE on
+    arguments (`arrays`), the form's check of each call's values (`values_pass`: BCE on
     probabilities), and the core function and options of the C operators' calls where the C
-    kernel runs the form (`in_c`)."""
+    kernel runs the form (`c_call`)."""
 
-    __slots__ = ("arrays", "call", "checked", "eager", "in_c", "prepared", "records", "twin")
+    __slots__ = ("arrays", "c_call", "call", "eager", "prepared", "records", "twin", "values_pass")
 
     @staticmethod
     def of(memo, call, bind=None):
@@ -615,8 +614,8 @@ class _Recipe:
         self.twin = twin.replace(**dict.fromkeys(_TENSORS))
         self.call = memo.call
         self.arrays = memo.picker(_TENSORS)  # the call's tensors from its arguments
-        self.checked = memo.checked  # the input whose values each call checks, or None
-        self.in_c = _in_c(call, bind) if self.prepared is not None else None
+        self.values_pass = memo.values_pass  # the check of values each call makes, if any
+        self.c_call = _c_call(call, bind) if self.prepared is not None else None
 
     def loss(self, given):
         """The loss of an eager call of the form, `given` its (*args, *kwargs.values(),
@@ -624,8 +623,8 @@ class _Recipe:
         arrays = self.arrays(given)
         if self.records:
             return _classic_apply()(self, *arrays, None)
-        if self.in_c is not None and _contiguous(arrays):
-            return self._in_c(_C_LOSS, arrays)
+        if self.c_call is not None and _contiguous(arrays):
+            return self._on_c_kernel(_C_LOSS, arrays)
         return self.on_views(arrays, None)
 
     def loss_and_grad(self, given):
@@ -637,8 +636,8 @@ class _Recipe:
 
     def forward(self, ctx, arrays):
         """The classic node's forward for a call of the form, its context set up."""
-        if self.in_c is not None and self.eager and _contiguous(arrays):
-            output, grad = self._in_c(_C_LOSS_AND_GRAD, arrays)
+        if self.c_call is not None and self.eager and _contiguous(arrays):
+            output, grad = self._on_c_kernel(_C_LOSS_AND_GRAD, arrays)
         elif self.prepared is not None and self.eager:  # a training step's, in one go
             output, grad = self._on_kernel(arrays, gradient=True)
         else:
@@ -658,13 +657,13 @@ class _Recipe:
             eager.append(grad)
         return value
 
-    def _in_c(self, operator, arrays):
+    def _on_c_kernel(self, operator, arrays):
         """The C operator's results for a call of the form; where the C kernel falls back
         (a form it does not keep yet), the Python kernel computes them from this recipe
         (`_falling_back`), not from a call validated again."""
         _LANE.recipe = self
         try:
-            fn, options = self.in_c
+            fn, options = self.c_call
             return operator(_CPU_KEYS, fn, *arrays, options)
         finally:
             _LANE.recipe = None
@@ -683,7 +682,7 @@ class _Recipe:
         return _tensor(self.prepared.loss_and_grad(x, y, w, p, grad.numpy())), grad
 
 
-def _in_c(call, bind):
+def _c_call(call, bind):
     """(the core function's name, the options) of the C operators' calls that compute a form
     of `bind` as the form's Python kernel does (`bceloss::logits_loss`,
     `bceloss::logits_loss_and_grad` straight at their CPU kernel, which runs any kind of
@@ -706,7 +705,7 @@ def _in_c(call, bind):
     return fn, _written(options)
 
 
-# the express lane's recipe whose C operator call the thread is making (`_Recipe._in_c`)
+# the express lane's recipe whose C operator call the thread is making (`_Recipe._on_c_kernel`)
 _LANE = threading.local()
 
 
@@ -827,7 +826,7 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
 
 
 _LOGITS = "bceloss._functional.binary_cross_entropy_with_logits"
-# the core functions whose eager calls may run the C kernel (`_in_c`)
+# the core functions whose eager calls may run the C kernel (`_c_call`)
 _IN_C = frozenset((_LOGITS, "bceloss._functional.binary_cross_entropy"))
 
 
@@ -845,7 +844,7 @@ def _c_runs(tensors, reduction) -> bool:
         and x is not None
         and y is not None
         and _torch_kernel.keeps(x, y, w, p, widened=torch.is_autocast_enabled("cpu"))
-        and all(a is None or a.is_contiguous() for a in (x, y, w, p))
+        and _contiguous((x, y, w, p))
     )
 
 
@@ -1152,7 +1151,7 @@ for _op in ("loss", "loss_and_grad", "logits_loss", "logits_loss_and_grad", "log
 _torch_kernel.install()
 _memo.on_forget(_torch_kernel.forget)
 # the logits loss's operators called straight at their CPU kernel (an eager call of a form
-# the C kernel runs: `_in_c`), below autograd and autocast, which the express lane's node
+# the C kernel runs: `_c_call`), below autograd and autocast, which the express lane's node
 # stands for (autocast widens halves only, which the lane does not take)
 _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _C_LOSS = torch.ops.bceloss.logits_loss.default.redispatch
