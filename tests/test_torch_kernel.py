@@ -1,4 +1,4 @@
-"""The C kernels of bceloss::logits_loss_and_grad and bceloss::logits_loss on CPU tensors
+"""The C kernels of bceloss::reduced_loss_and_grad and bceloss::reduced_loss on CPU tensors
 (`_torch_kernel`), held to the Python kernels of bceloss::loss_and_grad and bceloss::loss
 bit for bit: a form's call falls back to the Python kernel, which hands the form's
 constants to the C kernel once the library remembers the form; its next calls run in C."""
@@ -34,7 +34,7 @@ def _both(x, y, w=None, p=None, where=None, gradient=True, **options):
     tuple: (loss, gradient), or (loss,) without `gradient`."""
     written = _options(**options)
     c, python = (
-        (OPS.logits_loss_and_grad, OPS.loss_and_grad) if gradient else (OPS.logits_loss, OPS.loss)
+        (OPS.reduced_loss_and_grad, OPS.loss_and_grad) if gradient else (OPS.reduced_loss, OPS.loss)
     )
     with torch.no_grad():
         expected = python(FN, x, y, w, p, where, written)
@@ -159,7 +159,7 @@ def test_threads_calling_forms_at_once_each_get_their_own_results():
         order = np.random.default_rng(seed).permutation(len(data))
         for _ in range(20):
             for i in order:
-                got = OPS.logits_loss_and_grad(FN, *data[i], None, None, None, "()")
+                got = OPS.reduced_loss_and_grad(FN, *data[i], None, None, None, "()")
                 if not (_same_bits(got[0], expected[i][0]) and _same_bits(got[1], expected[i][1])):
                     failures.append(i)
 
@@ -170,7 +170,7 @@ def test_threads_calling_forms_at_once_each_get_their_own_results():
 
 def test_the_librarys_error_comes_through_the_c_kernel():
     with pytest.raises(RuntimeError, match=r"target must have the shape of input \(3, 4\)") as e:
-        OPS.logits_loss_and_grad(FN, torch.randn(3, 4), torch.rand(3, 5), None, None, None, "()")
+        OPS.reduced_loss_and_grad(FN, torch.randn(3, 4), torch.rand(3, 5), None, None, None, "()")
     assert "At:" not in str(e.value)  # the message, not the Python kernel's traceback
 
 
@@ -418,18 +418,19 @@ def test_the_c_kernel_checks_probabilities_of_a_kept_form_at_every_call():
     bad = p.clone()
     bad[3, 3] = 1.5
     with torch.no_grad():
-        kept = OPS.logits_loss_and_grad(fn, p, y, None, None, None, options)
+        kept = OPS.reduced_loss_and_grad(fn, p, y, None, None, None, options)
         usual = OPS.loss_and_grad(fn, p, y, None, None, None, options)
         assert _same_bits(kept[0], usual[0])
         assert _same_bits(kept[1], usual[1])
         with pytest.raises(RuntimeError, match=r"input must hold probabilities in \[0, 1\]"):
-            OPS.logits_loss_and_grad(fn, bad, y, None, None, None, options)
+            OPS.reduced_loss_and_grad(fn, bad, y, None, None, None, options)
 
 
 @pytest.mark.parametrize(
     "case",
     [
-        ("float32", torch.float32, {}, "logits_loss_fused"),
+        ("float32", torch.float32, {}, "reduced_loss_fused"),
+        ("probabilities", torch.float32, {"probabilities": True}, "reduced_loss_fused"),
         ("bfloat16", torch.bfloat16, {}, "loss"),
         ("mask", torch.float32, {"where": "mask"}, "loss_and_grad"),
         ("weighted_mean", torch.float32, {"weight": "w", "reduction": "weighted_mean"}, "loss"),
@@ -441,7 +442,8 @@ def test_a_compiled_call_takes_the_c_operators_only_for_forms_the_c_kernel_runs(
     # strings PyTorch's C ABI leaks): the graph calls the Python operators instead
     _, dtype, options, op = case
     g = torch.Generator().manual_seed(14)
-    x = torch.randn(16, 5, generator=g).to(dtype).requires_grad_()
+    draw = torch.rand if options.get("probabilities") else torch.randn
+    x = draw(16, 5, generator=g).to(dtype).requires_grad_()
     y = torch.rand(16, 5, generator=g).to(dtype)
     kwargs = {}
     if options.get("where"):
@@ -451,11 +453,42 @@ def test_a_compiled_call_takes_the_c_operators_only_for_forms_the_c_kernel_runs(
     if "reduction" in options:
         kwargs["reduction"] = options["reduction"]
 
+    if options.get("probabilities"):
+        function = bceloss.binary_cross_entropy
+    else:
+        function = bceloss.binary_cross_entropy_with_logits
+
     def loss(a, b):
-        return bceloss.binary_cross_entropy_with_logits(a, b, **kwargs)
+        return function(a, b, **kwargs)
 
     torch._dynamo.reset()
     graph = torch._dynamo.explain(loss)(x, y).graphs[0]
     assert f"torch.ops.bceloss.{op}(" in graph.code
     compiled = torch.compile(loss, fullgraph=True)
-    assert torch.equal(compiled(x, y), loss(x, y))
+    for _ in range(2):  # the first call keeps the form, the second runs it in C
+        got, want = compiled(x, y), loss(x, y)
+        assert _same_bits(got, want)
+        assert _same_bits(*(torch.autograd.grad(v * 0.75, x)[0] for v in (got, want)))
+
+
+def test_the_unit_range_check_at_a_tensors_data_pointer_agrees_with_numpy():
+    # the check a remembered form of BCE on probabilities makes at every eager call, read
+    # in C at the tensor's data pointer: NaN passes, anything below 0 or above 1 does not
+    g = torch.Generator().manual_seed(15)
+    for dtype in (torch.float32, torch.float64):
+        for n in (0, 1, 7, 4096, 4097, 10_000):
+            p = torch.rand(n, generator=g, dtype=dtype)
+            cases = [p]
+            for bad in (-1e-30, 1.0 + 1e-6, float("inf"), float("nan")):
+                if n:
+                    q = p.clone()
+                    q[torch.randint(n, (1,), generator=g)] = bad
+                    cases.append(q)
+            for q in cases:
+                want = not bool(((q < 0) | (q > 1)).any())
+                assert _torch_kernel.in_unit_range(q) is want
+                assert _torch._in_unit_range(q) is want
+                # a view that starts inside its storage: its own elements only
+                if n > 2:
+                    view = q[1:]
+                    assert _torch._in_unit_range(view) is not bool(((view < 0) | (view > 1)).any())

@@ -324,8 +324,13 @@ def test_bad_input_is_refused_when_the_compiled_graph_runs():
     f = torch.compile(lambda p, y: bceloss.binary_cross_entropy(p, y), fullgraph=True)
     y = torch.zeros(3)
     assert float(f(torch.tensor([0.2, 0.5, 0.9]), y)) > 0
-    with pytest.raises(ValueError, match=r"input must hold probabilities in \[0, 1\]"):
+    # the form is kept: its C kernel checks the values of every call and falls back to the
+    # Python kernel, whose ValueError reaches the graph as PyTorch's RuntimeError
+    # (PyTorch's own compiled BCE returns NaN here)
+    with pytest.raises(RuntimeError, match=r"ValueError: input must hold probabilities in"):
         f(torch.tensor([0.2, 1.5, 0.9]), y)
+    with pytest.raises(RuntimeError, match=r"probabilities in \[0, 1\]; got values from -0.5"):
+        f(torch.tensor([0.2, -0.5, 0.9]), y)
     # a shape is checked as the graph is traced (the compiler wraps the error) or run
     errors = (ValueError, torch._dynamo.exc.TorchRuntimeError)
     with pytest.raises(errors, match=r"target must have the shape of input \(3,\)"):
@@ -378,10 +383,10 @@ def test_the_operators_pass_pytorchs_own_checks():
         (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, w, None, None, none)),
         # the logits loss's own, whose CPU kernel is C (opcheck calls each several times:
         # the C kernel runs the form after its first calls); they have no autograd formula
-        # (graphs call them where nothing needs a gradient, or through logits_loss_fused)
-        (torch.ops.bceloss.logits_loss.default, (fn, x.detach(), y, w, None, None, "()")),
-        (torch.ops.bceloss.logits_loss_and_grad.default, (fn, x.detach(), y, None, w, None, "()")),
-        (torch.ops.bceloss.logits_loss_fused.default, (fn, x, y, None, w, None, "()")),
+        # (graphs call them where nothing needs a gradient, or through reduced_loss_fused)
+        (torch.ops.bceloss.reduced_loss.default, (fn, x.detach(), y, w, None, None, "()")),
+        (torch.ops.bceloss.reduced_loss_and_grad.default, (fn, x.detach(), y, None, w, None, "()")),
+        (torch.ops.bceloss.reduced_loss_fused.default, (fn, x, y, None, w, None, "()")),
     ]
     for op, args in calls:
         results = torch.library.opcheck(op, args)
@@ -510,7 +515,7 @@ def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_f
 
     for fn, target, op in (
         # (the reduced logits loss's own operators: their CPU calls run in C)
-        (summed, y, "bceloss.logits_loss_fused"),
+        (summed, y, "bceloss.reduced_loss_fused"),
         (summed, y.clone().requires_grad_(), "bceloss.loss"),
         (elementwise, y, "bceloss.loss_and_grad"),
         (elementwise, y.clone().requires_grad_(), "bceloss.loss"),

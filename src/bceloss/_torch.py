@@ -468,11 +468,13 @@ def _remembered(bind, args, kwargs, given):
 
 def _in_unit_range(t) -> bool:
     """Whether a tensor's values lie in [0, 1] or are NaN (`checked_probabilities`' check,
-    for `_memo`): on NumPy's view of a CPU tensor, in torch ops elsewhere; a meta tensor
-    has no values."""
+    for `_memo`): in C on a CPU tensor (at its data pointer where contiguous, else on
+    NumPy's view), in torch ops elsewhere; a meta tensor has no values."""
     if t.device.type == "meta":
         return True
-    if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES:
+    if t.is_cpu and t.dtype in _NUMPY_DTYPES:
+        if t.is_contiguous():
+            return _torch_kernel.in_unit_range(t)
         return _array_api.in_unit_range(t.detach().numpy())
     return not bool(((t < 0) | (t > 1)).any())
 
@@ -684,11 +686,11 @@ class _Recipe:
 
 def _c_call(call, bind):
     """(the core function's name, the options) of the C operators' calls that compute a form
-    of `bind` as the form's Python kernel does (`bceloss::logits_loss`,
-    `bceloss::logits_loss_and_grad` straight at their CPU kernel, which runs any kind of
-    form kept: the compiled logits loss's, and here BCE on probabilities too, whose values
-    `_memo` checks before), where the C kernel runs the form itself (`_torch_kernel.keeps`:
-    its tensors contiguous at each call); else None."""
+    of `bind` as the form's Python kernel does (`bceloss::reduced_loss`,
+    `bceloss::reduced_loss_and_grad` straight at their CPU kernel, for the logits loss and
+    BCE on probabilities, whose values `_memo` checks before: the eager call's ValueError),
+    where the C kernel runs the form itself (`_torch_kernel.keeps`: its tensors contiguous
+    at each call); else None."""
     fn = None if bind is None else f"{bind.__module__}.{bind.__name__}"
     if (
         fn not in _IN_C
@@ -758,10 +760,11 @@ def outside_graph(fn):
 def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwargs: dict):
     """A core loss called inside a graph being compiled: one `bceloss::loss` operator, or
     `bceloss::loss_and_grad` where only the input needs a gradient (its forward computes it,
-    as eager's does, and the backward multiplies it in graph ops). For the reduced logits
-    loss, whose CPU calls run in C (`_torch_kernel`): `bceloss::logits_loss` where nothing
-    needs a gradient, `bceloss::logits_loss_fused` where only the input does (its traced
-    graph holds `bceloss::logits_loss_and_grad`), `bceloss::loss` where another tensor does.
+    as eager's does, and the backward multiplies it in graph ops). For a reduced loss whose
+    CPU calls run in C (`_torch_kernel`; the logits loss and BCE on probabilities, `_c_runs`):
+    `bceloss::reduced_loss` where nothing needs a gradient, `bceloss::reduced_loss_fused`
+    where only the input does (its traced graph holds `bceloss::reduced_loss_and_grad`),
+    `bceloss::loss` where another tensor does.
 
     Written for the compiler to trace (plain Python on the arguments, no validation): the
     tensors are the operator's operands, the other arguments (str, bool, int, float, None)
@@ -800,13 +803,12 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
             raise TypeError(msg)
         options.append((key, value))
     reduction = dict(options).get("reduction", reduction)
-    # the reduced logits loss's own operators, whose CPU calls run in C (`_torch_kernel`);
-    # their errors come from there as RuntimeError with the library's message, so a loss
-    # whose Python kernel checks values at every call (probabilities) keeps the others, as
-    # does an exported program (a file: the operators any process defines)
+    # the operators whose CPU calls run in C (`_torch_kernel`), their errors (a probability
+    # outside [0, 1]) coming from there as RuntimeError with the library's message; an
+    # exported program keeps the others (a file: the operators any process defines)
     ops = torch.ops.bceloss
     written = _written(options)
-    in_c = fn == _LOGITS and not _exporting() and _c_runs(tensors, reduction)
+    in_c = fn in _IN_C and not _exporting() and _c_runs(tensors, reduction)
     x, *others = tensors[:4]
     tracked = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in tensors)
     if (  # (an exported program computes no gradient: the loss alone)
@@ -818,20 +820,24 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
         and _eager_fuses(tensors)
     ):
         if in_c:
-            return ops.logits_loss_fused(fn, *tensors, written)
+            return ops.reduced_loss_fused(fn, *tensors, written)
         return ops.loss_and_grad(fn, *tensors, written)[0]
     if in_c and not tracked:
-        return ops.logits_loss(fn, *tensors, written)
+        return ops.reduced_loss(fn, *tensors, written)
     return ops.loss(fn, *tensors, written)
 
 
-_LOGITS = "bceloss._functional.binary_cross_entropy_with_logits"
-# the core functions whose eager calls may run the C kernel (`_c_call`)
-_IN_C = frozenset((_LOGITS, "bceloss._functional.binary_cross_entropy"))
+# the core functions whose calls may run the C kernel (`_c_call`, `_c_runs`)
+_IN_C = frozenset(
+    (
+        "bceloss._functional.binary_cross_entropy_with_logits",
+        "bceloss._functional.binary_cross_entropy",
+    )
+)
 
 
 def _c_runs(tensors, reduction) -> bool:
-    """Whether the C kernel of the logits loss's operators runs a compiled call of these
+    """Whether the C kernel of the reduced loss's operators runs a compiled call of these
     tensors itself once its form is kept (a reduced loss, no mask, no 'weighted_mean' of a
     weight, `_torch_kernel.keeps` after autocast, contiguous tensors): any other goes to the
     Python operators directly, not through the C kernel's fallback (whose string arguments
@@ -1075,13 +1081,13 @@ def _operator_backward(ctx, grad):
     return (None, *(next(grads) if need else None for need in needs), None, None)
 
 
-class _LogitsLossFused(torch.autograd.Function):
-    """The reduced logits loss whose forward computes its gradient wrt the input
-    (`bceloss::logits_loss_and_grad`) and whose backward multiplies it in."""
+class _ReducedLossFused(torch.autograd.Function):
+    """A reduced loss whose forward computes its gradient wrt the input
+    (`bceloss::reduced_loss_and_grad`) and whose backward multiplies it in."""
 
     @staticmethod
     def forward(fn, input, target, weight, pos_weight, where, options):
-        loss, gx = torch.ops.bceloss.logits_loss_and_grad(
+        loss, gx = torch.ops.bceloss.reduced_loss_and_grad(
             fn, input, target, weight, pos_weight, where, options
         )
         return loss, gx
@@ -1090,12 +1096,12 @@ class _LogitsLossFused(torch.autograd.Function):
     backward = staticmethod(_loss_and_grad_backward)
 
 
-def _logits_loss_fused(fn, input, target, weight, pos_weight, where, options):
-    """bceloss::logits_loss_fused: the reduced logits loss, whose autograd node multiplies
-    the gradient its forward computed (`_LogitsLossFused`).
+def _reduced_loss_fused(fn, input, target, weight, pos_weight, where, options):
+    """bceloss::reduced_loss_fused: a reduced loss whose autograd node multiplies
+    the gradient its forward computed (`_ReducedLossFused`).
 
     Its forward and the product are PyTorch ops of their own, with no autograd kernel in
-    Python: the graph a compiler traces of it holds `bceloss::logits_loss_and_grad`, which
+    Python: the graph a compiler traces of it holds `bceloss::reduced_loss_and_grad`, which
     runs from the dispatcher straight to the C kernel (an operator with an autograd formula
     registered in Python is called through that formula's Python at every run)."""
     arrays = (fn, input, target, weight, pos_weight, where, options)
@@ -1103,8 +1109,8 @@ def _logits_loss_fused(fn, input, target, weight, pos_weight, where, options):
     if any(a is not None and a.requires_grad for a in others):  # their gradients too
         return torch.ops.bceloss.loss(*arrays)
     if torch.is_grad_enabled() and input.requires_grad:
-        return _LogitsLossFused.apply(*arrays)[0]
-    return torch.ops.bceloss.logits_loss(*arrays)
+        return _ReducedLossFused.apply(*arrays)[0]
+    return torch.ops.bceloss.reduced_loss(*arrays)
 
 
 def _no_second_order(ctx, *grads):
@@ -1116,12 +1122,12 @@ def _no_second_order(ctx, *grads):
     raise RuntimeError(msg)
 
 
-# logits_loss and logits_loss_and_grad: loss and loss_and_grad for a reduced
-# binary_cross_entropy_with_logits in a compiled graph, their CPU calls run by C kernels
-# where PyTorch has the stable C ABI (`_torch_kernel`)
-for _name in ("loss", "logits_loss"):
+# reduced_loss and reduced_loss_and_grad: loss and loss_and_grad for a reduced loss the C
+# kernels compute (`_IN_C`) in a compiled graph and for the eager lane, their CPU calls run
+# by C kernels where PyTorch has the stable C ABI (`_torch_kernel`)
+for _name in ("loss", "reduced_loss"):
     _define(_name, f"{_ARGUMENTS} -> Tensor", _loss_kernel, _loss_fake)
-for _name in ("loss_and_grad", "logits_loss_and_grad"):
+for _name in ("loss_and_grad", "reduced_loss_and_grad"):
     _define(_name, f"{_ARGUMENTS} -> (Tensor, Tensor)", _loss_and_grad_kernel, _loss_and_grad_fake)
 _define(
     "loss_backward",
@@ -1140,22 +1146,22 @@ torch.library.register_autograd(
     setup_context=_setup_loss_and_grad,
     lib=_LIBRARY,
 )
-# logits_loss_fused: the reduced logits loss differentiable wrt its input, decomposed where
-# a graph is traced into logits_loss_and_grad and the backward's product (`_LogitsLossFused`)
-_LIBRARY.define(f"logits_loss_fused{_ARGUMENTS} -> Tensor", tags=(torch.Tag.pt2_compliant_tag,))
-_LIBRARY.impl("logits_loss_fused", _logits_loss_fused, "CompositeImplicitAutograd")
+# reduced_loss_fused: a reduced loss differentiable wrt its input, decomposed where
+# a graph is traced into reduced_loss_and_grad and the backward's product (`_ReducedLossFused`)
+_LIBRARY.define(f"reduced_loss_fused{_ARGUMENTS} -> Tensor", tags=(torch.Tag.pt2_compliant_tag,))
+_LIBRARY.impl("reduced_loss_fused", _reduced_loss_fused, "CompositeImplicitAutograd")
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
-for _op in ("loss", "loss_and_grad", "logits_loss", "logits_loss_and_grad", "logits_loss_fused"):
+for _op in ("loss", "loss_and_grad", "reduced_loss", "reduced_loss_and_grad", "reduced_loss_fused"):
     torch.library.register_autocast(f"bceloss::{_op}", "cpu", torch.float32, lib=_LIBRARY)
     torch.library.register_autocast(f"bceloss::{_op}", "cuda", torch.float32, lib=_LIBRARY)
 _torch_kernel.install()
 _memo.on_forget(_torch_kernel.forget)
-# the logits loss's operators called straight at their CPU kernel (an eager call of a form
+# the reduced loss's operators called straight at their CPU kernel (an eager call of a form
 # the C kernel runs: `_c_call`), below autograd and autocast, which the express lane's node
 # stands for (autocast widens halves only, which the lane does not take)
 _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-_C_LOSS = torch.ops.bceloss.logits_loss.default.redispatch
-_C_LOSS_AND_GRAD = torch.ops.bceloss.logits_loss_and_grad.default.redispatch
+_C_LOSS = torch.ops.bceloss.reduced_loss.default.redispatch
+_C_LOSS_AND_GRAD = torch.ops.bceloss.reduced_loss_and_grad.default.redispatch
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form, _in_unit_range)
     _dispatch.EXPRESS_LANES[_cls] = express

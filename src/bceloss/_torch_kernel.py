@@ -1,7 +1,8 @@
-"""The C kernels of `bceloss::logits_loss_and_grad` and `bceloss::logits_loss` on CPU
+"""The C kernels of `bceloss::reduced_loss_and_grad` and `bceloss::reduced_loss` on CPU
 tensors (`_kernels/torch_kernel.cpp`), installed through PyTorch's stable C ABI.
 
-A compiled step calls one of these operators for the logits loss; a Python kernel there
+A compiled step calls one of these operators for a reduced loss (logits or probabilities:
+`_torch._IN_C`) and so does an eager call of a kept form; a Python kernel there
 costs several times the loss's own work at small sizes. The C kernel runs a call of a form
 it keeps (the operator's strings, each tensor's dtype, device, sizes and strides) on the
 fused loops straight away, with the constants the Python kernel computed for that form
@@ -77,7 +78,7 @@ def _libtorch():
 
 
 # the operators of the C kernels (`_torch` defines them), and those they fall back to
-_OPERATORS = ("logits_loss_and_grad", "logits_loss")
+_OPERATORS = ("reduced_loss_and_grad", "reduced_loss")
 _FALLBACKS = ("bceloss::loss_and_grad", "bceloss::loss")
 
 
@@ -183,6 +184,12 @@ def remember(prepared) -> bool:
         float(prepared.denominator),
         _CODES[np.dtype(prepared.dtype)],
     )
+
+
+def in_unit_range(t) -> bool:
+    """Whether a contiguous float32 or float64 CPU tensor's values lie in [0, 1] or are NaN,
+    read in C at its data pointer (the C kernel's check of a kept form's input)."""
+    return _native.torch_in_unit_range(t.data_ptr(), t.numel(), t.dtype is torch.float64)
 
 
 def forget() -> None:

@@ -12,7 +12,7 @@ tests hold it to `_formulas` and the oracle.
 - `threads.hpp`, `threads.cpp`: the helper threads; `threads.py`: how many;
 - `launch.hpp`, `launch.cpp`: a planned call run on the threads, from its arguments;
 - `torch_kernel.hpp`, `torch_kernel.cpp`: the C kernel of the PyTorch operator
-  `bceloss::logits_loss_and_grad` on CPU tensors (`bceloss._torch_kernel` installs it), and
+  `bceloss::reduced_loss_and_grad` on CPU tensors (`bceloss._torch_kernel` installs it), and
   `combine`, `_summation.combine`'s twin;
 - `native.cpp`: the Python entry points (module `_native`);
 - `plan.py`: which calls run here, and their arrays laid out for the kernels;

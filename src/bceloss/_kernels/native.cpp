@@ -467,6 +467,9 @@ PyMethodDef methods[] = {
      "None for a value that is not finite or a partial sum that overflows (for the tests)."},
     {"torch_kept", guarded<bceloss::torch_kept>, METH_NOARGS,
      "torch_kept()\n--\n\nHow many forms the C kernel keeps (for the tests)."},
+    {"torch_in_unit_range", guarded<bceloss::torch_in_unit_range>, METH_VARARGS,
+     "torch_in_unit_range(address, count, float64)\n--\n\nWhether a contiguous CPU "
+     "tensor's values (at its data_ptr) lie in [0, 1] or are NaN."},
     {"set_threads", guarded<bceloss::set_threads>, METH_VARARGS,
      "set_threads(count)\n--\n\nThe threads a large call of the C kernel runs on."},
     {nullptr, nullptr, 0, nullptr},

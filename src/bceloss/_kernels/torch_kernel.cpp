@@ -1,4 +1,4 @@
-// The C kernels of bceloss::logits_loss_and_grad and bceloss::logits_loss on CPU tensors:
+// The C kernels of bceloss::reduced_loss_and_grad and bceloss::reduced_loss on CPU tensors:
 // what a compiled graph calls for a training step's loss (and an inference's), without a
 // Python kernel between the dispatcher and the loops.
 //
@@ -535,6 +535,22 @@ PyObject* combine_entry(PyObject*, PyObject* args) {
 PyObject* torch_kept(PyObject*, PyObject*) {
     std::lock_guard<std::mutex> hold(forms_lock);
     return PyLong_FromSize_t(forms.size());
+}
+
+PyObject* torch_in_unit_range(PyObject*, PyObject* args) {
+    PyObject* address;
+    long long count;
+    int float64;
+    if (!PyArg_ParseTuple(args, "OLp", &address, &count, &float64)) return nullptr;
+    const void* data = PyLong_AsVoidPtr(address);
+    if (PyErr_Occurred()) return nullptr;
+    if (count < 0 || (count > 0 && data == nullptr)) {
+        PyErr_SetString(PyExc_ValueError, "bceloss: torch_in_unit_range takes a tensor's data");
+        return nullptr;
+    }
+    const bool inside = float64 ? all_in_unit_range(static_cast<const double*>(data), count)
+                                : all_in_unit_range(static_cast<const float*>(data), count);
+    return PyBool_FromLong(inside);
 }
 
 PyObject* set_threads(PyObject*, PyObject* args) {

@@ -1,5 +1,5 @@
-// The C kernels of the PyTorch operators bceloss::logits_loss_and_grad and
-// bceloss::logits_loss on CPU tensors, called by PyTorch's dispatcher through its stable C
+// The C kernels of the PyTorch operators bceloss::reduced_loss_and_grad and
+// bceloss::reduced_loss on CPU tensors, called by PyTorch's dispatcher through its stable C
 // ABI (see torch_kernel.cpp and bceloss/_torch_kernel.py); the Python entry points that
 // install them and feed them.
 #pragma once
@@ -28,6 +28,9 @@ bool combine(const double* values, int64_t count, double* total);
 PyObject* combine_entry(PyObject*, PyObject* args);
 // torch_kept(): how many forms the kernel keeps (for the tests).
 PyObject* torch_kept(PyObject*, PyObject* args);
+// torch_in_unit_range(address, count, float64): whether the `count` float32 (or float64)
+// values at `address` (a contiguous CPU tensor's data_ptr()) lie in [0, 1] or are NaN.
+PyObject* torch_in_unit_range(PyObject*, PyObject* args);
 // set_threads(count): the number of threads a large call runs on (threads.py's).
 PyObject* set_threads(PyObject*, PyObject* args);
 
