@@ -473,7 +473,7 @@ def _in_unit_range(t) -> bool:
     if t.device.type == "meta":
         return True
     if t.is_cpu and t.dtype in _NUMPY_DTYPES:
-        if t.is_contiguous():
+        if t.is_contiguous() and not t.is_neg():  # (its stored values are its values)
             return _torch_kernel.in_unit_range(t)
         return _array_api.in_unit_range(t.detach().numpy())
     return not bool(((t < 0) | (t > 1)).any())
