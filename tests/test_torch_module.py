@@ -4,7 +4,9 @@ and torch.export through one registered operator, autocast; against PyTorch's ow
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -317,6 +319,35 @@ def test_a_saved_export_loads_in_a_new_process_after_import_bceloss(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
     assert float(out.stdout) == bceloss.BCEWithLogitsLoss()(x, y).item()
+
+
+def test_a_compiled_graph_of_another_bceloss_is_not_served_from_the_cache(monkeypatch, tmp_path):
+    # the compiler's on-disk caches know a graph by its code, not by the Python of the
+    # operators it calls: the build (a digest of the operators' module) is written into the
+    # graph, so a graph another bceloss traced (whose operators may differ) misses the cache
+    from torch._dynamo.utils import counters
+
+    from bceloss import _torch
+
+    source = pathlib.Path(_torch.__file__).read_bytes()
+    assert hashlib.sha256(source).hexdigest()[:16] == _torch._BUILD
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    x, y = torch.randn(8, 3, requires_grad=True), torch.rand(8, 3)
+
+    def cached(build):
+        monkeypatch.setattr(_torch, "_BUILD", build)
+        torch._dynamo.reset()
+        counters.clear()
+        torch.compile(lambda a, b: BCEL(a, b, reduction="sum"), fullgraph=True)(x, y).backward()
+        return counters["aot_autograd"]["autograd_cache_hit"] > 0
+
+    assert not cached("one build")
+    assert cached("one build")
+    assert not cached("another build")
+    torch._dynamo.reset()
+    # the options it writes bind as the eager call's
+    written = "(('reduction', 'sum'), ('bceloss', 'another build'))"
+    assert _torch._options_of(written) == {"reduction": "sum"}
 
 
 def test_bad_input_is_refused_when_the_compiled_graph_runs():

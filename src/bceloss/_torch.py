@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import functools
+import hashlib
 import importlib
 import inspect
 import math
@@ -803,6 +804,7 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
             raise TypeError(msg)
         options.append((key, value))
     reduction = dict(options).get("reduction", reduction)
+    options.append((_BUILD_KEY, _BUILD))
     # the operators whose CPU calls run in C (`_torch_kernel`), their errors (a probability
     # outside [0, 1]) coming from there as RuntimeError with the library's message; an
     # exported program keeps the others (a file: the operators any process defines)
@@ -895,9 +897,32 @@ def _bind_of(fn: str):
 @functools.cache
 def _options_of(options: str) -> dict:
     """The options `compiled_loss` wrote: a tuple of (name, value) pairs, the values str,
-    bool, int, float (nan and inf included) or None. Read by walking the expression, never
-    evaluating it (a saved graph is a file)."""
-    return dict(_literal(ast.parse(options, mode="eval").body))
+    bool, int, float (nan and inf included) or None, the build that wrote them left out.
+    Read by walking the expression, never evaluating it (a saved graph is a file)."""
+    written = dict(_literal(ast.parse(options, mode="eval").body))
+    written.pop(_BUILD_KEY, None)
+    return written
+
+
+def _build() -> str:
+    """This module's build: a digest of its source (the operators and what they decompose
+    into), or the package's version where the source cannot be read."""
+    try:
+        with open(__file__, "rb") as source:
+            return hashlib.sha256(source.read()).hexdigest()[:16]
+    except OSError:
+        from bceloss import __version__
+
+        return __version__
+
+
+# The build, written among the options of every operator call a compiled graph makes: the
+# compiler's caches (inductor's and AOTAutograd's, kept on disk across processes) know a
+# graph by its code, not by the Python of the operators it calls, and would otherwise serve
+# a graph another bceloss traced (its bceloss::reduced_loss_fused decomposed into operators
+# this one may not define: an AttributeError when the graph runs)
+_BUILD_KEY = "bceloss"
+_BUILD = _build()
 
 
 _NAMED_FLOATS = {"nan": math.nan, "inf": math.inf}
