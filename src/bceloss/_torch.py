@@ -22,6 +22,7 @@ import contextvars
 import functools
 import hashlib
 import importlib
+import importlib.metadata
 import inspect
 import math
 import operator
@@ -911,9 +912,7 @@ def _build() -> str:
         with open(__file__, "rb") as source:
             return hashlib.sha256(source.read()).hexdigest()[:16]
     except OSError:
-        from bceloss import __version__
-
-        return __version__
+        return importlib.metadata.version("bceloss")
 
 
 # The build, written among the options of every operator call a compiled graph makes: the
