@@ -912,7 +912,11 @@ def _build() -> str:
         with open(__file__, "rb") as source:
             return hashlib.sha256(source.read()).hexdigest()[:16]
     except OSError:
+        pass
+    try:
         return importlib.metadata.version("bceloss")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 # The build, written among the options of every operator call a compiled graph makes: the
