@@ -353,6 +353,36 @@ def test_eager_bce_on_probabilities_checks_every_call_and_keeps_the_usual_bits(l
     assert _native.torch_kept() == (0 if dtype is torch.bfloat16 else 2)
 
 
+@pytest.mark.parametrize("bad_call", [1, 2, 4])
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_a_probability_the_c_kernel_refuses_is_the_losss_own_error(bad_call, grad_mode, layout):
+    # the express lane leaves the check of a call it runs in C to the C kernel (a form kept:
+    # its loops' check; a form not yet kept: the fallback's), other calls check in Python:
+    # either way the loss's ValueError, with no other exception as its context, and the
+    # next call of the form computes as before
+    from bceloss import _call
+
+    torch._dynamo.reset()
+    _memo.forget()
+    g = torch.Generator().manual_seed(16 + bad_call)
+    y = torch.rand(10, 64, generator=g).t() if layout == "transposed" else torch.rand(64, 10)
+    for call in range(6):
+        p = torch.rand(10, 64, generator=g).t() if layout == "transposed" else torch.rand(64, 10)
+        if call == bad_call:
+            p[5, 5] = 1.0 + 2**-20
+        x = p.clone(memory_format=torch.preserve_format).requires_grad_(grad_mode)
+        with torch.set_grad_enabled(grad_mode):
+            if call == bad_call:
+                with pytest.raises(ValueError, match=r"must hold probabilities in \[0, 1\]") as e:
+                    bceloss.binary_cross_entropy(x, y)
+                assert e.value.__context__ is None
+                continue
+            got = bceloss.binary_cross_entropy(x, y)
+            usual = _call.run(bceloss.binary_cross_entropy._bceloss_bind(x, y))
+        assert _same_bits(got.detach(), usual.detach())
+
+
 def test_threads_training_at_once_each_get_their_own_results():
     # eager training steps of many forms in four threads: the lane's C operator calls, the
     # C kernel's fallbacks to the lane's recipe (a thread's own) and the forms kept at once

@@ -439,23 +439,30 @@ def express(bind, args, kwargs):
     if _tangents_possible() or torch.compiler.is_compiling():
         return None
     given = (*args, *kwargs.values(), None)
-    recipe, call = _remembered(bind, args, kwargs, given)
+    recipe, call = _remembered(bind, args, kwargs, given, checked_in_c=True)
     if recipe is not None:
-        return recipe.loss(given)
+        try:
+            return recipe.loss(given)
+        except _ValuesRefused:  # the C kernel's check: validation raises the loss's error
+            pass  # (outside this handler: the error is the loss's alone, no context)
+        call = _memo.validated(bind, args, kwargs)
     return None if call is None else call.backend.loss(call)
 
 
-def _remembered(bind, args, kwargs, given):
+def _remembered(bind, args, kwargs, given, checked_in_c=False):
     """(the `_Recipe` of the call's form, None) for a form remembered (`_memo`) whose calls
     compute on NumPy views; else (None, the validated call), or (None, None) where an
     argument has no form. The form includes grad mode. `given`: the call's arguments in
-    order, then None. A check in C first (`_Guarded`), of the forms remembered last."""
+    order, then None. A check in C first (`_Guarded`), of the forms remembered last.
+    `checked_in_c`: the caller lets the C kernel check the values of a call it runs (and
+    catches `_ValuesRefused`)."""
     by_bind = _GUARDED[torch.is_grad_enabled()]
     guarded = by_bind.get(bind, ())
     for entry in guarded:
         if entry.holds(args, kwargs, given):
-            if entry.recipe.values_pass(given):
-                return entry.recipe, None
+            recipe = entry.recipe
+            if (checked_in_c and recipe.checked_in_c(given)) or recipe.values_pass(given):
+                return recipe, None
             break  # validated below, which raises the loss's error
     adapt = functools.partial(_Recipe.of, bind=bind)
     recipe, call = _memo.adapted(bind, args, kwargs, adapt, torch.is_grad_enabled())
@@ -592,7 +599,17 @@ class _Recipe:
     probabilities), and the core function and options of the C operators' calls where the C
     kernel runs the form (`c_call`)."""
 
-    __slots__ = ("arrays", "c_call", "call", "eager", "prepared", "records", "twin", "values_pass")
+    __slots__ = (
+        "arrays",
+        "c_call",
+        "call",
+        "checked",
+        "eager",
+        "prepared",
+        "records",
+        "twin",
+        "values_pass",
+    )
 
     @staticmethod
     def of(memo, call, bind=None):
@@ -619,6 +636,7 @@ class _Recipe:
         self.call = memo.call
         self.arrays = memo.picker(_TENSORS)  # the call's tensors from its arguments
         self.values_pass = memo.values_pass  # the check of values each call makes, if any
+        self.checked = memo.checked is not None  # (the input's: BCE on probabilities)
         self.c_call = _c_call(call, bind) if self.prepared is not None else None
 
     def loss(self, given):
@@ -627,9 +645,20 @@ class _Recipe:
         arrays = self.arrays(given)
         if self.records:
             return _classic_apply()(self, *arrays, None)
-        if self.c_call is not None and _contiguous(arrays):
+        if self.in_c(arrays):
             return self._on_c_kernel(_C_LOSS, arrays)
         return self.on_views(arrays, None)
+
+    def in_c(self, arrays) -> bool:
+        """Whether the call of these tensors runs on the C kernel: the form's (`c_call`), its
+        tensors contiguous, and its forward computing the input's gradient where autograd
+        records it."""
+        return self.c_call is not None and (self.eager or not self.records) and _contiguous(arrays)
+
+    def checked_in_c(self, given) -> bool:
+        """Whether the C kernel checks the values of this call (a call of BCE on
+        probabilities it runs: `_ValuesRefused` where one lies outside [0, 1])."""
+        return self.checked and self.in_c(self.arrays(given))
 
     def loss_and_grad(self, given):
         """(the reduced loss, its gradient wrt the input) of a call of the form computed
@@ -640,7 +669,7 @@ class _Recipe:
 
     def forward(self, ctx, arrays):
         """The classic node's forward for a call of the form, its context set up."""
-        if self.c_call is not None and self.eager and _contiguous(arrays):
+        if self.in_c(arrays):
             output, grad = self._on_c_kernel(_C_LOSS_AND_GRAD, arrays)
         elif self.prepared is not None and self.eager:  # a training step's, in one go
             output, grad = self._on_kernel(arrays, gradient=True)
@@ -663,12 +692,18 @@ class _Recipe:
 
     def _on_c_kernel(self, operator, arrays):
         """The C operator's results for a call of the form; where the C kernel falls back
-        (a form it does not keep yet), the Python kernel computes them from this recipe
-        (`_falling_back`), not from a call validated again."""
+        (a form it does not keep yet, or a value it refuses), the Python kernel computes them
+        from this recipe (`_falling_back`), not from a call validated again, or raises
+        `_ValuesRefused` for a probability outside [0, 1]."""
         _LANE.recipe = self
+        _LANE.refused = False
         try:
             fn, options = self.c_call
             return operator(_CPU_KEYS, fn, *arrays, options)
+        except RuntimeError:
+            if _LANE.refused:  # (PyTorch's C ABI made the fallback's error a RuntimeError)
+                raise _ValuesRefused from None
+            raise
         finally:
             _LANE.recipe = None
 
@@ -709,8 +744,14 @@ def _c_call(call, bind):
     return fn, _written(options)
 
 
-# the express lane's recipe whose C operator call the thread is making (`_Recipe._on_c_kernel`)
+# the express lane's recipe whose C operator call the thread is making (`_Recipe._on_c_kernel`),
+# and whether its fallback refused the call's values
 _LANE = threading.local()
+
+
+class _ValuesRefused(Exception):
+    """A value of an express-lane call of BCE on probabilities outside [0, 1], found by the
+    C kernel's check (the lane then validates the call, which raises the loss's error)."""
 
 
 def _falling_back(tensors, gradient):
@@ -721,6 +762,9 @@ def _falling_back(tensors, gradient):
     if recipe is None:
         return None
     _LANE.recipe = None  # this call's alone
+    if recipe.checked and not _in_unit_range(tensors[0]):
+        _LANE.refused = True
+        raise _ValuesRefused
     done = recipe._on_kernel(tensors, gradient)
     _torch_kernel.remember(recipe.prepared)
     return done if gradient else done[0]
