@@ -188,7 +188,7 @@ def numpy_twin(call):
 
 _C_ORDER = torch.contiguous_format
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
-_HALVES = (torch.float16, torch.bfloat16)
+_HALVES = _torch_kernel._HALVES  # float16, bfloat16
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, **{v: k for k, v in _NUMPY_DTYPES.items()}}
 
 
