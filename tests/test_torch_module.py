@@ -412,7 +412,7 @@ def test_the_operators_pass_pytorchs_own_checks():
         (torch.ops.bceloss.loss.default, (fn, x, y, w, w, None, none)),
         (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, None, w, None, "()")),
         (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, w, None, None, none)),
-        # the logits loss's own, whose CPU kernel is C (opcheck calls each several times:
+        # the reduced loss's own, whose CPU kernel is C (opcheck calls each several times:
         # the C kernel runs the form after its first calls); they have no autograd formula
         # (graphs call them where nothing needs a gradient, or through reduced_loss_fused)
         (torch.ops.bceloss.reduced_loss.default, (fn, x.detach(), y, w, None, None, "()")),
@@ -545,7 +545,7 @@ def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_f
         return bceloss.binary_cross_entropy_with_logits(a, b, reduction="none")
 
     for fn, target, op in (
-        # (the reduced logits loss's own operators: their CPU calls run in C)
+        # (the reduced loss's own operators: their CPU calls run in C)
         (summed, y, "bceloss.reduced_loss_fused"),
         (summed, y.clone().requires_grad_(), "bceloss.loss"),
         (elementwise, y, "bceloss.loss_and_grad"),

@@ -11,8 +11,9 @@ of NumPy and PyTorch compute straight from the arguments).
 
 Values are never remembered. BCE on probabilities checks its input's values at every call:
 a form of it is remembered where the input's class registered a check of them (`register`),
-which runs at every call of the form, and a call whose values fail it is validated (which
-raises the loss's own error); elsewhere it is validated every call. A form whose validated
+which runs at every call of the form (or the C kernel's own check, where PyTorch's lane
+lets it: `_torch.express`), and a call whose values fail it is validated (which raises the
+loss's own error); elsewhere it is validated every call. A form whose validated
 call holds an array the arguments do not (a byte-swapped copy) is validated every call, as
 is one whose first validated call had one object in two arguments (which of them feeds
 which array cannot be told), and a call that fails validation is never remembered.

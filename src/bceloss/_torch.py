@@ -725,7 +725,7 @@ def _c_call(call, bind):
     """(the core function's name, the options) of the C operators' calls that compute a form
     of `bind` as the form's Python kernel does (`bceloss::reduced_loss`,
     `bceloss::reduced_loss_and_grad` straight at their CPU kernel, for the logits loss and
-    BCE on probabilities, whose values `_memo` checks before: the eager call's ValueError),
+    BCE on probabilities, whose values the C kernel checks: `_ValuesRefused`),
     where the C kernel runs the form itself (`_torch_kernel.keeps`: its tensors contiguous
     at each call); else None."""
     fn = None if bind is None else f"{bind.__module__}.{bind.__name__}"

@@ -188,7 +188,8 @@ def remember(prepared) -> bool:
 
 def in_unit_range(t) -> bool:
     """Whether a contiguous float32 or float64 CPU tensor's values lie in [0, 1] or are NaN,
-    read in C at its data pointer (the C kernel's check of a kept form's input)."""
+    read in C at its data pointer (`_memo`'s check of a remembered form's input, and the
+    lane's fallback's)."""
     return _native.torch_in_unit_range(t.data_ptr(), t.numel(), t.dtype is torch.float64)
 
 

@@ -396,7 +396,7 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
     }
     Handle loss = nullptr, grad = nullptr;
     // BCE on probabilities checks its input's values at every call: one outside [0, 1] is
-    // the Python kernel's to refuse (the express lane checks before; a direct call may not)
+    // the Python kernel's to refuse (the express lane's own check of the calls it makes here)
     if (form != nullptr && form->constants.kind == static_cast<int>(Kind::probabilities) &&
         !probabilities_in_range(*form, tensors[0])) {
         form = nullptr;
