@@ -522,3 +522,63 @@ def test_the_unit_range_check_at_a_tensors_data_pointer_agrees_with_numpy():
                 if n > 2:
                     view = q[1:]
                     assert _torch._in_unit_range(view) is not bool(((view < 0) | (view > 1)).any())
+
+
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("operand", ["input", "target", "weight", "pos_weight"])
+@pytest.mark.parametrize("loss", ["logits", "probabilities"])
+def test_a_tensor_whose_negative_bit_is_set_gives_the_loss_of_its_values(loss, operand, grad_mode):
+    # torch._neg_view (and the imaginary part of a conjugate) stores the values negated
+    # behind a flag: the calls of a form kept in C before must not read the stored values
+    if loss == "probabilities" and operand == "pos_weight":
+        return
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(64, 10, generator=g)
+    tensors = {
+        "input": x if loss == "logits" else torch.sigmoid(x),
+        "target": torch.rand(64, 10, generator=g),
+        "weight": torch.rand(10, generator=g),
+        "pos_weight": torch.rand(10, generator=g) + 0.5,
+    }
+    if loss == "probabilities":
+        del tensors["pos_weight"]
+    ours = (
+        bceloss.binary_cross_entropy_with_logits
+        if loss == "logits"
+        else bceloss.binary_cross_entropy
+    )
+    theirs = (
+        torch.nn.functional.binary_cross_entropy_with_logits
+        if loss == "logits"
+        else torch.nn.functional.binary_cross_entropy
+    )
+
+    def step(loss_fn, values, negated):
+        # (loss, gradient wrt the input's values) with `negated` given as a negative view
+        base = {k: (-v if k == negated else v).clone() for k, v in values.items()}
+        leaf = base["input"].requires_grad_(grad_mode)
+        args = {k: torch._neg_view(v) if k == negated else v for k, v in base.items()}
+        with torch.set_grad_enabled(grad_mode):
+            value = loss_fn(args.pop("input"), args.pop("target"), **args)
+        if not grad_mode:
+            return value, None
+        (grad,) = torch.autograd.grad(value, leaf)
+        return value.detach(), -grad if negated == "input" else grad
+
+    for _ in range(4):  # the form kept, in C where it can
+        step(ours, tensors, None)
+    assert torch._neg_view(tensors[operand]).is_neg()
+    for _ in range(3):
+        got, want, plain = (
+            step(ours, tensors, operand),
+            step(theirs, tensors, None),
+            step(ours, tensors, None),
+        )
+        for a, b, c in zip(got, want, plain, strict=True):
+            if a is not None:
+                assert _same_bits(a, c)  # the loss of a plain tensor of the same values
+                torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)  # PyTorch's
+    if operand == "input" and loss == "probabilities":
+        # stored in [0, 1], values outside: refused
+        with pytest.raises(ValueError, match="probabilities"):
+            ours(torch._neg_view(tensors["input"]), tensors["target"], tensors["weight"])

@@ -180,10 +180,18 @@ def numpy_twin(call):
         if a is not None:
             if a.dtype is torch.bfloat16:
                 return None
-            a = a.detach().numpy()
+            a = _numpy_view(a)
         arrays[name] = a
     xp, backend = _numpy_backend()
     return call.replace(xp=xp, backend=backend, dtype=_NUMPY_DTYPES[call.dtype], **arrays)
+
+
+def _numpy_view(t):
+    """NumPy's view of a CPU tensor's values: a tensor whose negative bit is set
+    (`torch._neg_view`, the imaginary part of a conjugate) stores the values negated, so its
+    values are copied out first."""
+    t = t.detach()
+    return (t.resolve_neg() if t.is_neg() else t).numpy()
 
 
 _C_ORDER = torch.contiguous_format
@@ -319,7 +327,7 @@ def backward(call, grad, needs):
         return by_position.get(0), by_position.get(1), None, None
     if twin is None:
         return _gradients.reduced(call, grad, needs, _arrays(call))
-    grads = _gradients.reduced(twin, grad.numpy(), needs, _arrays(twin))
+    grads = _gradients.reduced(twin, _numpy_view(grad), needs, _arrays(twin))
     return tuple(None if g is None else _tensor(g) for g in grads)
 
 
@@ -484,15 +492,17 @@ def _in_unit_range(t) -> bool:
     if t.is_cpu and t.dtype in _NUMPY_DTYPES:
         if t.is_contiguous() and not t.is_neg():  # (its stored values are its values)
             return _torch_kernel.in_unit_range(t)
-        return _array_api.in_unit_range(t.detach().numpy())
+        return _array_api.in_unit_range(_numpy_view(t))
     return not bool(((t < 0) | (t > 1)).any())
 
 
 def _tensor_form(t):
     """What validation reads of a tensor (`_memo`), and requires_grad, which decides whether
     autograd records the call; None for a tensor a `torch.func` transform wrapped (one that
-    outlived it: Function.apply unwraps it, the usual route)."""
-    if t.layout is not torch.strided or _is_wrapped(t):
+    outlived it: Function.apply unwraps it, the usual route) and for one whose negative bit
+    is set (its stored values are not its values: the C kernel would read them as they are
+    stored; the usual route reads its values, `_numpy_view`)."""
+    if t.layout is not torch.strided or _is_wrapped(t) or t.is_neg():
         return None
     return (type(t), t.shape, t.dtype, t.device, t.requires_grad)
 
