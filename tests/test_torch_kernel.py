@@ -524,12 +524,26 @@ def test_the_unit_range_check_at_a_tensors_data_pointer_agrees_with_numpy():
                     assert _torch._in_unit_range(view) is not bool(((view < 0) | (view > 1)).any())
 
 
+def _negative_view(values):
+    """(a leaf, the tensor of these values whose negative bit is set made from it, the sign
+    of those values in the leaf's)."""
+    return (-values).clone(), torch._neg_view, -1
+
+
+def _zero_tensor(values):
+    """(PyTorch's zero tensor of these values' shape, itself: no memory behind it)."""
+    return torch._efficientzerotensor(values.shape, dtype=values.dtype), lambda t: t, 1
+
+
+@pytest.mark.parametrize("kind", [_negative_view, _zero_tensor], ids=lambda k: k.__name__[1:])
 @pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("operand", ["input", "target", "weight", "pos_weight"])
 @pytest.mark.parametrize("loss", ["logits", "probabilities"])
-def test_a_tensor_whose_negative_bit_is_set_gives_the_loss_of_its_values(loss, operand, grad_mode):
-    # torch._neg_view (and the imaginary part of a conjugate) stores the values negated
-    # behind a flag: the calls of a form kept in C before must not read the stored values
+def test_a_tensor_whose_memory_does_not_hold_its_values_gives_their_loss(
+    loss, operand, grad_mode, kind
+):
+    # a negative view stores its values negated behind a flag; a zero tensor has no memory
+    # (its data pointer is 0): the calls of a form kept in C before must read the values
     if loss == "probabilities" and operand == "pos_weight":
         return
     g = torch.Generator().manual_seed(16)
@@ -542,43 +556,39 @@ def test_a_tensor_whose_negative_bit_is_set_gives_the_loss_of_its_values(loss, o
     }
     if loss == "probabilities":
         del tensors["pos_weight"]
-    ours = (
-        bceloss.binary_cross_entropy_with_logits
-        if loss == "logits"
-        else bceloss.binary_cross_entropy
-    )
-    theirs = (
-        torch.nn.functional.binary_cross_entropy_with_logits
-        if loss == "logits"
-        else torch.nn.functional.binary_cross_entropy
-    )
+    leaf, make, sign = kind(tensors[operand])
+    given = {**tensors, operand: make(leaf)}
+    plain = {**tensors, operand: torch.from_numpy(make(leaf).numpy(force=True).copy())}
+    if loss == "logits":
+        ours = bceloss.binary_cross_entropy_with_logits
+        theirs = torch.nn.functional.binary_cross_entropy_with_logits
+    else:
+        ours = bceloss.binary_cross_entropy
+        theirs = torch.nn.functional.binary_cross_entropy
 
-    def step(loss_fn, values, negated):
-        # (loss, gradient wrt the input's values) with `negated` given as a negative view
-        base = {k: (-v if k == negated else v).clone() for k, v in values.items()}
-        leaf = base["input"].requires_grad_(grad_mode)
-        args = {k: torch._neg_view(v) if k == negated else v for k, v in base.items()}
+    def step(loss_fn, arguments):
+        # (loss, gradient wrt the input's values)
+        arguments = dict(arguments)
+        odd = arguments["input"] is given["input"] and operand == "input"
+        x = leaf.detach() if odd else arguments.pop("input").detach()
+        x.requires_grad_(grad_mode)
+        arguments["input"] = make(x) if odd else x
         with torch.set_grad_enabled(grad_mode):
-            value = loss_fn(args.pop("input"), args.pop("target"), **args)
+            value = loss_fn(arguments.pop("input"), arguments.pop("target"), **arguments)
         if not grad_mode:
             return value, None
-        (grad,) = torch.autograd.grad(value, leaf)
-        return value.detach(), -grad if negated == "input" else grad
+        (grad,) = torch.autograd.grad(value, x)
+        return value.detach(), sign * grad if odd else grad
 
     for _ in range(4):  # the form kept, in C where it can
-        step(ours, tensors, None)
-    assert torch._neg_view(tensors[operand]).is_neg()
+        step(ours, tensors)
     for _ in range(3):
-        got, want, plain = (
-            step(ours, tensors, operand),
-            step(theirs, tensors, None),
-            step(ours, tensors, None),
-        )
-        for a, b, c in zip(got, want, plain, strict=True):
+        got, want, usual = step(ours, given), step(theirs, plain), step(ours, plain)
+        for a, b, c in zip(got, want, usual, strict=True):
             if a is not None:
                 assert _same_bits(a, c)  # the loss of a plain tensor of the same values
                 torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)  # PyTorch's
-    if operand == "input" and loss == "probabilities":
+    if operand == "input" and loss == "probabilities" and kind is _negative_view:
         # stored in [0, 1], values outside: refused
         with pytest.raises(ValueError, match="probabilities"):
             ours(torch._neg_view(tensors["input"]), tensors["target"], tensors["weight"])

@@ -487,6 +487,10 @@ def test_compiled_calls_bind_their_arguments_as_eager_calls_do():
     weight = np.ones(4, np.float32)
     with pytest.raises(Exception, match=r"weight must be a torch\.Tensor in a compiled graph"):
         torch.compile(lambda x, y: F_(x, y, weight), fullgraph=True)(x, y)
+    # the options name the build that wrote them ('bceloss'): no argument of the loss's
+    for fullgraph in (True, False):
+        with pytest.raises(Exception, match="unexpected keyword argument 'bceloss'"):
+            torch.compile(lambda x, y: F_(x, y, bceloss="x"), fullgraph=fullgraph)(x, y)
     smooth = torch.compile(lambda x, y: F_(x, y, label_smoothing=0.25), fullgraph=True)
     assert torch.equal(smooth(x, y), F_(x, y, label_smoothing=0.25))
 

@@ -153,6 +153,9 @@ class BCELoss(_CoreLoss):
         that is not a str, a label_smoothing that is not a number, a non-bool where.
       ValueError: an unknown reduction, mismatched shapes, input outside [0, 1] (where
         kept), label_smoothing outside [0, 1].
+      RuntimeError: in a graph compiled by `torch.compile`, an input outside [0, 1] where
+        the operators' C kernel runs the call (PyTorch's C ABI turns its ValueError into a
+        RuntimeError with the same message; see docs/backends.md).
 
     Examples:
       >>> import numpy as np, bceloss

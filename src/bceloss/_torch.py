@@ -187,11 +187,16 @@ def numpy_twin(call):
 
 
 def _numpy_view(t):
-    """NumPy's view of a CPU tensor's values: a tensor whose negative bit is set
-    (`torch._neg_view`, the imaginary part of a conjugate) stores the values negated, so its
-    values are copied out first."""
-    t = t.detach()
-    return (t.resolve_neg() if t.is_neg() else t).numpy()
+    """NumPy's view of a CPU tensor's values (zero-copy), or a copy of them where its memory
+    does not hold them as they are (`_stores_its_values`)."""
+    return t.numpy(force=True)  # (t.detach().numpy() where the memory holds the values)
+
+
+def _stores_its_values(t) -> bool:
+    """Whether a tensor's memory holds its values as they are: not for one whose negative bit
+    is set (`torch._neg_view`, the imaginary part of a conjugate: stored negated) nor for
+    PyTorch's zero tensor (`torch._efficientzerotensor`, as autograd makes: no memory)."""
+    return not (t.is_neg() or t._is_zerotensor())
 
 
 _C_ORDER = torch.contiguous_format
@@ -490,7 +495,7 @@ def _in_unit_range(t) -> bool:
     if t.device.type == "meta":
         return True
     if t.is_cpu and t.dtype in _NUMPY_DTYPES:
-        if t.is_contiguous() and not t.is_neg():  # (its stored values are its values)
+        if t.is_contiguous() and _stores_its_values(t):
             return _torch_kernel.in_unit_range(t)
         return _array_api.in_unit_range(_numpy_view(t))
     return not bool(((t < 0) | (t > 1)).any())
@@ -499,10 +504,10 @@ def _in_unit_range(t) -> bool:
 def _tensor_form(t):
     """What validation reads of a tensor (`_memo`), and requires_grad, which decides whether
     autograd records the call; None for a tensor a `torch.func` transform wrapped (one that
-    outlived it: Function.apply unwraps it, the usual route) and for one whose negative bit
-    is set (its stored values are not its values: the C kernel would read them as they are
-    stored; the usual route reads its values, `_numpy_view`)."""
-    if t.layout is not torch.strided or _is_wrapped(t) or t.is_neg():
+    outlived it: Function.apply unwraps it, the usual route) and for one whose memory does
+    not hold its values as they are (`_stores_its_values`: the C kernel reads the memory;
+    the usual route reads the values, `_numpy_view`)."""
+    if t.layout is not torch.strided or _is_wrapped(t) or not _stores_its_values(t):
         return None
     return (type(t), t.shape, t.dtype, t.device, t.requires_grad)
 
@@ -834,6 +839,9 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
     if len(args) > len(positional):
         msg = f"{fn.rpartition('.')[2]}() takes {len(positional)} positional arguments"
         msg += f" but {len(args)} were given"
+        raise TypeError(msg)
+    if _BUILD_KEY in kwargs:  # (the key of the build among the options: no argument's)
+        msg = f"{fn.rpartition('.')[2]}() got an unexpected keyword argument {_BUILD_KEY!r}"
         raise TypeError(msg)
     bound = dict(zip(positional, args, strict=False))
     bound.update(kwargs)
