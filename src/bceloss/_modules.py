@@ -13,7 +13,7 @@ import functools
 import inspect
 import sys
 
-from bceloss import _call, _functional, _validation
+from bceloss import _call, _dispatch, _functional, _validation
 
 
 def _module_type(cls):
@@ -109,7 +109,16 @@ class _CoreLoss(_Loss):
 
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
-        return type(self).function(input, target, **self._options())
+        options = self._options()
+        if not _dispatch.torch_compiling():
+            # the express lane straight away (`_functional.loss_function`'s first route),
+            # which a small loss in a training loop pays for less than the wrappers
+            lane = _dispatch.EXPRESS_LANES.get(type(input))
+            if lane is not None:
+                done = lane(type(self).function._bceloss_bind, (input, target), options)
+                if done is not None:
+                    return done
+        return type(self).function(input, target, **options)
 
     def _bceloss_bind(self, input, target):
         return type(self).function._bceloss_bind(input, target, **self._options())

@@ -270,9 +270,21 @@ def _scaled_eager(gx, grad, dtype):
     `dtype`, or `gx` itself when `grad` is a plain scalar 1 (autograd then takes it as the
     .grad, no copy). reduction='none''s gradient is elementwise, in the computation dtype:
     multiplied in it, then rounded once, as `backward` does."""
-    if grad.ndim == 0 and not (_batched(grad) or _transformed(grad)) and float(grad) == 1.0:
+    if _plain_one(grad):
         return gx
     return (gx * grad).to(dtype)
+
+
+def _plain_one(grad) -> bool:
+    """Whether an output gradient is a plain scalar 1 (what `loss.backward()` passes): 0-d,
+    outside every transform and forward-mode AD (conservatively: a tensor that could carry
+    a tangent is not plain), not wrapped or batched, and 1."""
+    if grad.ndim or _tangents_possible() or _is_wrapped(grad) or _batched(grad):
+        return False
+    try:  # (float(grad) reads it through the dispatcher: a training step's backward pays
+        return grad.tolist() == 1.0  # for that code more than for tolist's)
+    except RuntimeError:  # a zero tensor (no memory), which is not 1
+        return False
 
 
 _is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
@@ -436,6 +448,28 @@ def _classic_apply():
     return torch._C._FunctionBase.__dict__["apply"].__get__(None, _function(transformable=False))
 
 
+@functools.cache
+def _c_apply():
+    """`_classic_apply` of the node of a call whose tensors the C kernel runs (`_Recipe.in_c`
+    holds): its forward takes the C operator's loss and gradient straight away."""
+    node = _function()  # its backward
+
+    class BCELossFunction(torch.autograd.Function):
+        """`_classic_function()`'s node for a call of a `_Recipe` the C kernel runs; its
+        arguments: (the recipe, *tensors, None)."""
+
+        @staticmethod
+        def forward(ctx, recipe, *arrays_and_none):
+            arrays = arrays_and_none[:-1]
+            output, grad = recipe._on_c_kernel(_C_LOSS_AND_GRAD, arrays)
+            _setup(ctx, recipe.call, arrays, grad)
+            return output
+
+        backward = node.backward
+
+    return torch._C._FunctionBase.__dict__["apply"].__get__(None, BCELossFunction)
+
+
 # --- the express lane: an eager call of a form validated before ------------------------
 
 
@@ -452,13 +486,23 @@ def express(bind, args, kwargs):
     if _tangents_possible() or torch.compiler.is_compiling():
         return None
     given = (*args, *kwargs.values(), None)
-    recipe, call = _remembered(bind, args, kwargs, given, checked_in_c=True)
-    if recipe is not None:
+    # a training loop's call: the check in C of a form remembered last, whose calls run the
+    # C kernel (`_Guarded.in_c`), which checks the values of BCE on probabilities itself
+    for entry in _GUARDED[torch.is_grad_enabled()].get(bind, ()):
+        if entry.in_c and entry.holds(args, kwargs, given):
+            try:
+                return entry.recipe.c_loss(given)
+            except _ValuesRefused:  # the C kernel's check: validation raises the loss's error
+                break  # (outside this handler: the error is the loss's alone, no context)
+    else:
+        recipe, call = _remembered(bind, args, kwargs, given, checked_in_c=True)
+        if recipe is None:
+            return None if call is None else call.backend.loss(call)
         try:
             return recipe.loss(given)
-        except _ValuesRefused:  # the C kernel's check: validation raises the loss's error
-            pass  # (outside this handler: the error is the loss's alone, no context)
-        call = _memo.validated(bind, args, kwargs)
+        except _ValuesRefused:
+            pass
+    call = _memo.validated(bind, args, kwargs)
     return None if call is None else call.backend.loss(call)
 
 
@@ -540,7 +584,7 @@ class _Guarded:
     the other arguments are compared by type and value (`_same_scalars`), their number,
     names and order too."""
 
-    __slots__ = ("check", "keys", "nargs", "others", "recipe", "scalars", "tensors")
+    __slots__ = ("check", "in_c", "keys", "nargs", "others", "recipe", "scalars", "tensors")
 
     def __init__(self, recipe, check, args, kwargs, at):
         given = (*args, *kwargs.values())
@@ -548,6 +592,9 @@ class _Guarded:
         self.tensors = _picker(at)  # the positions of the tensors in `given`
         self.others = _picker([i for i in range(len(given)) if i not in at])
         self.scalars = self.others(given)
+        # whether the calls that pass the check run the C kernel (`_Recipe.in_c`): the check
+        # holds the strides, so each call's tensors are as contiguous as these
+        self.in_c = recipe.in_c(recipe.arrays((*given, None)))
 
     @staticmethod
     def of(recipe, args, kwargs):
@@ -663,6 +710,13 @@ class _Recipe:
         if self.in_c(arrays):
             return self._on_c_kernel(_C_LOSS, arrays)
         return self.on_views(arrays, None)
+
+    def c_loss(self, given):
+        """`loss` of a call whose tensors the C kernel runs (`in_c`, known)."""
+        arrays = self.arrays(given)
+        if self.records:
+            return _c_apply()(self, *arrays, None)
+        return self._on_c_kernel(_C_LOSS, arrays)
 
     def in_c(self, arrays) -> bool:
         """Whether the call of these tensors runs on the C kernel: the form's (`c_call`), its
