@@ -165,7 +165,10 @@ def _tangents_possible() -> bool:
     `forward_ad.dual_level()` and every `torch.func` transform (asking each tensor costs
     about a microsecond)."""
     level = getattr(forward_ad, "_current_level", 0)  # -1 outside every dual level
-    return level >= 0 or torch._C._are_functorch_transforms_active()
+    return level >= 0 or _functorch_active()
+
+
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def numpy_twin(call):
@@ -465,7 +468,16 @@ def _c_apply():
             _setup(ctx, recipe.call, arrays, grad)
             return output
 
-        backward = node.backward
+        @staticmethod
+        def backward(ctx, grad):
+            # a scalar loss's .backward(): the forward's gradient itself (only the input
+            # requires grad here, as `_eager` asks); anything else as the node's backward
+            gx = ctx.eager
+            if gx is None or grad is None or torch.is_grad_enabled() or not _plain_one(grad):
+                return node.backward(ctx, grad)
+            ctx.saved_tensors  # noqa: B018 (raises if one was modified in place since)
+            ctx.eager = None  # (a second backward, retain_graph=True, computes it again)
+            return (None, gx, *_NO_GRADIENTS)
 
     return torch._C._FunctionBase.__dict__["apply"].__get__(None, BCELossFunction)
 
@@ -483,7 +495,13 @@ def express(bind, args, kwargs):
     (`_Recipe`: whether autograd records it and whether the forward computes the input's
     gradient, the kernel's constants) and runs its node's forward on NumPy views straight
     away, from its arguments: the same node, the same results."""
-    if _tangents_possible() or torch.compiler.is_compiling():
+    # (`_tangents_possible`, inline: a training step's loss runs this); dynamo compiles the
+    # frames that a frame it could not compile calls, this one among them
+    if (
+        getattr(forward_ad, "_current_level", 0) >= 0
+        or _functorch_active()
+        or torch.compiler.is_compiling()
+    ):
         return None
     given = (*args, *kwargs.values(), None)
     # a training loop's call: the check in C of a form remembered last, whose calls run the
@@ -615,7 +633,9 @@ class _Guarded:
         if len(args) != self.nargs or tuple(kwargs) != self.keys:
             return False
         scalars = self.others(given)
-        return _same_scalars(scalars, self.scalars) and self.check(*self.tensors(given))
+        return (
+            all(map(operator.is_, scalars, self.scalars)) or _same_scalars(scalars, self.scalars)
+        ) and self.check(*self.tensors(given))
 
 
 def _tensor_check(*tensors):
@@ -1304,8 +1324,14 @@ _memo.on_forget(_torch_kernel.forget)
 # the C kernel runs: `_c_call`), below autograd and autocast, which the express lane's node
 # stands for (autocast widens halves only, which the lane does not take)
 _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-_C_LOSS = torch.ops.bceloss.reduced_loss.default.redispatch
-_C_LOSS_AND_GRAD = torch.ops.bceloss.reduced_loss_and_grad.default.redispatch
+_C_LOSS, _C_LOSS_AND_GRAD = (
+    # (what OpOverload.redispatch calls, without its Python frame)
+    getattr(getattr(op, "_handle", None), "redispatch_boxed", op.redispatch)
+    for op in (
+        torch.ops.bceloss.reduced_loss.default,
+        torch.ops.bceloss.reduced_loss_and_grad.default,
+    )
+)
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form, _in_unit_range)
     _dispatch.EXPRESS_LANES[_cls] = express
