@@ -592,3 +592,45 @@ def test_a_tensor_whose_memory_does_not_hold_its_values_gives_their_loss(
         # stored in [0, 1], values outside: refused
         with pytest.raises(ValueError, match="probabilities"):
             ours(torch._neg_view(tensors["input"]), tensors["target"], tensors["weight"])
+
+
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("operand", ["input", "target", "weight"])
+@pytest.mark.parametrize("loss", ["logits", "probabilities"])
+def test_a_tensor_whose_storage_was_freed_is_refused_at_every_call(loss, operand, grad_mode):
+    # storage resized to no bytes (as FSDP frees a parameter): no memory behind the elements,
+    # which neither a form kept in C nor NumPy's view may read (PyTorch's own raises too)
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(64, 10, generator=g)
+    tensors = {
+        "input": x if loss == "logits" else torch.sigmoid(x),
+        "target": torch.rand(64, 10, generator=g),
+        "weight": torch.rand(64, 10, generator=g),
+    }
+    fn = (
+        bceloss.binary_cross_entropy_with_logits
+        if loss == "logits"
+        else bceloss.binary_cross_entropy
+    )
+    for _ in range(6):
+        given = {k: v.clone() for k, v in tensors.items()}
+        given["input"].requires_grad_(grad_mode)
+        with torch.set_grad_enabled(grad_mode):
+            usual = fn(given.pop("input"), given.pop("target"), **given)
+            given = {k: v.clone() for k, v in tensors.items()}
+            given[operand].untyped_storage().resize_(0)
+            given["input"].requires_grad_(grad_mode)
+            with pytest.raises(RuntimeError, match="storage holds no memory"):
+                fn(given.pop("input"), given.pop("target"), **given)
+        assert usual.isfinite()  # the form's plain calls still compute, in C from the third
+    assert _native.torch_kept() == 1
+
+
+def test_operands_on_another_device_than_the_inputs_are_refused_at_every_call():
+    # NumPy's views of a CPU call read CPU tensors only: a weight elsewhere is an error at
+    # every call, never copied over
+    x, y = torch.randn(8, 3), torch.rand(8, 3)
+    for _ in range(4):
+        bceloss.binary_cross_entropy_with_logits(x, y)
+        with pytest.raises(TypeError, match="meta"):
+            bceloss.binary_cross_entropy_with_logits(x, y, torch.ones(3, device="meta"))

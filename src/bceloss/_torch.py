@@ -116,6 +116,8 @@ class Torch(_array_api.ArrayAPI):
         while functorch.is_functorch_wrapped_tensor(values):
             values = functorch.get_unwrapped(values)
         values = values.detach()  # (the message reads values: no autograd warning)
+        if values.is_cpu:
+            _refuse_unallocated(values)
         if math.prod(tuple(values.shape)):
             _validation.probabilities_in_range(xp, values, name)
         return x
@@ -191,15 +193,41 @@ def numpy_twin(call):
 
 def _numpy_view(t):
     """NumPy's view of a CPU tensor's values (zero-copy), or a copy of them where its memory
-    does not hold them as they are (`_stores_its_values`)."""
-    return t.numpy(force=True)  # (t.detach().numpy() where the memory holds the values)
+    does not hold them as they are (`_stores_its_values`); a RuntimeError for a tensor with
+    no memory behind its elements, the TypeError of `Tensor.numpy` off the CPU."""
+    if t.is_cpu and not _stores_its_values(t):
+        _refuse_unallocated(t)
+        return t.numpy(force=True)
+    return t.detach().numpy()
+
+
+def _refuse_unallocated(t) -> None:
+    """A RuntimeError for a tensor with no memory behind its elements (`_unallocated`),
+    whose values neither NumPy nor PyTorch's own ops can read (some of them crash)."""
+    if _unallocated(t):
+        msg = (
+            "a tensor whose storage holds no memory (resized to 0 bytes, as FSDP frees a "
+            "parameter) has no values to compute a loss of"
+        )
+        raise RuntimeError(msg)
 
 
 def _stores_its_values(t) -> bool:
-    """Whether a tensor's memory holds its values as they are: not for one whose negative bit
-    is set (`torch._neg_view`, the imaginary part of a conjugate: stored negated) nor for
-    PyTorch's zero tensor (`torch._efficientzerotensor`, as autograd makes: no memory)."""
-    return not (t.is_neg() or t._is_zerotensor())
+    """Whether a CPU tensor's memory holds its values as they are: not for one whose negative
+    bit is set (`torch._neg_view`, the imaginary part of a conjugate: stored negated), for
+    PyTorch's zero tensor (`torch._efficientzerotensor`, as autograd makes: no memory) nor
+    for one whose storage holds no memory (`_unallocated`)."""
+    return not (t.is_neg() or t._is_zerotensor() or _unallocated(t))
+
+
+def _unallocated(t) -> bool:
+    """Whether a tensor has elements but a storage of no bytes (`untyped_storage().resize_(0)`:
+    its data pointer points nowhere); not one without storage (a transform's wrapper), whose
+    values PyTorch's ops reach through what it wraps."""
+    try:
+        return t.untyped_storage().nbytes() == 0 and t.numel() > 0
+    except (RuntimeError, NotImplementedError):  # (a tensor without storage)
+        return False
 
 
 _C_ORDER = torch.contiguous_format
@@ -772,7 +800,7 @@ class _Recipe:
     def on_views(self, arrays, eager):
         """The node's forward on NumPy views of `arrays` (`_on_views`)."""
         if self.prepared is None:
-            views = [None if a is None else a.detach().numpy() for a in arrays]
+            views = [None if a is None else _numpy_view(a) for a in arrays]
             return _on_views(self.twin.replace(**dict(zip(_TENSORS, views, strict=True))), eager)
         value, grad = self._on_kernel(arrays, gradient=eager is not None)
         if grad is not None:
@@ -801,9 +829,9 @@ class _Recipe:
         # grad mode is off (a node's forward, an operator) or no tensor requires grad: the
         # tensors' NumPy views
         x, y, w, p = arrays[:4]
-        x, y = x.numpy(), y.numpy()
-        w = None if w is None else w.numpy()
-        p = None if p is None else p.numpy()
+        x, y = _numpy_view(x), _numpy_view(y)
+        w = None if w is None else _numpy_view(w)
+        p = None if p is None else _numpy_view(p)
         if not gradient:
             return _tensor(self.prepared.loss(x, y, w, p)), None
         grad = torch.empty_like(arrays[0], memory_format=_C_ORDER)  # see `_on_views`

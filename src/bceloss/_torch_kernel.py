@@ -29,6 +29,7 @@ from bceloss._kernels import _native, threads
 # the libtorch functions the kernel calls, in torch_kernel.cpp's order (the last optional)
 _FUNCTIONS = (
     "aoti_torch_get_data_ptr",
+    "aoti_torch_get_storage_size",
     "aoti_torch_get_dim",
     "aoti_torch_get_sizes",
     "aoti_torch_get_strides",

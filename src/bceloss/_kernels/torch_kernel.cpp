@@ -41,6 +41,7 @@ using Error = int32_t;
 // The libtorch functions, in the order of the addresses torch_install takes.
 struct Api {
     Error (*data_ptr)(Handle, void**);
+    Error (*storage_size)(Handle, int64_t*);
     Error (*dim)(Handle, int64_t*);
     Error (*sizes)(Handle, int64_t**);
     Error (*strides)(Handle, int64_t**);
@@ -56,7 +57,7 @@ struct Api {
     Error (*call_dispatcher)(const char*, const char*, StableIValue*);
     const char* (*last_error)();  // may be null
 };
-constexpr int API_FUNCTIONS = 14;
+constexpr int API_FUNCTIONS = 15;
 
 Api api{};
 // the operators a call of an unknown form goes to: loss_and_grad's, loss's
@@ -290,6 +291,18 @@ Handle empty(const std::vector<int64_t>& sizes, int32_t dtype) {
     return h;
 }
 
+// Whether a tensor (or an absent one) has the memory its elements need, as far as its
+// storage's size tells: none where it was resized to no bytes.
+bool has_memory(const Tensor& t) {
+    if (t.handle == nullptr) return true;
+    for (int64_t d = 0; d < t.dim; ++d) {
+        if (t.sizes[d] == 0) return true;
+    }
+    int64_t bytes = 0;
+    check(api.storage_size(t.handle, &bytes), "storage size");
+    return bytes > 0;
+}
+
 void* data_of(Handle h) {
     void* data = nullptr;
     check(api.data_ptr(h, &data), "data_ptr");
@@ -389,7 +402,11 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
     for (uint64_t i = 0; i < TENSORS; ++i) tensors[i] = read(tensor_at(stack, i + 1));
     std::string key = form_key(stack, tensors, gradient);
     std::shared_ptr<const Form> form;
-    {
+    // a tensor whose storage was freed (resized to no bytes, as FSDP frees a parameter) has
+    // no memory to read: the Python kernel's to refuse, never a form's
+    bool allocated = true;
+    for (const Tensor& t : tensors) allocated = allocated && has_memory(t);
+    if (allocated) {
         std::lock_guard<std::mutex> hold(forms_lock);
         auto found = forms.find(key);
         if (found != forms.end()) form = found->second;
@@ -408,7 +425,7 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
         return;
     }
     Layout layout;
-    const bool runnable = form == nullptr && layout_of(tensors, &layout);
+    const bool runnable = allocated && form == nullptr && layout_of(tensors, &layout);
     fall_back(stack, gradient, std::move(key), std::move(layout), runnable);
 }
 
@@ -432,7 +449,7 @@ PyObject* torch_install(PyObject*, PyObject* args) {
         return nullptr;
     }
     if (PyTuple_GET_SIZE(addresses) != API_FUNCTIONS || PyTuple_GET_SIZE(codes) != 11) {
-        PyErr_SetString(PyExc_ValueError, "bceloss: torch_install takes 14 addresses, 11 codes");
+        PyErr_SetString(PyExc_ValueError, "bceloss: torch_install takes 15 addresses, 11 codes");
         return nullptr;
     }
     void* table[API_FUNCTIONS];
