@@ -291,8 +291,9 @@ Handle empty(const std::vector<int64_t>& sizes, int32_t dtype) {
     return h;
 }
 
-// Whether a tensor (or an absent one) has the memory its elements need, as far as its
-// storage's size tells: none where it was resized to no bytes.
+// Whether a tensor (or an absent one) has memory behind its elements: not where its storage
+// was resized to no bytes (a storage shrunk to fewer bytes than its tensor reaches is not
+// told apart: PyTorch's own operators read past it too).
 bool has_memory(const Tensor& t) {
     if (t.handle == nullptr) return true;
     for (int64_t d = 0; d < t.dim; ++d) {
