@@ -476,7 +476,12 @@ def _classic_apply():
     """The classic Function's apply without `Function.apply`'s Python steps, for the express
     lane (outside every transform, no tensor a transform wrapped: `_tensor_form`), where they
     ask for transforms and unwrap such tensors: PyTorch's C++ apply itself."""
-    return torch._C._FunctionBase.__dict__["apply"].__get__(None, _function(transformable=False))
+    return _bare_apply(_function(transformable=False))
+
+
+def _bare_apply(function):
+    """PyTorch's C++ apply of a classic Function class, without `Function.apply`'s Python."""
+    return torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
 
 
 @functools.cache
@@ -507,7 +512,7 @@ def _c_apply():
             ctx.eager = None  # (a second backward, retain_graph=True, computes it again)
             return (None, gx, *_NO_GRADIENTS)
 
-    return torch._C._FunctionBase.__dict__["apply"].__get__(None, BCELossFunction)
+    return _bare_apply(BCELossFunction)
 
 
 # --- the express lane: an eager call of a form validated before ------------------------
@@ -627,7 +632,7 @@ class _Guarded:
     """A remembered form's `_Recipe` behind a check of the arguments in C: the express
     lane's first look, before the form (`_memo.form`), which reads a tensor's properties
     one attribute at a time. The check (`_tensor_check`) is stricter than `_tensor_form`;
-    the other arguments are compared by type and value (`_same_scalars`), their number,
+    the other arguments by identity, else by type and value (`_equal_scalars`), their number,
     names and order too."""
 
     __slots__ = ("check", "in_c", "keys", "nargs", "others", "recipe", "scalars", "tensors")
@@ -662,7 +667,7 @@ class _Guarded:
             return False
         scalars = self.others(given)
         return (
-            all(map(operator.is_, scalars, self.scalars)) or _same_scalars(scalars, self.scalars)
+            all(map(operator.is_, scalars, self.scalars)) or _equal_scalars(scalars, self.scalars)
         ) and self.check(*self.tensors(given))
 
 
@@ -693,11 +698,12 @@ def _picker(positions):
     return operator.itemgetter(*positions) if positions else lambda given: ()
 
 
-def _same_scalars(a: tuple, b: tuple) -> bool:
-    """Whether the arguments `a` are the scalars `b`: the same objects (a module's options,
-    a call's literals), or values of the same types that are equal (1, 1.0 and True compare
-    equal; an array in `a` is refused by its type before == would compare it elementwise)."""
-    return all(map(operator.is_, a, b)) or (list(map(type, a)) == list(map(type, b)) and a == b)
+def _equal_scalars(a: tuple, b: tuple) -> bool:
+    """Whether the arguments `a` are values of the types of the scalars `b` and equal to
+    them (1, 1.0 and True compare equal; an array in `a` is refused by its type before ==
+    would compare it elementwise). `_Guarded.holds` asks whether they are the same objects
+    first (a module's options, a call's literals)."""
+    return list(map(type, a)) == list(map(type, b)) and a == b
 
 
 class _Recipe:
