@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch_graphs
 
 import bceloss
 
@@ -188,6 +189,66 @@ def test_compiled_training_step_equals_eager(rows, labels):
     torch.testing.assert_close(comp, want.detach(), rtol=2e-6, atol=0)
     for g, h in zip(eager_grads, comp_grads, strict=True):
         torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-7)  # the matmuls' own order
+
+
+def test_a_compiled_loss_adds_few_checks_to_each_call_of_its_graph():
+    # each object the compiler reads of a loss's Python it checks at every call of the
+    # graph (a cost a small training step pays): the loss's options and a few functions, no
+    # object met by two paths (each such pair costs a check in Python); PyTorch's own loss
+    # is the yardstick
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    x, y = _batch(64, 10)
+    checks = {}
+    for name, loss_fn in (
+        ("bceloss", bceloss.BCEWithLogitsLoss()),
+        ("PyTorch", torch.nn.BCEWithLogitsLoss()),
+    ):
+        torch._dynamo.reset()
+        net = _mlp(10)
+
+        def step(x, y, net=net, loss_fn=loss_fn):
+            return loss_fn(net(x), y)
+
+        torch.compile(step, fullgraph=True)(x, y).backward()
+        (entry,) = _debug_get_cache_entry_list(step.__code__)
+        guards = str(entry.guard_manager)
+        checks[name] = (len(guards.splitlines()), guards.count("LAMBDA_GUARD"))
+    torch._dynamo.reset()
+    assert checks["bceloss"][1] <= checks["PyTorch"][1], checks
+    assert checks["bceloss"][0] <= checks["PyTorch"][0] + 70, checks
+
+
+def test_a_loss_first_called_inside_a_compiled_function_of_a_fresh_process():
+    # bceloss imported before torch, no loss made: the first call is traced, and imports the
+    # PyTorch adapter inside the trace (which must leave what the trace read as it was)
+    code = (
+        "import bceloss\n"
+        "import torch\n"
+        "x = torch.linspace(-3, 3, 24).reshape(8, 3).requires_grad_()\n"
+        "y = torch.linspace(0, 1, 24).reshape(8, 3)\n"
+        "def f(a, b):\n"
+        "    return bceloss.binary_cross_entropy_with_logits(a, b, reduction='sum')\n"
+        "compiled = torch.compile(f, fullgraph=True)\n"
+        "values = [compiled(x, y) for _ in range(3)] + [f(x, y)]\n"
+        "values[0].backward()\n"
+        "print(*(repr(v.item()) for v in values), repr(x.grad.sum().item()))\n"
+        "from torch._dynamo.utils import counters\n"
+        "print(counters['stats']['unique_graphs'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    first, graphs = out.stdout.splitlines()
+    *compiled, eager, grad = (float(v) for v in first.split())
+    x = torch.linspace(-3, 3, 24).reshape(8, 3).requires_grad_()
+    y = torch.linspace(0, 1, 24).reshape(8, 3)
+    want = F.binary_cross_entropy_with_logits(x, y, reduction="sum")
+    assert compiled == [eager] * 3
+    torch.testing.assert_close(torch.tensor(eager), want.detach(), rtol=1e-6, atol=0)
+    want.backward()
+    torch.testing.assert_close(torch.tensor(grad), x.grad.sum(), rtol=1e-5, atol=1e-6)
+    assert graphs == "1"  # traced once: no recompile
 
 
 @pytest.mark.parametrize("size", [50, 6000])  # below and above the kernel's threshold
@@ -414,10 +475,15 @@ def test_the_operators_pass_pytorchs_own_checks():
         (torch.ops.bceloss.loss_and_grad.default, (fn, x, y, w, None, None, none)),
         # the reduced loss's own, whose CPU kernel is C (opcheck calls each several times:
         # the C kernel runs the form after its first calls); they have no autograd formula
-        # (graphs call them where nothing needs a gradient, or through reduced_loss_fused)
+        # (graphs call them where nothing needs a gradient, or through routed_loss)
         (torch.ops.bceloss.reduced_loss.default, (fn, x.detach(), y, w, None, None, "()")),
         (torch.ops.bceloss.reduced_loss_and_grad.default, (fn, x.detach(), y, None, w, None, "()")),
-        (torch.ops.bceloss.reduced_loss_fused.default, (fn, x, y, None, w, None, "()")),
+        # what a compiled graph holds, decomposed into those above where it is traced
+        (torch.ops.bceloss.routed_loss.default, (fn, x, y, None, w, None, "()")),
+        (
+            torch.ops.bceloss.routed_loss.default,
+            (fn, x, y.clone().requires_grad_(), w, w, None, none),
+        ),
     ]
     for op, args in calls:
         results = torch.library.opcheck(op, args)
@@ -550,14 +616,13 @@ def test_a_compiled_loss_whose_input_alone_needs_a_gradient_computes_it_in_its_f
 
     for fn, target, op in (
         # (the reduced loss's own operators: their CPU calls run in C)
-        (summed, y, "bceloss.reduced_loss_fused"),
+        (summed, y, "bceloss.reduced_loss_and_grad"),
         (summed, y.clone().requires_grad_(), "bceloss.loss"),
         (elementwise, y, "bceloss.loss_and_grad"),
         (elementwise, y.clone().requires_grad_(), "bceloss.loss"),
     ):
-        torch._dynamo.reset()
-        graph = torch._dynamo.explain(fn)(x, target).graphs[0]
-        assert f"torch.ops.{op}(" in graph.code
+        _, forward = torch_graphs.graphs(fn, x, target)
+        assert f"torch.ops.{op}.default(" in forward
         wrt = (x, target) if target.requires_grad else (x,)
         compiled = torch.compile(fn, fullgraph=True)(x, target)
         eager = fn(x, target)

@@ -148,8 +148,42 @@ def kernel_plan(call, min_size: int = KERNEL_MIN_SIZE):
     return _kernels.plan(call, min_size)
 
 
+# What a core loss called inside a graph PyTorch is compiling reaches, set by PyTorch's adapter
+# (`use_compiler`): `torch.compiler.is_compiling` and the adapter's `compiled_loss`. Reached
+# from here, the compiler meets each object by one path: an object it meets by two (a module
+# two of ours import) costs a check in Python, comparing the two, at every call of the
+# compiled graph. Never set while a compiler traces (it checks what it read as it was).
+_IS_COMPILING = None
+_COMPILED_LOSS = None
+
+
+def use_compiler(is_compiling, compiled_loss) -> None:
+    """Called by PyTorch's adapter, imported outside a trace: its `torch.compiler.is_compiling`
+    and the function a core loss called inside a graph being compiled becomes."""
+    global _IS_COMPILING, _COMPILED_LOSS
+    _IS_COMPILING, _COMPILED_LOSS = is_compiling, compiled_loss
+
+
 def torch_compiling() -> bool:
     """Whether PyTorch is tracing the call into a graph (`torch.compile`, `torch.export`).
     Written for the compiler to read: no import, one attribute chain."""
+    is_compiling = _IS_COMPILING
+    if is_compiling is not None:
+        return is_compiling()
     torch = sys.modules.get("torch")
-    return torch is not None and torch.compiler.is_compiling()
+    if torch is None:
+        return False
+    if torch.compiler.is_compiling():
+        return True
+    adapter = sys.modules.get("bceloss._torch")  # (imported inside a trace, unregistered)
+    if adapter is not None:
+        adapter.register_compiler()
+    return False
+
+
+def compiled_loss(fn: str, bound: dict):
+    """A core loss called inside a graph being compiled: PyTorch's adapter's `compiled_loss`
+    of the function named `fn` with the arguments `bound` to their names; None where the
+    adapter is not registered (the functional form then imports it)."""
+    route = _COMPILED_LOSS
+    return None if route is None else route(fn, bound)

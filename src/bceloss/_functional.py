@@ -22,7 +22,7 @@ def loss_function(bind):
     takes a call whose arguments all have a form (`_memo`), validated once a form. A
     framework whose tensors the core reads as NumPy views takes the call next
     (`_dispatch.edge_adapter`). Inside a graph that PyTorch is compiling (`torch.compile`,
-    `torch.export`) a core loss is one registered operator (`_torch.compiled_loss`): the
+    `torch.export`) a core loss is one registered operator (`_dispatch.compiled_loss`): the
     compiler never reads the validation's Python, which runs in the operator instead; a
     flavour runs outside the graph. `value_and_grad` finds bind again through the
     `_bceloss_bind` attribute.
@@ -33,17 +33,28 @@ def loss_function(bind):
         for name, p in signature.parameters.items()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     )
-    reduction = signature.parameters["reduction"].default
     name = f"{bind.__module__}.{bind.__name__}"  # the operator finds `bind` again by it
     traced = bind.__module__ == __name__  # the core's losses: the flavours are not operators
 
     @functools.wraps(bind)
     def loss(*args, **kwargs):
         if _dispatch.torch_compiling():
+            if traced:
+                if len(args) > len(positional):
+                    msg = f"{bind.__name__}() takes {len(positional)} positional arguments"
+                    msg += f" but {len(args)} were given"
+                    raise TypeError(msg)
+                # (a comprehension: the compiler reads no Python of its own for it)
+                bound = {name: a for name, a in zip(positional, args, strict=False)}
+                bound.update(kwargs)
+                done = _dispatch.compiled_loss(name, bound)
+                if done is None:  # (PyTorch's adapter not registered: imported here)
+                    from bceloss import _torch
+
+                    done = _torch.compiled_loss(name, bound)
+                return done
             from bceloss import _torch
 
-            if traced:
-                return _torch.compiled_loss(name, positional, reduction, args, kwargs)
             # a flavour runs eagerly, outside the graph: a graph break (which
             # fullgraph=True refuses with PyTorch's message)
             return _torch.outside_graph(eager)(*args, **kwargs)
@@ -61,6 +72,7 @@ def loss_function(bind):
         return _call.run(bind(*args, **kwargs))
 
     loss._bceloss_bind = bind
+    loss._bceloss_name = name
     return loss
 
 

@@ -59,6 +59,7 @@ def _make(cls, base, is_buffer, rebuild):
             # pickled as the plain class's module, made again from it on loading
             return (rebuild, (cls,), self.__getstate__())
 
+    Module._array = _stored
     for name in cls.arrays:
         setattr(Module, name, _array_option(name))
     Module.__name__, Module.__qualname__ = cls.__name__, cls.__qualname__
@@ -77,23 +78,31 @@ def _array_option(name):
     of a small loss pays for each array option."""
 
     def get(self):
-        d = self.__dict__
-        for store in ("_buffers", "_parameters"):
-            found = d.get(store, _NONE).get(name, _ABSENT)
-            if found is not _ABSENT:
-                return found
-        if name in d:
-            return d[name]
-        raise _absent(self)
+        return _stored(self, name)
 
     def set_plain(self, value):  # a value neither buffer nor parameter (the base's choice)
         self.__dict__[name] = value
 
     def delete(self):
         if self.__dict__.pop(name, _ABSENT) is _ABSENT:
-            raise _absent(self)
-
-    def _absent(self):
-        return AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            raise _absent(self, name)
 
     return property(get, set_plain, delete, doc=f"The {name} option.")
+
+
+def _stored(self, name):
+    """The array option `name` of a module type's instance: a buffer, a parameter or a plain
+    attribute (`_Loss._array`, which a loss's options read: a compiler tracing it reads one
+    function for every option, where the properties are one each)."""
+    d = self.__dict__
+    for store in ("_buffers", "_parameters"):
+        found = d.get(store, _NONE).get(name, _ABSENT)
+        if found is not _ABSENT:
+            return found
+    if name in d:
+        return d[name]
+    raise _absent(self, name)
+
+
+def _absent(self, name):
+    return AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

@@ -15,6 +15,9 @@ import sys
 
 from bceloss import _call, _dispatch, _functional, _validation
 
+# (by name: a compiler tracing a loss's forward then reads `_dispatch`'s globals by one path)
+from bceloss._dispatch import compiled_loss, torch_compiling
+
 
 def _module_type(cls):
     """`cls` (a loss class) as its framework's module type, or None where the loss stays a
@@ -73,6 +76,10 @@ class _Loss:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def _array(self, name):
+        """The array option `name` (a module type reads its buffers: `_module_types`)."""
+        return getattr(self, name)
+
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
         return _call.run(self._bceloss_bind(input, target))
@@ -110,15 +117,23 @@ class _CoreLoss(_Loss):
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
         options = self._options()
-        if not _dispatch.torch_compiling():
-            # the express lane straight away (`_functional.loss_function`'s first route),
-            # which a small loss in a training loop pays for less than the wrappers
+        function = type(self).function
+        # the functional form's first routes straight away, which a small loss in a training
+        # loop pays for less than its wrappers: inside a graph being compiled its operator
+        # (the less Python a compiler reads, the fewer checks each call of its graph makes),
+        # else the express lane
+        if torch_compiling():
+            bound = {"input": input, "target": target, **options}
+            done = compiled_loss(function._bceloss_name, bound)
+            if done is not None:
+                return done
+        else:
             lane = _dispatch.EXPRESS_LANES.get(type(input))
             if lane is not None:
-                done = lane(type(self).function._bceloss_bind, (input, target), options)
+                done = lane(function._bceloss_bind, (input, target), options)
                 if done is not None:
                     return done
-        return type(self).function(input, target, **options)
+        return function(input, target, **options)
 
     def _bceloss_bind(self, input, target):
         return type(self).function._bceloss_bind(input, target, **self._options())
@@ -187,10 +202,10 @@ class BCELoss(_CoreLoss):
 
     def _options(self):
         return {
-            "weight": self.weight,
+            "weight": self._array("weight"),
             "reduction": self.reduction,
             "label_smoothing": self.label_smoothing,
-            "where": self.where,
+            "where": self._array("where"),
         }
 
 
@@ -248,9 +263,9 @@ class BCEWithLogitsLoss(_CoreLoss):
 
     def _options(self):
         return {
-            "weight": self.weight,
+            "weight": self._array("weight"),
             "reduction": self.reduction,
-            "pos_weight": self.pos_weight,
+            "pos_weight": self._array("pos_weight"),
             "label_smoothing": self.label_smoothing,
-            "where": self.where,
+            "where": self._array("where"),
         }

@@ -916,7 +916,8 @@ def _module_of(cls):
 
 # --- the registered operator: one graph node for torch.compile and torch.export ----------
 
-_OPERANDS = _call.ARRAYS  # the operator's tensors
+_OPERANDS = _call.ARRAYS  # the operator's tensors, in order
+_Tensor = torch.Tensor
 # True while the operator's fake implementation validates: fake tensors have no values
 _SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
@@ -926,37 +927,27 @@ def outside_graph(fn):
     return torch.compiler.disable(fn, recursive=True)
 
 
-def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwargs: dict):
-    """A core loss called inside a graph being compiled: one `bceloss::loss` operator, or
-    `bceloss::loss_and_grad` where only the input needs a gradient (its forward computes it,
-    as eager's does, and the backward multiplies it in graph ops). For a reduced loss whose
-    CPU calls run in C (`_torch_kernel`; the logits loss and BCE on probabilities, `_c_runs`):
-    `bceloss::reduced_loss` where nothing needs a gradient, `bceloss::reduced_loss_fused`
-    where only the input does (its traced graph holds `bceloss::reduced_loss_and_grad`),
-    `bceloss::loss` where another tensor does.
+def compiled_loss(fn: str, bound: dict):
+    """A core loss called inside a graph being compiled (`_dispatch.compiled_loss`), its
+    arguments bound to their names: one `bceloss::routed_loss` operator, whose kernel
+    picks the operators that compute it when the graph is traced (`_routed_loss`); one
+    `bceloss::loss` in a program being exported.
 
-    Written for the compiler to trace (plain Python on the arguments, no validation): the
+    Written for the compiler to trace, and short: each object its Python reads, the compiler
+    checks at every call of the graph. Plain Python on the arguments, no validation: the
     tensors are the operator's operands, the other arguments (str, bool, int, float, None)
-    its options, as their `repr` (`_written`); `reduction` is the function's default one.
-    The operator validates and computes when the graph runs, and its fake implementation
-    validates shapes and dtypes when the graph is traced. The fused operator is taken where
-    `_eager` would compute the gradient in the forward (on NumPy views, after autocast:
-    `_eager_fuses`), on what the compiler sees and guards (grad mode, autocast,
-    requires_grad, device, dtype).
+    its options, as their `repr` (`_written`). The operator validates and computes when the
+    graph runs, and its fake implementation validates shapes and dtypes when the graph is
+    traced.
     """
-    if len(args) > len(positional):
-        msg = f"{fn.rpartition('.')[2]}() takes {len(positional)} positional arguments"
-        msg += f" but {len(args)} were given"
-        raise TypeError(msg)
-    if _BUILD_KEY in kwargs:  # (the key of the build among the options: no argument's)
+    if _BUILD_KEY in bound:  # (the key of the build among the options: no argument's)
         msg = f"{fn.rpartition('.')[2]}() got an unexpected keyword argument {_BUILD_KEY!r}"
         raise TypeError(msg)
-    bound = dict(zip(positional, args, strict=False))
-    bound.update(kwargs)
+    bound = bound.copy()
     tensors = []
-    for name in _OPERANDS:
+    for name in ("input", "target", "weight", "pos_weight", "where"):  # (`_OPERANDS`)
         a = bound.pop(name, None)
-        if not (a is None or isinstance(a, torch.Tensor)):
+        if not (a is None or isinstance(a, _Tensor)):
             msg = f"{name} must be a torch.Tensor in a compiled graph; got {type(a).__name__}"
             raise TypeError(msg)
         tensors.append(a)
@@ -974,30 +965,50 @@ def compiled_loss(fn: str, positional: tuple, reduction: str, args: tuple, kwarg
             msg = f"{key} must be a str, a Python number or None in a compiled graph; got {kind}"
             raise TypeError(msg)
         options.append((key, value))
-    reduction = dict(options).get("reduction", reduction)
     options.append((_BUILD_KEY, _BUILD))
-    # the operators whose CPU calls run in C (`_torch_kernel`), their errors (a probability
-    # outside [0, 1]) coming from there as RuntimeError with the library's message; an
-    # exported program keeps the others (a file: the operators any process defines)
-    ops = torch.ops.bceloss
-    written = _written(options)
-    in_c = fn in _IN_C and not _exporting() and _c_runs(tensors, reduction)
-    x, *others = tensors[:4]
+    if _IS_EXPORTING():  # (an exported program is a file: the operators any process defines)
+        return _EXPORTED_LOSS(fn, *tensors, _written(options))
+    return _ROUTED_LOSS(fn, *tensors, _written(options))
+
+
+def _routed_loss(fn, input, target, weight, pos_weight, where, options):
+    """bceloss::routed_loss: a core loss in a compiled graph, as the operators that compute
+    it, chosen when the graph is traced (this kernel runs then, below the compiler's checks
+    of its Python: what it asks, the compiler checks of the graph's tensors and of grad mode
+    and autocast at every call anyway).
+
+    For a reduced loss whose CPU calls run in C (`_torch_kernel`; the logits loss and BCE on
+    probabilities, `_c_runs`): `bceloss::reduced_loss` where nothing needs a gradient,
+    `bceloss::reduced_loss_and_grad` and the backward's product (`_ReducedLossFused`)
+    where only the input does, `bceloss::loss` where another tensor does. Otherwise
+    `bceloss::loss_and_grad` where only the input needs a gradient (its forward computes it,
+    as eager's does, and the backward multiplies it in graph ops), `bceloss::loss` else. The
+    input's gradient is fused where `_eager` would compute it in the forward (on NumPy
+    views, after autocast: `_eager_fuses`).
+    """
+    tensors = (input, target, weight, pos_weight, where)
+    arguments = (fn, *tensors, options)
+    reduction = _options_of(options).get("reduction", _default_reduction(fn))
+    in_c = fn in _IN_C and _c_runs(tensors, reduction)
     tracked = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in tensors)
-    if (  # (an exported program computes no gradient: the loss alone)
+    others = (target, weight, pos_weight)
+    if (
         tracked
-        and not _exporting()
-        and x is not None
-        and x.requires_grad
+        and input.requires_grad
         and not any(a is not None and a.requires_grad for a in others)
         and _eager_fuses(tensors)
     ):
         if in_c:
-            return ops.reduced_loss_fused(fn, *tensors, written)
-        return ops.loss_and_grad(fn, *tensors, written)[0]
+            return _ReducedLossFused.apply(*arguments)[0]
+        return torch.ops.bceloss.loss_and_grad(*arguments)[0]
     if in_c and not tracked:
-        return ops.reduced_loss(fn, *tensors, written)
-    return ops.loss(fn, *tensors, written)
+        return torch.ops.bceloss.reduced_loss(*arguments)
+    return torch.ops.bceloss.loss(*arguments)
+
+
+@functools.cache
+def _default_reduction(fn: str) -> str:
+    return inspect.signature(_bind_of(fn)).parameters["reduction"].default
 
 
 # the core functions whose calls may run the C kernel (`_c_call`, `_c_runs`)
@@ -1054,9 +1065,12 @@ def _written(options) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
-def _exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return is_exporting is not None and is_exporting()
+def _not_exporting() -> bool:
+    return False
+
+
+# whether a program is being exported (`torch.export`): PyTorch's check where it has one
+_IS_EXPORTING = getattr(torch.compiler, "is_exporting", _not_exporting)
 
 
 @functools.cache
@@ -1092,7 +1106,7 @@ def _build() -> str:
 # The build, written among the options of every operator call a compiled graph makes: the
 # compiler's caches (inductor's and AOTAutograd's, kept on disk across processes) know a
 # graph by its code, not by the Python of the operators it calls, and would otherwise serve
-# a graph another bceloss traced (its bceloss::reduced_loss_fused decomposed into operators
+# a graph another bceloss traced (its bceloss::routed_loss decomposed into operators
 # this one may not define: an AttributeError when the graph runs)
 _BUILD_KEY = "bceloss"
 _BUILD = _build()
@@ -1294,23 +1308,6 @@ class _ReducedLossFused(torch.autograd.Function):
     backward = staticmethod(_loss_and_grad_backward)
 
 
-def _reduced_loss_fused(fn, input, target, weight, pos_weight, where, options):
-    """bceloss::reduced_loss_fused: a reduced loss whose autograd node multiplies
-    the gradient its forward computed (`_ReducedLossFused`).
-
-    Its forward and the product are PyTorch ops of their own, with no autograd kernel in
-    Python: the graph a compiler traces of it holds `bceloss::reduced_loss_and_grad`, which
-    runs from the dispatcher straight to the C kernel (an operator with an autograd formula
-    registered in Python is called through that formula's Python at every run)."""
-    arrays = (fn, input, target, weight, pos_weight, where, options)
-    others = (target, weight, pos_weight)
-    if any(a is not None and a.requires_grad for a in others):  # their gradients too
-        return torch.ops.bceloss.loss(*arrays)
-    if torch.is_grad_enabled() and input.requires_grad:
-        return _ReducedLossFused.apply(*arrays)[0]
-    return torch.ops.bceloss.reduced_loss(*arrays)
-
-
 def _no_second_order(ctx, *grads):
     msg = (
         "bceloss's registered operators have no second derivative (a gradient of a "
@@ -1344,12 +1341,14 @@ torch.library.register_autograd(
     setup_context=_setup_loss_and_grad,
     lib=_LIBRARY,
 )
-# reduced_loss_fused: a reduced loss differentiable wrt its input, decomposed where
-# a graph is traced into reduced_loss_and_grad and the backward's product (`_ReducedLossFused`)
-_LIBRARY.define(f"reduced_loss_fused{_ARGUMENTS} -> Tensor", tags=(torch.Tag.pt2_compliant_tag,))
-_LIBRARY.impl("reduced_loss_fused", _reduced_loss_fused, "CompositeImplicitAutograd")
+# routed_loss: a core loss in a compiled graph, decomposed where the graph is traced into the
+# operators above (`_routed_loss`), under autocast too: they widen halves themselves
+_LIBRARY.define(f"routed_loss{_ARGUMENTS} -> Tensor", tags=(torch.Tag.pt2_compliant_tag,))
+_LIBRARY.impl("routed_loss", _routed_loss, "CompositeImplicitAutograd")
+# what `compiled_loss` calls, read from this module's globals alone (as `torch.Tensor`)
+_ROUTED_LOSS, _EXPORTED_LOSS = torch.ops.bceloss.routed_loss.default, torch.ops.bceloss.loss.default
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
-for _op in ("loss", "loss_and_grad", "reduced_loss", "reduced_loss_and_grad", "reduced_loss_fused"):
+for _op in ("loss", "loss_and_grad", "reduced_loss", "reduced_loss_and_grad"):
     torch.library.register_autocast(f"bceloss::{_op}", "cpu", torch.float32, lib=_LIBRARY)
     torch.library.register_autocast(f"bceloss::{_op}", "cuda", torch.float32, lib=_LIBRARY)
 _torch_kernel.install()
@@ -1369,3 +1368,14 @@ _C_LOSS, _C_LOSS_AND_GRAD = (
 for _cls in (torch.Tensor, torch.nn.Parameter):
     _memo.register(_cls, _tensor_form, _in_unit_range)
     _dispatch.EXPRESS_LANES[_cls] = express
+
+
+def register_compiler() -> None:
+    """What a core loss in a graph being compiled reaches, handed to `_dispatch`; not while
+    a compiler traces (this module imported by the first traced call), which checks what
+    it read of `_dispatch` as it was then: the next eager call of a loss does it."""
+    if not torch.compiler.is_compiling():
+        _dispatch.use_compiler(torch.compiler.is_compiling, compiled_loss)
+
+
+register_compiler()
