@@ -2,7 +2,8 @@
 and under torch.compile, on an MLP (64 -> 256 -> C, SGD, multi-label targets).
 
 For each batch x labels it times, as medians of interleaved repeats (the machine is shared:
-bceloss and PyTorch alternate, so a busy moment hits both):
+bceloss and PyTorch alternate, so a busy moment hits both; each loss's workload is built
+twice, before and after the other's, as the order of building moves the times):
   step     a whole training step: forward, loss, backward, optimizer step
   loss     the loss alone, forward + backward, on logits that require grad
   no_grad  the loss forward under torch.no_grad() (evaluation)
@@ -94,20 +95,25 @@ def main(argv=None) -> None:
     )
     for rows, labels in sizes:
         for compiled in modes:
-            work = {
-                name: _workloads(rows, labels, fn, compiled, args.probabilities)
-                for name, fn in losses.items()
-            }
+            # each loss's workload built twice, in the order bceloss, PyTorch, PyTorch,
+            # bceloss: the order a process builds them in moves a small step's time by a
+            # few percent (a compiled 64 x 10 step: 1.03-1.04x built second, 1.09-1.12x
+            # built first, measured), which the two builds of each loss share out evenly
+            order = [*losses, *reversed(losses)]
+            work = [
+                (name, _workloads(rows, labels, losses[name], compiled, args.probabilities))
+                for name in order
+            ]
             for what in ("step", "loss", "no_grad"):
-                fns = {name: w[what] for name, w in work.items()}
-                for fn in fns.values():  # warm up: compile, allocate
+                fns = [(name, w[what]) for name, w in work]
+                for _, fn in fns:  # warm up: compile, allocate
                     fn()
                     fn()
-                inner = {name: _inner(fn) for name, fn in fns.items()}
-                times = {name: [] for name in fns}
+                inner = [_inner(fn) for _, fn in fns]
+                times = {name: [] for name in losses}
                 for _ in range(args.repeats):
-                    for name, fn in fns.items():
-                        times[name].append(_timed(fn, inner[name]))
+                    for (name, fn), calls in zip(fns, inner, strict=True):
+                        times[name].append(_timed(fn, calls))
                 ours, theirs = (statistics.median(times[n]) * 1e6 for n in losses)
                 mode = "compiled" if compiled else "eager"
                 print(

@@ -48,6 +48,7 @@ void launch_in(const Arguments& a) {
     call.wsums = a.wsums;
     call.starts = a.starts;
     call.blocks = a.blocks;
+    call.outside = a.outside;
     Chunks<F> chunks{&call, a.chunks};
     run_chunks(a.team, a.chunks, &run_chunk<F>, &chunks);
 }

@@ -20,6 +20,9 @@ struct Arguments {
     double *sums, *wsums;
     const int64_t* starts;
     int64_t blocks;
+    // where not null: the number of input values outside [0, 1] in each block (BCE on
+    // probabilities, whose values the PyTorch operator's C kernel checks in this pass)
+    int64_t* outside;
 };
 
 // One pass over the call's blocks, in float64 (compute64) or float32, on `team` threads.

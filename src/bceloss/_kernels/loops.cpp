@@ -204,7 +204,7 @@ void run_blocks(const Call<F>& c, int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
         std::fill(lanes, lanes + LANES, 0.0);
         std::fill(wlanes, wlanes + LANES, 0.0);
-        int64_t kept = 0, wkept = 0;
+        int64_t kept = 0, wkept = 0, outside = 0;
         for (int64_t start = c.starts[b]; start < c.starts[b + 1]; start += PIECE) {
             const int64_t count = std::min(PIECE, c.starts[b + 1] - start);
             F* ls = place(c.out, start, lbuf);
@@ -216,6 +216,9 @@ void run_blocks(const Call<F>& c, int64_t first, int64_t last) {
                 const F* ws = c.w.data != nullptr ? view<F>(c.w, start, count, wbuf) : nullptr;
                 const F* ps = c.p.data != nullptr ? view<F>(c.p, start, count, pbuf) : nullptr;
                 c.segment(count, xs, ys, ws, ps, ls, gs, hs, c.options);
+                if (c.outside != nullptr) {  // (all_in_unit_range's count, on values in cache)
+                    for (int64_t k = 0; k < count; ++k) outside += (xs[k] < zero) | (xs[k] > F(1));
+                }
             }
             const double* wds =
                 c.wsums != nullptr ? view<double>(c.wd, start, count, wdbuf) : nullptr;
@@ -241,6 +244,7 @@ void run_blocks(const Call<F>& c, int64_t first, int64_t last) {
         }
         if (c.sums != nullptr) c.sums[b] = fold(lanes);
         if (c.wsums != nullptr) c.wsums[b] = fold(wlanes);
+        if (c.outside != nullptr) c.outside[b] = outside;
     }
 }
 

@@ -186,6 +186,7 @@ struct Call {
     double* wsums;
     const int64_t* starts;
     int64_t blocks;
+    int64_t* outside;  // per block: input values outside [0, 1] (counted where not null)
 };
 
 // Blocks first .. last of a call, on the calling thread.

@@ -326,13 +326,16 @@ void team_of(const Form& f, int* team, long long* chunks) {
 }
 
 // The call run by the loops into new tensors: Prepared.loss_and_grad, or Prepared.loss
-// without `gradient`. False where the total is for the Python kernel to decide (the tensors
-// then deleted).
+// without `gradient`. False where the call is for the Python kernel to decide (the tensors
+// then deleted): a total that is not finite, or BCE on probabilities with an input value
+// outside [0, 1], which the loops count in their pass (the Python kernel refuses the call).
 bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handle* grad) {
     const Layout& l = f.layout;
     *grad = gradient ? empty(l.x_sizes, l.x_dtype) : nullptr;
     *loss = empty({}, f.out_dtype);
     std::vector<double> sums(f.starts.size() - 1);
+    const bool checked = f.constants.kind == static_cast<int>(Kind::probabilities);
+    std::vector<int64_t> outside(checked ? sums.size() : 0);
     Arguments a = f.constants;
     a.grad = gradient ? 1 : 0;
     team_of(f, &a.team, &a.chunks);
@@ -345,9 +348,12 @@ bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handl
     a.sums = sums.data();
     a.starts = f.starts.data();
     a.blocks = static_cast<int64_t>(sums.size());
+    a.outside = checked ? outside.data() : nullptr;
     launch(a, f.compute64);
     double total;
-    if (!combine(sums.data(), a.blocks, &total)) {
+    bool inside = true;
+    for (const int64_t count : outside) inside = inside && count == 0;
+    if (!inside || !combine(sums.data(), a.blocks, &total)) {
         if (gradient) api.delete_tensor(*grad);
         api.delete_tensor(*loss);
         return false;
@@ -361,13 +367,6 @@ bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handl
         *static_cast<float*>(out) = static_cast<float>(value);
     }
     return true;
-}
-
-bool probabilities_in_range(const Form& f, const Tensor& x) {
-    const void* data = data_of(x.handle);
-    if (f.layout.x == Storage::f32)
-        return all_in_unit_range(static_cast<const float*>(data), f.layout.n);
-    return all_in_unit_range(static_cast<const double*>(data), f.layout.n);
 }
 
 void release_arguments(StableIValue* stack) {
@@ -413,12 +412,8 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
         if (found != forms.end()) form = found->second;
     }
     Handle loss = nullptr, grad = nullptr;
-    // BCE on probabilities checks its input's values at every call: one outside [0, 1] is
-    // the Python kernel's to refuse (the express lane's own check of the calls it makes here)
-    if (form != nullptr && form->constants.kind == static_cast<int>(Kind::probabilities) &&
-        !probabilities_in_range(*form, tensors[0])) {
-        form = nullptr;
-    }
+    // (BCE on probabilities checks its input's values at every call, in the loops' pass: one
+    // outside [0, 1] is the Python kernel's to refuse, the express lane's check of its calls)
     if (form != nullptr && run_form(*form, tensors, gradient, &loss, &grad)) {
         release_arguments(stack);
         stack[0] = reinterpret_cast<StableIValue>(loss);
