@@ -630,6 +630,50 @@ def test_a_tensor_whose_storage_was_freed_is_refused_at_every_call(loss, operand
     assert _native.torch_kept() == 1
 
 
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"reduction": "none"}, {"where": "mask"}, {"reduction": "weighted_mean"}, {"float64": 1}],
+    ids=["mean", "none", "where", "weighted_mean", "float64"],
+)
+@pytest.mark.parametrize("loss", ["logits", "probabilities"])
+def test_the_callers_tensors_stay_resizable_as_after_pytorchs_own_loss(loss, options, grad_mode):
+    # NumPy's views of the tensors (the first calls of a form, forms outside the C kernel,
+    # the gradient it writes) leave each storage resizable, as PyTorch's own loss does:
+    # Tensor.numpy() marks a storage not resizable for good (a target buffer resized for the
+    # next batch, or a parameter FSDP frees, then raised)
+    g = torch.Generator().manual_seed(18)
+    dtype = torch.float64 if options.get("float64") else torch.float32
+    x = torch.randn(32, 5, generator=g, dtype=dtype)
+    tensors = {
+        "input": x if loss == "logits" else torch.sigmoid(x),
+        "target": torch.rand(32, 5, generator=g, dtype=dtype),
+        "weight": torch.rand(5, generator=g, dtype=dtype),
+    }
+    if loss == "logits":
+        tensors["pos_weight"] = torch.rand(5, generator=g, dtype=dtype) + 0.5
+    if options.get("where"):
+        tensors["where"] = torch.rand(32, 5, generator=g) > 0.3
+    reduction = options.get("reduction", "mean")
+    fn = (
+        bceloss.binary_cross_entropy_with_logits
+        if loss == "logits"
+        else bceloss.binary_cross_entropy
+    )
+    for _ in range(5):  # validated, remembered, kept (in C where it can)
+        given = {k: v.clone() for k, v in tensors.items()}
+        given["input"].requires_grad_(grad_mode)
+        call = dict(given)
+        with torch.set_grad_enabled(grad_mode):
+            value = fn(call.pop("input"), call.pop("target"), **call, reduction=reduction)
+        if grad_mode:
+            value.sum().backward()
+            assert given["input"].grad.untyped_storage().resizable()
+        for name, t in given.items():
+            assert t.untyped_storage().resizable(), name
+            t.untyped_storage().resize_(t.untyped_storage().nbytes() + 8)  # as PyTorch's
+
+
 def test_operands_on_another_device_than_the_inputs_are_refused_at_every_call():
     # NumPy's views of a CPU call read CPU tensors only: a weight elsewhere is an error at
     # every call, never copied over

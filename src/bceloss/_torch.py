@@ -85,7 +85,7 @@ class Torch(_array_api.ArrayAPI):
         twin = numpy_twin(call)
         if twin is None:
             return None
-        view = out.detach().numpy() if out is not None and out.is_contiguous() else None
+        view = _numpy_view(out) if out is not None and out.is_contiguous() else None
         value, grads = _evaluate.loss_and_grad(twin, wrt, out=view, seed=seed)
         return _tensor(value), tuple(out if g is view else _tensor(g) for g in grads)
 
@@ -192,13 +192,34 @@ def numpy_twin(call):
 
 
 def _numpy_view(t):
-    """NumPy's view of a CPU tensor's values (zero-copy), or a copy of them where its memory
-    does not hold them as they are (`_stores_its_values`); a RuntimeError for a tensor with
-    no memory behind its elements, the TypeError of `Tensor.numpy` off the CPU."""
-    if t.is_cpu and not _stores_its_values(t):
+    """NumPy's view of a CPU tensor's values (zero-copy: `_Memory`), or a copy of them where
+    its memory does not hold them as they are (`_stores_its_values`); a RuntimeError for a
+    tensor with no memory behind its elements, the TypeError of `Tensor.numpy` off the CPU
+    or for a dtype NumPy lacks."""
+    if not t.is_cpu or t.dtype not in _TYPESTRS:
+        return t.detach().numpy()
+    if not _stores_its_values(t):
         _refuse_unallocated(t)
         return t.numpy(force=True)
-    return t.detach().numpy()
+    memory = _Memory()
+    memory.tensor = t
+    memory.__array_interface__ = {
+        "data": (t.data_ptr(), False),
+        "shape": t.shape,
+        "strides": None if t.is_contiguous() else tuple(s * t.element_size() for s in t.stride()),
+        "typestr": _TYPESTRS[t.dtype],
+        "version": 3,
+    }
+    return np.asarray(memory)
+
+
+class _Memory:
+    """A CPU tensor's memory as NumPy reads it (`__array_interface__`, `_numpy_view`), the
+    tensor held for as long as a view of it lives: NumPy's view without `Tensor.numpy`,
+    which marks the tensor's storage not resizable for good (a target buffer resized for
+    the next batch, or a parameter FSDP frees, would then raise)."""
+
+    __slots__ = ("__array_interface__", "tensor")
 
 
 def _refuse_unallocated(t) -> None:
@@ -232,6 +253,24 @@ def _unallocated(t) -> bool:
 
 _C_ORDER = torch.contiguous_format
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+# the tensor dtypes NumPy reads, as NumPy writes them (`_Memory`)
+_TYPESTRS = {
+    getattr(torch, name): np.dtype(name).str
+    for name in (
+        "float16",
+        "float32",
+        "float64",
+        "bool",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+    )
+}
 _HALVES = _torch_kernel._HALVES  # float16, bfloat16
 _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, **{v: k for k, v in _NUMPY_DTYPES.items()}}
 
@@ -272,7 +311,7 @@ def _on_views(twin, eager):
         # takes it as the .grad, where a NumPy-owned one costs more to hand over
         dtype = _TORCH_DTYPES.get(twin.input.dtype)
         grad = None if dtype is None else torch.empty(twin.input.shape, dtype=dtype, device="cpu")
-        view = None if grad is None else grad.numpy()
+        view = None if grad is None else _numpy_view(grad)
         value, (gx,) = _evaluate.loss_and_grad(twin, (0,), out=view)
     eager.append(grad if gx is view else _tensor(gx))
     return _tensor(value)
@@ -841,7 +880,7 @@ class _Recipe:
         if not gradient:
             return _tensor(self.prepared.loss(x, y, w, p)), None
         grad = torch.empty_like(arrays[0], memory_format=_C_ORDER)  # see `_on_views`
-        return _tensor(self.prepared.loss_and_grad(x, y, w, p, grad.numpy())), grad
+        return _tensor(self.prepared.loss_and_grad(x, y, w, p, _numpy_view(grad))), grad
 
 
 def _c_call(call, bind):
