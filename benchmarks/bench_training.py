@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import types
 
 import torch
 
@@ -56,8 +57,14 @@ def _workloads(rows: int, labels: int, loss_fn, compiled: bool, probabilities: b
     def train(x, y):
         return loss_fn(net(x), y)
 
-    forward = torch.compile(train, fullgraph=True) if compiled else train
-    alone = torch.compile(loss_fn, fullgraph=True) if compiled else loss_fn
+    # each workload's own code object and static shapes, as a training loop of one batch
+    # size compiles (one code object for all would leave the compiler a graph for several
+    # shapes, dynamic ones, after the second)
+    train = types.FunctionType(
+        train.__code__.replace(), train.__globals__, "train", None, train.__closure__
+    )
+    forward = torch.compile(train, fullgraph=True, dynamic=False) if compiled else train
+    alone = torch.compile(loss_fn, fullgraph=True, dynamic=False) if compiled else loss_fn
 
     def step():
         opt.zero_grad(set_to_none=True)

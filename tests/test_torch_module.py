@@ -219,9 +219,42 @@ def test_a_compiled_loss_adds_few_checks_to_each_call_of_its_graph():
     assert checks["bceloss"][0] <= checks["PyTorch"][0] + 70, checks
 
 
+def test_a_parametrized_pos_weight_is_read_through_its_parametrization():
+    # torch.nn.utils.parametrize replaces the option by a property of a subclass (softplus
+    # of a raw parameter here): the loss reads it, eager and compiled, as PyTorch's does
+    from torch.nn.utils import parametrize
+
+    class Softplus(torch.nn.Module):
+        def forward(self, w):
+            return F.softplus(w)
+
+    g = torch.Generator().manual_seed(21)
+    x, y = torch.randn(16, 3, generator=g) * 2, torch.rand(16, 3, generator=g)
+    raw = torch.tensor([0.0, 1.0, -1.0])
+    results = {}
+    for name, cls in (
+        ("bceloss", bceloss.BCEWithLogitsLoss),
+        ("PyTorch", torch.nn.BCEWithLogitsLoss),
+    ):
+        loss = cls(pos_weight=torch.nn.Parameter(raw.clone()))
+        parametrize.register_parametrization(loss, "pos_weight", Softplus())
+        torch._dynamo.reset()
+        with torch.no_grad():  # (PyTorch's own has no gradient wrt pos_weight)
+            results[name] = [loss(x, y), torch.compile(loss, fullgraph=True)(x, y)]
+    eager, compiled = results["bceloss"]
+    assert torch.equal(eager, compiled)
+    for theirs in results["PyTorch"]:
+        torch.testing.assert_close(eager, theirs, rtol=2e-6, atol=0)
+    want = F.binary_cross_entropy_with_logits(x, y, pos_weight=F.softplus(raw))
+    torch.testing.assert_close(eager, want, rtol=2e-6, atol=0)
+    # (the plain pos_weight, raw, gives another loss: the test tells them apart)
+    assert not torch.allclose(want, F.binary_cross_entropy_with_logits(x, y, pos_weight=raw))
+
+
 def test_a_loss_first_called_inside_a_compiled_function_of_a_fresh_process():
     # bceloss imported before torch, no loss made: the first call is traced, and imports the
-    # PyTorch adapter inside the trace (which must leave what the trace read as it was)
+    # PyTorch adapter inside the trace (which must leave what the trace read as it was, then
+    # and after an eager call)
     code = (
         "import bceloss\n"
         "import torch\n"
@@ -230,7 +263,8 @@ def test_a_loss_first_called_inside_a_compiled_function_of_a_fresh_process():
         "def f(a, b):\n"
         "    return bceloss.binary_cross_entropy_with_logits(a, b, reduction='sum')\n"
         "compiled = torch.compile(f, fullgraph=True)\n"
-        "values = [compiled(x, y) for _ in range(3)] + [f(x, y)]\n"
+        "values = [compiled(x, y) for _ in range(2)] + [f(x, y)]\n"
+        "values.insert(2, compiled(x, y))  # after an eager call: no recompile\n"
         "values[0].backward()\n"
         "print(*(repr(v.item()) for v in values), repr(x.grad.sum().item()))\n"
         "from torch._dynamo.utils import counters\n"

@@ -149,10 +149,11 @@ def kernel_plan(call, min_size: int = KERNEL_MIN_SIZE):
 
 
 # What a core loss called inside a graph PyTorch is compiling reaches, set by PyTorch's adapter
-# (`use_compiler`): `torch.compiler.is_compiling` and the adapter's `compiled_loss`. Reached
-# from here, the compiler meets each object by one path: an object it meets by two (a module
-# two of ours import) costs a check in Python, comparing the two, at every call of the
-# compiled graph. Never set while a compiler traces (it checks what it read as it was).
+# when it is imported outside a trace (`use_compiler`): `torch.compiler.is_compiling` and the
+# adapter's `compiled_loss`. Reached from here, the compiler meets each object by one path: an
+# object it meets by two (a module two of ours import) costs a check in Python, comparing the
+# two, at every call of the compiled graph. Set once or never: a graph traced while they were
+# unset checks that they still are (set later, every such graph would be compiled again).
 _IS_COMPILING = None
 _COMPILED_LOSS = None
 
@@ -166,19 +167,13 @@ def use_compiler(is_compiling, compiled_loss) -> None:
 
 def torch_compiling() -> bool:
     """Whether PyTorch is tracing the call into a graph (`torch.compile`, `torch.export`).
-    Written for the compiler to read: no import, one attribute chain."""
+    Written for the compiler to read: no import, the check PyTorch's adapter registered, else
+    one attribute chain."""
     is_compiling = _IS_COMPILING
     if is_compiling is not None:
         return is_compiling()
     torch = sys.modules.get("torch")
-    if torch is None:
-        return False
-    if torch.compiler.is_compiling():
-        return True
-    adapter = sys.modules.get("bceloss._torch")  # (imported inside a trace, unregistered)
-    if adapter is not None:
-        adapter.register_compiler()
-    return False
+    return torch is not None and torch.compiler.is_compiling()
 
 
 def compiled_loss(fn: str, bound: dict):

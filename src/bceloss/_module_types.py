@@ -59,7 +59,12 @@ def _make(cls, base, is_buffer, rebuild):
             # pickled as the plain class's module, made again from it on loading
             return (rebuild, (cls,), self.__getstate__())
 
-    Module._array = _stored
+    def _array(self, name):
+        # a subclass of the made type (torch.nn.utils.parametrize's, whose property computes
+        # the option) is read by its own attributes
+        return _stored(self, name) if type(self) is Module else getattr(self, name)
+
+    Module._array = _array
     for name in cls.arrays:
         setattr(Module, name, _array_option(name))
     Module.__name__, Module.__qualname__ = cls.__name__, cls.__qualname__

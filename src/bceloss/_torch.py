@@ -1409,12 +1409,8 @@ for _cls in (torch.Tensor, torch.nn.Parameter):
     _dispatch.EXPRESS_LANES[_cls] = express
 
 
-def register_compiler() -> None:
-    """What a core loss in a graph being compiled reaches, handed to `_dispatch`; not while
-    a compiler traces (this module imported by the first traced call), which checks what
-    it read of `_dispatch` as it was then: the next eager call of a loss does it."""
-    if not torch.compiler.is_compiling():
-        _dispatch.use_compiler(torch.compiler.is_compiling, compiled_loss)
-
-
-register_compiler()
+# what a core loss in a graph being compiled reaches, handed to `_dispatch`; not where a
+# compiler traces (this module imported by a loss's first call, traced), which checks what it
+# read of `_dispatch` as it was: such a process keeps the longer route (`_dispatch`)
+if not torch.compiler.is_compiling():
+    _dispatch.use_compiler(torch.compiler.is_compiling, compiled_loss)
