@@ -8,6 +8,7 @@ import hashlib
 import io
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -579,11 +580,18 @@ def test_compiled_calls_bind_their_arguments_as_eager_calls_do():
     torch._dynamo.reset()
     x, y = torch.randn(4), torch.rand(4)
     F_ = bceloss.binary_cross_entropy_with_logits
-    with pytest.raises(TypeError):
-        F_(x, y, None, "mean", None, 0.1)  # label_smoothing is keyword-only
-    compiled = torch.compile(lambda x, y: F_(x, y, None, "mean", None, 0.1), fullgraph=True)
-    with pytest.raises(Exception, match="takes 5 positional arguments but 6 were given"):
-        compiled(x, y)
+    # Python's own errors, word for word: too many positional arguments (label_smoothing is
+    # keyword-only), an argument given twice (never the keyword's value silently)
+    for call in (
+        lambda x, y: F_(x, y, None, "mean", None, 0.1),
+        lambda x, y: F_(x, y, input=y),
+        lambda x, y: F_(x, y, None, "sum", weight=y),
+    ):
+        with pytest.raises(TypeError) as eager:
+            call(x, y)
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=re.escape(str(eager.value))):
+            torch.compile(call, fullgraph=True)(x, y)
     weight = np.ones(4, np.float32)
     with pytest.raises(Exception, match=r"weight must be a torch\.Tensor in a compiled graph"):
         torch.compile(lambda x, y: F_(x, y, weight), fullgraph=True)(x, y)

@@ -33,6 +33,10 @@ def loss_function(bind):
         for name, p in signature.parameters.items()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     )
+    # Python's words for too many positional arguments (its "takes from 2 to 5")
+    required = sum(signature.parameters[n].default is inspect.Parameter.empty for n in positional)
+    takes = f"{required} to {len(positional)}" if required < len(positional) else required
+    takes = f"{bind.__name__}() takes {'from ' if required < len(positional) else ''}{takes}"
     name = f"{bind.__module__}.{bind.__name__}"  # the operator finds `bind` again by it
     traced = bind.__module__ == __name__  # the core's losses: the flavours are not operators
 
@@ -41,11 +45,14 @@ def loss_function(bind):
         if _dispatch.torch_compiling():
             if traced:
                 if len(args) > len(positional):
-                    msg = f"{bind.__name__}() takes {len(positional)} positional arguments"
-                    msg += f" but {len(args)} were given"
+                    msg = f"{takes} positional arguments but {len(args)} were given"
                     raise TypeError(msg)
+                for twice in positional[: len(args)]:  # (as Python binds them)
+                    if twice in kwargs:
+                        msg = f"{bind.__name__}() got multiple values for argument {twice!r}"
+                        raise TypeError(msg)
                 # (a comprehension: the compiler reads no Python of its own for it)
-                bound = {name: a for name, a in zip(positional, args, strict=False)}
+                bound = {key: a for key, a in zip(positional, args, strict=False)}
                 bound.update(kwargs)
                 done = _dispatch.compiled_loss(name, bound)
                 if done is None:  # (PyTorch's adapter not registered: imported here)
