@@ -576,6 +576,33 @@ def test_a_plain_loss_copies_as_itself_and_a_subclass_forward_is_called():
     assert out.stdout.split() == ["True"] * 6
 
 
+def test_a_plain_loss_in_a_compiled_function():
+    # made before torch is imported, a loss is a plain class, whose options a compiled
+    # function reads as attributes: the eager value, and PyTorch's
+    code = (
+        "import bceloss\n"
+        "loss = bceloss.BCEWithLogitsLoss(reduction='sum', label_smoothing=0.1)\n"
+        "import torch\n"
+        "x = torch.linspace(-3, 3, 24).reshape(8, 3)\n"
+        "y = torch.linspace(0, 1, 24).reshape(8, 3)\n"
+        "loss.pos_weight = torch.tensor([0.5, 1.0, 2.0])\n"
+        "compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True)(x, y)\n"
+        "print(type(loss).__mro__[1].__name__, repr(compiled.item()), repr(loss(x, y).item()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    kind, compiled, eager = out.stdout.split()
+    assert kind == "_CoreLoss"  # (a plain class: no torch.nn.Module among its bases)
+    assert compiled == eager
+    x = torch.linspace(-3, 3, 24).reshape(8, 3)
+    y = torch.linspace(0, 1, 24).reshape(8, 3) * 0.9 + 0.05  # label_smoothing=0.1
+    want = F.binary_cross_entropy_with_logits(
+        x, y, pos_weight=torch.tensor([0.5, 1.0, 2.0]), reduction="sum"
+    )
+    torch.testing.assert_close(torch.tensor(float(eager)), want, rtol=2e-6, atol=0)
+
+
 def test_compiled_calls_bind_their_arguments_as_eager_calls_do():
     torch._dynamo.reset()
     x, y = torch.randn(4), torch.rand(4)
