@@ -31,6 +31,14 @@ def _mlp(labels: int, seed: int = 0):
     )
 
 
+def _python(code: str) -> str:
+    """What a fresh Python process running `code` prints."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    return out.stdout
+
+
 def _batch(rows: int, labels: int, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, 64, generator=g)
@@ -271,10 +279,7 @@ def test_a_loss_first_called_inside_a_compiled_function_of_a_fresh_process():
         "from torch._dynamo.utils import counters\n"
         "print(counters['stats']['unique_graphs'])\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    )
-    first, graphs = out.stdout.splitlines()
+    first, graphs = _python(code).splitlines()
     *compiled, eager, grad = (float(v) for v in first.split())
     x = torch.linspace(-3, 3, 24).reshape(8, 3).requires_grad_()
     y = torch.linspace(0, 1, 24).reshape(8, 3)
@@ -589,10 +594,7 @@ def test_a_plain_loss_in_a_compiled_function():
         "compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True)(x, y)\n"
         "print(type(loss).__mro__[1].__name__, repr(compiled.item()), repr(loss(x, y).item()))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    )
-    kind, compiled, eager = out.stdout.split()
+    kind, compiled, eager = _python(code).split()
     assert kind == "_CoreLoss"  # (a plain class: no torch.nn.Module among its bases)
     assert compiled == eager
     x = torch.linspace(-3, 3, 24).reshape(8, 3)
