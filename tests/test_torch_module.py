@@ -605,6 +605,41 @@ def test_a_plain_loss_in_a_compiled_function():
     torch.testing.assert_close(torch.tensor(float(eager)), want, rtol=2e-6, atol=0)
 
 
+def test_a_loss_made_inside_a_compiled_function():
+    # nn.BCEWithLogitsLoss(...)(out, y) inside a model's forward: the loss made and called in
+    # the compiled function (its module type made beforehand: a compiler cannot trace a class
+    # statement), in this process and in a fresh one importing bceloss before torch
+    def step(x, y, p):
+        return bceloss.BCEWithLogitsLoss(pos_weight=p, reduction="sum")(x, y)
+
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(16, 5, generator=g, requires_grad=True)
+    y, p = torch.rand(16, 5, generator=g), torch.rand(5, generator=g) + 0.5
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)(x, y, p)
+    eager = step(x, y, p)
+    assert torch.equal(compiled, eager)
+    grads = [torch.autograd.grad(v, x)[0] for v in (compiled, eager)]
+    assert torch.equal(*grads)
+    want = F.binary_cross_entropy_with_logits(x, y, pos_weight=p, reduction="sum")
+    torch.testing.assert_close(eager, want, rtol=2e-6, atol=0)
+    code = (
+        "import bceloss\n"
+        "import torch\n"
+        "x = torch.linspace(-3, 3, 24).reshape(8, 3)\n"
+        "y = torch.linspace(0, 1, 24).reshape(8, 3)\n"
+        "def step(a, b):\n"
+        "    return bceloss.BCELoss(reduction='sum')(torch.sigmoid(a), b)\n"
+        "print(repr(torch.compile(step, fullgraph=True)(x, y).item()), repr(step(x, y).item()))\n"
+    )
+    compiled, eager = _python(code).split()
+    assert compiled == eager
+    x = torch.linspace(-3, 3, 24).reshape(8, 3)
+    y = torch.linspace(0, 1, 24).reshape(8, 3)
+    want = F.binary_cross_entropy(torch.sigmoid(x), y, reduction="sum")
+    torch.testing.assert_close(torch.tensor(float(eager)), want, rtol=2e-6, atol=0)
+
+
 def test_compiled_calls_bind_their_arguments_as_eager_calls_do():
     torch._dynamo.reset()
     x, y = torch.randn(4), torch.rand(4)

@@ -11,6 +11,23 @@ adapters pass their own pieces in.
 from __future__ import annotations
 
 _MADE: dict = {}  # (loss class, base) -> its module type
+# the plain loss classes defined so far (`_modules._Loss`), whose module types an adapter
+# makes when it is imported (`make_all`)
+_CLASSES: list = []
+
+
+def known(cls) -> None:
+    """Called for each plain loss class as it is defined."""
+    _CLASSES.append(cls)
+
+
+def make_all(framework: str, make) -> None:
+    """`make(cls)` for each plain loss class of `framework` defined so far: a module type made
+    beforehand, as a compiler cannot trace a class statement (a loss first made inside a
+    function being compiled)."""
+    for cls in _CLASSES:
+        if cls.framework == framework:
+            make(cls)
 
 
 def module_type(cls, base, is_buffer, rebuild, finish=None):
@@ -39,7 +56,10 @@ def _make(cls, base, is_buffer, rebuild):
         __repr__ = base.__repr__
 
         def __init__(self, *args, **kwargs):
-            base.__init__(self)
+            # the base's __init__ through super(), as the framework's own modules call it (a
+            # compiler tracing a loss made inside a compiled function follows that call;
+            # PyTorch's compiler skips its patched nn.Module.__init__ called by name)
+            super(before_base, self).__init__()
             cls.__init__(self, *args, **kwargs)
 
         def __setattr__(self, name, value):
@@ -67,6 +87,7 @@ def _make(cls, base, is_buffer, rebuild):
     Module._array = _array
     for name in cls.arrays:
         setattr(Module, name, _array_option(name))
+    before_base = Module.__mro__[Module.__mro__.index(base) - 1]
     Module.__name__, Module.__qualname__ = cls.__name__, cls.__qualname__
     Module.__module__, Module.__doc__ = cls.__module__, cls.__doc__
     return Module

@@ -13,7 +13,7 @@ import functools
 import inspect
 import sys
 
-from bceloss import _call, _dispatch, _functional, _validation
+from bceloss import _call, _dispatch, _functional, _module_types, _validation
 
 # (by name: a compiler tracing a loss's forward then reads `_dispatch`'s globals by one path)
 from bceloss._dispatch import compiled_loss, torch_compiling
@@ -69,6 +69,8 @@ class _Loss:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "_bceloss_plain" not in vars(cls):  # (a plain class, not a module type)
+            _module_types.known(cls)
         forward = vars(cls).get("forward")
         if forward is not None and "__call__" not in vars(cls):
             cls.__call__ = _calling(forward)

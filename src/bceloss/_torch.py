@@ -1414,3 +1414,6 @@ for _cls in (torch.Tensor, torch.nn.Parameter):
 # read of `_dispatch` as it was: such a process keeps the longer route (`_dispatch`)
 if not torch.compiler.is_compiling():
     _dispatch.use_compiler(torch.compiler.is_compiling, compiled_loss)
+# the module types of the loss classes defined so far (a class statement a compiler cannot
+# trace: a loss first made inside a compiled function)
+_module_types.make_all("torch", module_type)
