@@ -609,8 +609,12 @@ def test_a_loss_made_inside_a_compiled_function():
     # nn.BCEWithLogitsLoss(...)(out, y) inside a model's forward: the loss made and called in
     # the compiled function (its module type made beforehand: a compiler cannot trace a class
     # statement), in this process and in a fresh one importing bceloss before torch
+    class Summed(bceloss.BCEWithLogitsLoss):  # (a class defined after torch's adapter)
+        def __init__(self, pos_weight):
+            super().__init__(pos_weight=pos_weight, reduction="sum")
+
     def step(x, y, p):
-        return bceloss.BCEWithLogitsLoss(pos_weight=p, reduction="sum")(x, y)
+        return Summed(p)(x, y)
 
     g = torch.Generator().manual_seed(22)
     x = torch.randn(16, 5, generator=g, requires_grad=True)

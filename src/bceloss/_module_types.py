@@ -12,19 +12,26 @@ from __future__ import annotations
 
 _MADE: dict = {}  # (loss class, base) -> its module type
 # the plain loss classes defined so far (`_modules._Loss`), whose module types an adapter
-# makes when it is imported (`make_all`)
+# makes when it is imported (`make_all`), and the adapters' makers, for the classes defined
+# after that
 _CLASSES: list = []
+_MAKERS: dict = {}  # framework -> its adapter's module type maker
 
 
 def known(cls) -> None:
-    """Called for each plain loss class as it is defined."""
+    """Called for each plain loss class as it is defined: its module type is made now where
+    its framework's adapter is imported (`make_all`)."""
     _CLASSES.append(cls)
+    make = _MAKERS.get(cls.framework)
+    if make is not None:
+        make(cls)
 
 
 def make_all(framework: str, make) -> None:
-    """`make(cls)` for each plain loss class of `framework` defined so far: a module type made
-    beforehand, as a compiler cannot trace a class statement (a loss first made inside a
-    function being compiled)."""
+    """`make(cls)` for each plain loss class of `framework`, those defined so far and those
+    defined later: a module type made beforehand, as a compiler cannot trace a class
+    statement (a loss first made inside a function being compiled)."""
+    _MAKERS[framework] = make
     for cls in _CLASSES:
         if cls.framework == framework:
             make(cls)

@@ -69,11 +69,11 @@ class _Loss:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "_bceloss_plain" not in vars(cls):  # (a plain class, not a module type)
-            _module_types.known(cls)
         forward = vars(cls).get("forward")
         if forward is not None and "__call__" not in vars(cls):
             cls.__call__ = _calling(forward)
+        if "_bceloss_plain" not in vars(cls):  # (a plain class, not a module type)
+            _module_types.known(cls)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
