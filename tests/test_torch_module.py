@@ -260,6 +260,15 @@ def test_a_parametrized_pos_weight_is_read_through_its_parametrization():
     assert not torch.allclose(want, F.binary_cross_entropy_with_logits(x, y, pos_weight=raw))
 
 
+def test_a_compiled_loss_takes_the_operators_tensors_in_their_order():
+    # compiled_loss names the operator's tensors as literals (a global would be one more
+    # check at every call of a compiled graph): they are the operators' operands, in order
+    from bceloss import _call, _torch
+
+    assert _call.ARRAYS in _torch.compiled_loss.__code__.co_consts
+    assert _torch._OPERANDS == _call.ARRAYS
+
+
 def test_a_loss_first_called_inside_a_compiled_function_of_a_fresh_process():
     # bceloss imported before torch, no loss made: the first call is traced, and imports the
     # PyTorch adapter inside the trace (which must leave what the trace read as it was, then
