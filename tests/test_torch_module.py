@@ -162,6 +162,136 @@ def test_pickle_and_deepcopy_keep_the_module():
         assert torch.equal(other(x, y), loss(x, y))
 
 
+def _lane_kept(loss) -> bool:
+    from bceloss import _module_types
+
+    return _module_types.LANE in vars(loss)
+
+
+def test_a_module_reads_its_options_at_every_call_as_pytorchs_does(monkeypatch):
+    # a loss module keeps the form of its calls (its own lane): an option set, a buffer
+    # replaced, changed in place or written into the buffers straight away, a grad mode
+    # switched between calls, each is read at the next call as PyTorch's own module reads it
+    from bceloss import _dispatch
+
+    express = _dispatch.EXPRESS_LANES[torch.Tensor]
+    expressed = []  # the calls the express lane took: not those the module's lane served
+    monkeypatch.setitem(
+        _dispatch.EXPRESS_LANES, torch.Tensor, lambda *a: expressed.append(1) or express(*a)
+    )
+    gen = torch.Generator().manual_seed(3)
+    ours, theirs = bceloss.BCEWithLogitsLoss(), torch.nn.BCEWithLogitsLoss()
+    p, w = torch.rand(5, generator=gen) + 0.5, torch.rand(5, generator=gen) + 0.5
+    changes = {
+        "none": lambda m: None,
+        "reduction": lambda m: setattr(m, "reduction", "sum"),
+        "pos_weight set": lambda m: setattr(m, "pos_weight", p.clone()),
+        "in place": lambda m: m.pos_weight.mul_(3.0),
+        "buffer replaced": lambda m: m._buffers.__setitem__("pos_weight", 2 * p),
+        "weight written in the buffers": lambda m: m._buffers.__setitem__("weight", w.clone()),
+        "float64": lambda m: m.to(torch.float64),
+        "weight None": lambda m: setattr(m, "weight", None),
+        "reduction back": lambda m: setattr(m, "reduction", "mean"),
+    }
+    served = []
+    for name, change in changes.items():
+        change(ours)
+        change(theirs)
+        dtype = ours.pos_weight.dtype if ours.pos_weight is not None else torch.float32
+        for call in range(8):
+            x = (3 * torch.randn(16, 5, generator=gen, dtype=dtype)).requires_grad_()
+            y = (torch.rand(16, 5, generator=gen, dtype=dtype) > 0.5).to(dtype)
+            before = len(expressed)
+            with torch.set_grad_enabled(call % 4 != 2):
+                got, want = ours(x, y), theirs(x, y)
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=0, msg=name)
+            if got.requires_grad:
+                (gx,) = torch.autograd.grad(got, x)
+                (want_gx,) = torch.autograd.grad(want, x)
+                # (PyTorch's p y (sigmoid(x) - 1) + (1 - y) sigmoid(x) cancels: a few ulp of p)
+                torch.testing.assert_close(gx, want_gx, rtol=1e-5, atol=1e-6, msg=name)
+        served.append((name, len(expressed) == before))  # the last call's
+    # (the calls after each change were served by the module's own lane once it kept them)
+    assert served == [(name, True) for name in changes]
+    # a weight written into the buffers where there was none, of a shape that does not
+    # broadcast: refused, as PyTorch refuses it
+    ours._buffers["weight"] = theirs._buffers["weight"] = torch.rand(3, dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        theirs(x, y)
+    with pytest.raises(ValueError, match="weight"):
+        ours(x, y)
+
+
+def test_a_modules_lane_keeps_autograds_ways_and_the_losss_errors():
+    # calls of a module's own lane: a retained graph's second backward computes the gradient
+    # again, an output gradient other than 1 scales it, an input modified in place after the
+    # forward raises as in PyTorch, and a probability outside [0, 1] raises the loss's error
+    gen = torch.Generator().manual_seed(4)
+    ours, theirs = bceloss.BCELoss(weight=torch.rand(6, generator=gen)), torch.nn.BCELoss()
+    theirs.weight = ours.weight
+    x = torch.rand(32, 6, generator=gen).requires_grad_()
+    y = (torch.rand(32, 6, generator=gen) > 0.5).float()
+    for _ in range(4):
+        ours(x, y).backward()
+    assert _lane_kept(ours)
+    x.grad = None
+    (want,) = torch.autograd.grad(theirs(x, y), x)
+    loss = ours(x, y)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(x.grad, want, rtol=1e-6, atol=1e-9)
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * want, rtol=1e-6, atol=1e-9)
+    x.grad = None
+    ours(x, y).backward(torch.tensor(-0.75))
+    torch.testing.assert_close(x.grad, -0.75 * want, rtol=1e-6, atol=1e-9)
+    loss = ours(x, y)
+    with torch.no_grad():
+        x.mul_(0.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    with torch.no_grad():
+        x[3, 2] = 1.5
+    with pytest.raises(ValueError, match="input") as raised:
+        ours(x, y)
+    with pytest.raises(ValueError, match="input") as functional:
+        bceloss.binary_cross_entropy(x, y, ours.weight)
+    assert str(raised.value) == str(functional.value)
+
+
+def test_a_modules_lane_is_neither_pickled_nor_copied():
+    loss = bceloss.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 0.5]))
+    x, y = torch.tensor([[0.3, -1.0]]), torch.tensor([[1.0, 0.0]])
+    for _ in range(4):
+        want = loss(x, y)
+    assert _lane_kept(loss)
+    for other in (copy.deepcopy(loss), pickle.loads(pickle.dumps(loss)), copy.copy(loss)):
+        assert not _lane_kept(other)
+        assert torch.equal(other(x, y), want)
+    assert _lane_kept(loss)
+
+
+def test_eager_calls_between_compiled_ones_compile_nothing_again():
+    # the lane an eager call keeps in the module's __dict__ is not among what the compiled
+    # graph of a model holding the module checks
+    compiles = []
+
+    def backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    net, loss = _mlp(10), bceloss.BCEWithLogitsLoss(pos_weight=torch.full((10,), 2.0))
+    x, y = _batch(64, 10)
+    step = torch.compile(lambda x, y: loss(net(x), y), backend=backend, fullgraph=True)
+    for _ in range(3):
+        compiled = step(x, y)
+    for _ in range(5):
+        eager = loss(net(x), y)
+    assert _lane_kept(loss)
+    assert torch.equal(step(x, y), compiled)
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
+    assert len(compiles) == 1
+
+
 def test_without_torch_the_classes_stay_plain_and_torch_is_not_imported():
     code = (
         "import sys, bceloss; l = bceloss.BCEWithLogitsLoss(); "

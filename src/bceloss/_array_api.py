@@ -121,11 +121,11 @@ def _numpy_form(a):
     return (np.ndarray, a.shape, a.dtype)
 
 
-def _numpy_lane(bind, args, kwargs):
+def _numpy_lane(bind, args, kwargs, owner=None):
     """NumPy's express lane (`_dispatch.EXPRESS_LANES`): the loss, the call validated once a
     form (`_memo`), and for a form whose kernel's constants are kept (`_Prepared`) computed
     straight from the arguments; None for an argument without a form (a framework's tensor:
-    its adapter)."""
+    its adapter). `owner`, the loss module making the call, keeps nothing here."""
     kernel, call = _memo.adapted(bind, args, kwargs, _Prepared.of)
     if kernel is not None:
         return kernel.loss((*args, *kwargs.values(), None))

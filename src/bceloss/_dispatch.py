@@ -41,8 +41,9 @@ _EDGE_ADAPTERS: dict[str, tuple[str, str]] = {
 }
 
 # an argument's type -> its adapter's express lane (`_torch.express`): called with (bind,
-# args, kwargs) before validation, it returns the loss of a call of a form it has validated
-# before, or None. Filled when the adapter is imported.
+# args, kwargs) before validation, and a loss module's calls with the module too (which the
+# adapter may give a lane of its own), it returns the loss of a call of a form it has
+# validated before, or None. Filled when the adapter is imported.
 EXPRESS_LANES: dict = {}
 
 # elements (kept, under a mask) from which NumPy calls take the kernel: all with one, as a

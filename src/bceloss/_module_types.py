@@ -11,6 +11,9 @@ adapters pass their own pieces in.
 from __future__ import annotations
 
 _MADE: dict = {}  # (loss class, base) -> its module type
+# the key of an instance's express lane in its `__dict__`, kept there by its framework's adapter
+# (`_torch._ModuleLane`); never pickled or copied
+LANE = "_bceloss_lane"
 # the plain loss classes defined so far (`_modules._Loss`), whose module types an adapter
 # makes when it is imported (`make_all`), and the adapters' makers, for the classes defined
 # after that
@@ -81,6 +84,11 @@ def _make(cls, base, is_buffer, rebuild):
 
         def extra_repr(self):
             return self._settings()
+
+        def __getstate__(self):
+            state = dict(super().__getstate__())
+            state.pop(LANE, None)
+            return state
 
         def __reduce_ex__(self, protocol):
             # pickled as the plain class's module, made again from it on loading

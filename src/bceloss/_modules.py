@@ -118,21 +118,27 @@ class _CoreLoss(_Loss):
 
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
-        options = self._options()
         function = type(self).function
         # the functional form's first routes straight away, which a small loss in a training
         # loop pays for less than its wrappers: inside a graph being compiled its operator
         # (the less Python a compiler reads, the fewer checks each call of its graph makes),
-        # else the express lane
+        # else the module's own lane, kept by its adapter, then the express lane
         if torch_compiling():
+            options = self._options()
             bound = {"input": input, "target": target, **options}
             done = compiled_loss(function._bceloss_name, bound)
             if done is not None:
                 return done
         else:
-            lane = _dispatch.EXPRESS_LANES.get(type(input))
+            lane = self.__dict__.get(_module_types.LANE)
             if lane is not None:
-                done = lane(function._bceloss_bind, (input, target), options)
+                done = lane(self, input, target)
+                if done is not None:
+                    return done
+            options = self._options()
+            express = _dispatch.EXPRESS_LANES.get(type(input))
+            if express is not None:
+                done = express(function._bceloss_bind, (input, target), options, self)
                 if done is not None:
                     return done
         return function(input, target, **options)

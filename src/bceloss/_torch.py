@@ -351,22 +351,26 @@ def _plain_one(grad) -> bool:
     a tangent is not plain), not wrapped or batched, and 1."""
     if grad.ndim or _tangents_possible() or _is_wrapped(grad) or _batched(grad):
         return False
+    return _is_one(grad)
+
+
+def _is_one(grad) -> bool:
+    """Whether a 0-d tensor, neither wrapped nor batched, is 1."""
     try:  # (float(grad) reads it through the dispatcher: a training step's backward pays
         return grad.tolist() == 1.0  # for that code more than for tolist's)
     except RuntimeError:  # a zero tensor (no memory), which is not 1
         return False
 
 
-_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
-
-
-def _batched(grad) -> bool:
+def _batched_by_key(grad) -> bool:
     """Whether `grad` is a tensor of PyTorch's older vmap (gradcheck's batched checks run the
-    backward under it; NumPy cannot view it, float() cannot read it): functorch tells, or
-    where it cannot, a "Batched" dispatch key (the Python enum does not name it)."""
-    if _is_legacy_batched is not None:
-        return _is_legacy_batched(grad)
+    backward under it; NumPy cannot view it, float() cannot read it), by its "Batched"
+    dispatch key (the Python enum does not name it)."""
     return "Batched" in str(torch._C._dispatch_keys(grad))
+
+
+# `_batched_by_key`'s question, answered by functorch where it can (in C: a backward asks)
+_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", _batched_by_key)
 
 
 def _tensor(a):
@@ -526,30 +530,46 @@ def _bare_apply(function):
 @functools.cache
 def _c_apply():
     """`_classic_apply` of the node of a call whose tensors the C kernel runs (`_Recipe.in_c`
-    holds): its forward takes the C operator's loss and gradient straight away."""
-    node = _function()  # its backward
+    holds), lean: a small loss in a training step pays for every Python step of its node, in
+    the forward and in the backward. Its arguments: (the recipe, input, target, weight,
+    pos_weight); no mask (the C kernel runs none)."""
+    node = _function()  # the backward of any call the fast one below does not serve
 
     class BCELossFunction(torch.autograd.Function):
-        """`_classic_function()`'s node for a call of a `_Recipe` the C kernel runs; its
-        arguments: (the recipe, *tensors, None)."""
+        """`_classic_function()`'s node for a call of a `_Recipe` the C kernel runs: its
+        forward takes the C operator's loss and gradient straight away."""
 
         @staticmethod
-        def forward(ctx, recipe, *arrays_and_none):
-            arrays = arrays_and_none[:-1]
-            output, grad = recipe._on_c_kernel(_C_LOSS_AND_GRAD, arrays)
-            _setup(ctx, recipe.call, arrays, grad)
+        def forward(ctx, recipe, input, target, weight, pos_weight):
+            output, grad = recipe.on_c_kernel(_C_LOSS_AND_GRAD, input, target, weight, pos_weight)
+            # the context `_setup` makes, inline; `where` saved as None for `node.backward`
+            ctx.call = recipe.call
+            ctx.eager = grad
+            ctx.save_for_backward(input, target, weight, pos_weight, None)
+            ctx.set_materialize_grads(False)
             return output
 
         @staticmethod
         def backward(ctx, grad):
             # a scalar loss's .backward(): the forward's gradient itself (only the input
-            # requires grad here, as `_eager` asks); anything else as the node's backward
+            # requires grad here, as `_eager` asks); anything else as the node's backward.
+            # `_plain_one`, inline: the checks of the output's gradient, then its value
             gx = ctx.eager
-            if gx is None or grad is None or torch.is_grad_enabled() or not _plain_one(grad):
-                return node.backward(ctx, grad)
+            if (
+                gx is None
+                or grad is None
+                or grad.ndim
+                or torch.is_grad_enabled()
+                or getattr(forward_ad, "_current_level", 0) >= 0
+                or _functorch_active()
+                or _is_wrapped(grad)
+                or _batched(grad)
+                or not _is_one(grad)
+            ):
+                return node.backward(ctx, grad)[:5]
             ctx.saved_tensors  # noqa: B018 (raises if one was modified in place since)
             ctx.eager = None  # (a second backward, retain_graph=True, computes it again)
-            return (None, gx, *_NO_GRADIENTS)
+            return (None, gx, None, None, None)
 
     return _bare_apply(BCELossFunction)
 
@@ -557,11 +577,13 @@ def _c_apply():
 # --- the express lane: an eager call of a form validated before ------------------------
 
 
-def express(bind, args, kwargs):
+def express(bind, args, kwargs, owner=None):
     """The loss of an eager call on PyTorch tensors, the validation skipped where a call of
     the same form was validated before (`_memo`; the form includes grad mode); None under a
     transform or a compiler (where a frame dynamo could not trace calls this one), or with
-    an argument of no known form (the usual route).
+    an argument of no known form (the usual route). `owner`: the loss module making the call
+    (`args` its input and target, `kwargs` its options), which keeps the form of a call the
+    C kernel runs as its own lane (`_ModuleLane`), or None.
 
     A CPU call of float32 and float64 tensors keeps what the usual route asks of the call
     (`_Recipe`: whether autograd records it and whether the forward computes the input's
@@ -580,6 +602,8 @@ def express(bind, args, kwargs):
     # C kernel (`_Guarded.in_c`), which checks the values of BCE on probabilities itself
     for entry in _GUARDED[torch.is_grad_enabled()].get(bind, ()):
         if entry.in_c and entry.holds(args, kwargs, given):
+            if owner is not None:
+                _ModuleLane.keep(owner, entry, kwargs)
             try:
                 return entry.recipe.c_loss(given)
             except _ValuesRefused:  # the C kernel's check: validation raises the loss's error
@@ -588,6 +612,8 @@ def express(bind, args, kwargs):
         recipe, call = _remembered(bind, args, kwargs, given, checked_in_c=True)
         if recipe is None:
             return None if call is None else call.backend.loss(call)
+        if owner is not None:
+            _ModuleLane.first(owner, recipe, args, kwargs)
         try:
             return recipe.loss(given)
         except _ValuesRefused:
@@ -660,8 +686,13 @@ _GUARDED_FORMS = 4
 
 
 def _forget_guarded() -> None:
+    global _EPOCH
     for by_bind in _GUARDED:
         by_bind.clear()
+    _EPOCH = object()  # (the modules' lanes made before hold forms forgotten)
+
+
+_EPOCH = object()
 
 
 _memo.on_forget(_forget_guarded)
@@ -745,6 +776,102 @@ def _equal_scalars(a: tuple, b: tuple) -> bool:
     return list(map(type, a)) == list(map(type, b)) and a == b
 
 
+class _ModuleLane:
+    """A loss module's own express lane (kept in its `__dict__`, `_module_types.LANE`): for
+    each grad mode, the `_Guarded` form of the module's last call the C kernel ran, and its
+    options as they were. A call of the module that finds its options the same objects (the
+    array options read from its buffers, where `.to()` replaces them) and its tensors passing
+    the form's check in C runs the C kernel's node straight away: a training step's loss pays
+    neither for its options read one at a time nor for the express lane's search."""
+
+    __slots__ = ("arrays", "epoch", "forms", "scalars")
+
+    def __init__(self, arrays, scalars):
+        self.arrays = _picker(arrays)  # the array options' values, from the buffers
+        self.scalars = _picker(scalars)  # the other options' values, from `__dict__`
+        # by grad mode: (the entry, the other options, pickers of the array options that were
+        # None and of those that were tensors, the operator's tensors: `keep`)
+        self.forms = [None, None]
+        self.epoch = _EPOCH
+
+    @staticmethod
+    def first(owner, recipe, args, options) -> None:
+        """`keep` a check of its own of a form of `owner`'s call that the express lane does not
+        check (it checks only the first forms of a loss in the process, `_GUARDED_FORMS`),
+        where the C kernel runs its calls."""
+        if recipe.c_call is None:
+            return
+        entry = _Guarded.of(recipe, args, options)
+        if entry is not None and entry.in_c:
+            _ModuleLane.keep(owner, entry, options)
+
+    @staticmethod
+    def keep(owner, entry, options) -> None:
+        """Keep `entry`, a form of a call of the loss module `owner` with `options` (its
+        `_options()`) whose calls the C kernel runs, as `owner`'s lane's form for this grad
+        mode, where `owner` is one of bceloss's own loss modules (neither a subclass of one
+        nor a plain loss, whose options may be computed) and each array option a buffer
+        (read from the buffers at each call)."""
+        d = owner.__dict__
+        buffers = d.get("_buffers")
+        arrays = [name for name in options if name in type(owner).arrays]
+        scalars = [name for name in options if name not in arrays]
+        if (
+            "_bceloss_plain" not in vars(type(owner))
+            or type(owner).__module__ != _modules_name
+            or buffers is None
+            or any(name not in buffers for name in arrays)
+            or any(name not in d for name in scalars)
+        ):
+            return
+        lane = d.get(_module_types.LANE)
+        if lane is None or lane.epoch is not _EPOCH:
+            lane = d[_module_types.LANE] = _ModuleLane(arrays, scalars)
+        values = [options[name] for name in arrays]
+        # the tensors the form's check takes, after input and target; the operator's
+        # (input, target, weight, pos_weight) from (input, target, *array options, None)
+        at = [i for i, a in enumerate(values) if a is not None]
+        absent = [i for i, a in enumerate(values) if a is None]
+        ends = {name: 2 + arrays.index(name) for name in arrays}
+        operands = _picker([0, 1, *(ends.get(n, 2 + len(arrays)) for n in _TENSORS[2:4])])
+        scalar_values = tuple(options[name] for name in scalars)
+        form = (entry, scalar_values, _picker(absent), (None,) * len(absent), _picker(at), operands)
+        lane.forms[torch.is_grad_enabled()] = form
+
+    def __call__(self, module, input, target):
+        """The loss of the module's call, or None where the call is not of the form kept."""
+        form = self.forms[torch.is_grad_enabled()]
+        if (
+            form is None
+            or self.epoch is not _EPOCH
+            or getattr(forward_ad, "_current_level", 0) >= 0
+            or _functorch_active()
+        ):
+            return None
+        entry, scalars, absent, nones, tensors, operands = form
+        d = module.__dict__
+        try:
+            arrays = self.arrays(d["_buffers"])
+            now = self.scalars(d)
+        except KeyError:  # (an option deleted since)
+            return None
+        # the options the same objects, those that were None still None (a tuple of Nones
+        # compares by identity), the tensors passing the check (which None fails)
+        if not (
+            all(map(operator.is_, now, scalars))
+            and absent(arrays) == nones
+            and entry.check(input, target, *tensors(arrays))
+        ):
+            return None
+        try:
+            return entry.recipe.c_run(*operands((input, target, *arrays, None)))
+        except _ValuesRefused:  # validated by the usual route, which raises the loss's error
+            return None
+
+
+_modules_name = "bceloss._modules"  # (the module of bceloss's own loss classes)
+
+
 class _Recipe:
     """What the usual route asks of a remembered call that computes on NumPy views (CPU
     tensors of a float32 or float64 loss: `of`): its NumPy twin without arrays, whether
@@ -801,15 +928,19 @@ class _Recipe:
         if self.records:
             return _classic_apply()(self, *arrays, None)
         if self.in_c(arrays):
-            return self._on_c_kernel(_C_LOSS, arrays)
+            return self.on_c_kernel(_C_LOSS, *arrays[:4])
         return self.on_views(arrays, None)
 
     def c_loss(self, given):
         """`loss` of a call whose tensors the C kernel runs (`in_c`, known)."""
-        arrays = self.arrays(given)
+        x, y, w, p, _ = self.arrays(given)
+        return self.c_run(x, y, w, p)
+
+    def c_run(self, input, target, weight, pos_weight):
+        """`c_loss` of the call's tensors."""
         if self.records:
-            return _c_apply()(self, *arrays, None)
-        return self._on_c_kernel(_C_LOSS, arrays)
+            return _c_apply()(self, input, target, weight, pos_weight)
+        return self.on_c_kernel(_C_LOSS, input, target, weight, pos_weight)
 
     def in_c(self, arrays) -> bool:
         """Whether the call of these tensors runs on the C kernel: the form's (`c_call`), its
@@ -832,7 +963,7 @@ class _Recipe:
     def forward(self, ctx, arrays):
         """The classic node's forward for a call of the form, its context set up."""
         if self.in_c(arrays):
-            output, grad = self._on_c_kernel(_C_LOSS_AND_GRAD, arrays)
+            output, grad = self.on_c_kernel(_C_LOSS_AND_GRAD, *arrays[:4])
         elif self.prepared is not None and self.eager:  # a training step's, in one go
             output, grad = self._on_kernel(arrays, gradient=True)
         else:
@@ -852,16 +983,17 @@ class _Recipe:
             eager.append(grad)
         return value
 
-    def _on_c_kernel(self, operator, arrays):
-        """The C operator's results for a call of the form; where the C kernel falls back
-        (a form it does not keep yet, or a value it refuses), the Python kernel computes them
-        from this recipe (`_falling_back`), not from a call validated again, or raises
-        `_ValuesRefused` for a probability outside [0, 1]."""
+    def on_c_kernel(self, operator, input, target, weight, pos_weight):
+        """The C operator's results for a call of the form (no mask: the C kernel runs
+        none); where the C kernel falls back (a form it does not keep yet, or a value it
+        refuses), the Python kernel computes them from this recipe (`_falling_back`), not
+        from a call validated again, or raises `_ValuesRefused` for a probability outside
+        [0, 1]."""
         _LANE.recipe = self
         _LANE.refused = False
         try:
             fn, options = self.c_call
-            return operator(_CPU_KEYS, fn, *arrays, options)
+            return operator(_CPU_KEYS, fn, input, target, weight, pos_weight, None, options)
         except RuntimeError:
             if _LANE.refused:  # (PyTorch's C ABI made the fallback's error a RuntimeError)
                 raise _ValuesRefused from None
@@ -906,7 +1038,7 @@ def _c_call(call, bind):
     return fn, _written(options)
 
 
-# the express lane's recipe whose C operator call the thread is making (`_Recipe._on_c_kernel`),
+# the express lane's recipe whose C operator call the thread is making (`_Recipe.on_c_kernel`),
 # and whether its fallback refused the call's values
 _LANE = threading.local()
 
