@@ -85,6 +85,15 @@ def _make(cls, base, is_buffer, rebuild):
         def extra_repr(self):
             return self._settings()
 
+        def __init_subclass__(sub, **kwargs):
+            super().__init_subclass__(**kwargs)
+            # a subclass of the made type (torch.nn.utils.parametrize's, whose property
+            # computes the option) reads the array options by its own attributes. (Chosen
+            # here, not at each call as `type(self) is Module`: a compiler would check that
+            # in Python at every call of its graph)
+            if "_array" not in vars(sub):
+                sub._array = cls._array
+
         def __getstate__(self):
             state = dict(super().__getstate__())
             state.pop(LANE, None)
@@ -94,12 +103,7 @@ def _make(cls, base, is_buffer, rebuild):
             # pickled as the plain class's module, made again from it on loading
             return (rebuild, (cls,), self.__getstate__())
 
-    def _array(self, name):
-        # a subclass of the made type (torch.nn.utils.parametrize's, whose property computes
-        # the option) is read by its own attributes
-        return _stored(self, name) if type(self) is Module else getattr(self, name)
-
-    Module._array = _array
+    Module._array = _stored
     for name in cls.arrays:
         setattr(Module, name, _array_option(name))
     before_base = Module.__mro__[Module.__mro__.index(base) - 1]
@@ -133,8 +137,8 @@ def _array_option(name):
 
 def _stored(self, name):
     """The array option `name` of a module type's instance: a buffer, a parameter or a plain
-    attribute (`_Loss._array`, which a loss's options read: a compiler tracing it reads one
-    function for every option, where the properties are one each)."""
+    attribute (the made type's `_Loss._array`, which a loss's options read: a compiler tracing
+    it reads one function for every option, where the properties are one each)."""
     d = self.__dict__
     for store in ("_buffers", "_parameters"):
         found = d.get(store, _NONE).get(name, _ABSENT)
