@@ -258,6 +258,33 @@ def test_a_modules_lane_keeps_autograds_ways_and_the_losss_errors():
     assert str(raised.value) == str(functional.value)
 
 
+def test_a_module_whose_class_is_changed_reads_its_options_through_the_new_class(monkeypatch):
+    # found by review: a module's class swapped for a subclass whose option is computed (as
+    # parametrize and FSDP's fully_shard swap a module's class), or its options' reading
+    # patched, after the module kept its lane: the next call reads them as the class says
+    x = torch.randn(8, 5, requires_grad=True)
+    y = (torch.rand(8, 5, generator=torch.Generator().manual_seed(6)) > 0.5).float()
+    want = F.binary_cross_entropy_with_logits(x, y, reduction="sum")
+    loss = bceloss.BCEWithLogitsLoss()
+    for _ in range(5):
+        loss(x, y)
+    assert _lane_kept(loss)
+
+    class Summed(type(loss)):
+        reduction = property(lambda self: "sum", lambda self, value: None)
+
+    loss.__class__ = Summed
+    torch.testing.assert_close(loss(x, y), want, rtol=1e-6, atol=0)
+    patched = bceloss.BCEWithLogitsLoss()
+    for _ in range(5):
+        patched(x, y)
+    assert _lane_kept(patched)
+    kind = type(patched)
+    reads = kind._options
+    monkeypatch.setattr(kind, "_options", lambda self: {**reads(self), "reduction": "sum"})
+    torch.testing.assert_close(patched(x, y), want, rtol=1e-6, atol=0)
+
+
 def test_a_modules_lane_is_neither_pickled_nor_copied():
     loss = bceloss.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 0.5]))
     x, y = torch.tensor([[0.3, -1.0]]), torch.tensor([[1.0, 0.0]])

@@ -784,9 +784,12 @@ class _ModuleLane:
     the form's check in C runs the C kernel's node straight away: a training step's loss pays
     neither for its options read one at a time nor for the express lane's search."""
 
-    __slots__ = ("arrays", "epoch", "forms", "scalars")
+    __slots__ = ("arrays", "epoch", "forms", "kind", "reads", "scalars")
 
-    def __init__(self, arrays, scalars):
+    def __init__(self, kind, arrays, scalars):
+        # the module's class and how it reads its options: a class swapped or patched since
+        # (a subclass whose options are computed) takes the usual route
+        self.kind, self.reads = kind, (kind._options, kind._array)
         self.arrays = _picker(arrays)  # the array options' values, from the buffers
         self.scalars = _picker(scalars)  # the other options' values, from `__dict__`
         # by grad mode: (the entry, the other options, pickers of the array options that were
@@ -825,8 +828,14 @@ class _ModuleLane:
         ):
             return
         lane = d.get(_module_types.LANE)
-        if lane is None or lane.epoch is not _EPOCH:
-            lane = d[_module_types.LANE] = _ModuleLane(arrays, scalars)
+        kind = type(owner)
+        if (
+            lane is None
+            or lane.epoch is not _EPOCH
+            or lane.kind is not kind
+            or lane.reads != (kind._options, kind._array)
+        ):
+            lane = d[_module_types.LANE] = _ModuleLane(kind, arrays, scalars)
         values = [options[name] for name in arrays]
         # the tensors the form's check takes, after input and target; the operator's
         # (input, target, weight, pos_weight) from (input, target, *array options, None)
@@ -847,6 +856,9 @@ class _ModuleLane:
             or getattr(forward_ad, "_current_level", 0) >= 0
             or _functorch_active()
         ):
+            return None
+        kind = type(module)
+        if kind is not self.kind or (kind._options, kind._array) != self.reads:
             return None
         entry, scalars, absent, nones, tensors, operands = form
         d = module.__dict__
