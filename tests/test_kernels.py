@@ -382,6 +382,37 @@ def test_the_plain_loop_gives_the_bits_of_the_general_one(dtype):
             assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_hard_target_loop_gives_the_bits_of_the_general_one(dtype):
+    # BCE on probabilities whose targets are all 0 or 1, without label smoothing, reads one
+    # log an element (loops.hpp, probabilities_hard); one other target in the piece (these
+    # arrays are one piece) sends it to the general loop: the same bits, loss and d/dx, at
+    # the edges of [0, 1] too; weighted or not (a reduced loss adds these terms)
+    rng = np.random.default_rng(16)
+    n = 999
+    x = rng.random(n).astype(dtype)
+    x[:8] = [0, -0.0, 1, np.nan, 1e-30, 1e-45, np.finfo(dtype).eps, 1 - np.finfo(dtype).eps]
+    x[12:40] = np.exp(-rng.uniform(0, 80, 28)).astype(dtype)  # near 0, down to the clamp
+    x[40:60] = 1 - np.exp(-rng.uniform(0, 30, 20)).astype(dtype)  # near 1
+    y = (rng.random(n) > 0.6).astype(dtype)
+    y[:8] = [0, 1, 0, 1, 0, 1, 0, 1]
+    y[8:16] = [-0.0, 1, -0.0, 1, -0.0, 1, -0.0, 1]
+    y[16:40:2], y[40:60:2] = 1, 0  # the far log where it is large
+    soft = np.append(y, dtype(0.5))
+    hard = np.append(y, dtype(1))
+    xs = np.append(x, dtype(0.25))
+    w = np.append((rng.random(n) * 2).astype(dtype), dtype(1))
+    w[:3] = [0, np.inf, 1e-30]
+    for weight in (None, w):
+        for wanted in ({}, {"grad_input": True}):
+            got = []
+            for target in (hard, soft):
+                c = BCE._bceloss_bind(xs, target, weight, reduction="none")
+                got.append(_kernels.elementwise(c, _dispatch.kernel_plan(c), **wanted))
+            for a, b in zip(*got, strict=True):  # (None where not asked for)
+                assert (a is None and b is None) or a[:n].tobytes() == b[:n].tobytes()
+
+
 def test_a_subnormal_pos_weight_or_target_does_not_underflow_the_loss():
     # p y |x| (x < 0) is computed as p (y |x|): p y first underflowed for a subnormal p or
     # y, and |x| scaled the loss's error up (x = -85, y = 0.5, p = 1e-45: 10.9 ulp, found by
@@ -1271,7 +1302,8 @@ def test_every_loop_compiled_for_avx512_is_vectorised():
         loops[name] = wide
     if not loops:
         pytest.skip("the extension was built without the x86-64-v4 clones (GCC before 12)")
-    assert len(loops) >= 60, len(loops)  # 2 dtypes x 3 gradients x 2 weights x (2 + 1 + 2)
+    # 2 dtypes x 2 weights x (logits: 3 gradients x 2 + probabilities: 2 x 2 + 1 + focal: 3 x 2)
+    assert len(loops) >= 68, len(loops)
     scalar = sorted(name for name, count in loops.items() if count == 0)
     assert not scalar, scalar
 

@@ -118,6 +118,26 @@ BCELOSS_INLINE Terms<F> probabilities(F x, F y, F w, Smooth<F> smooth) {
     return {weighted(w, loss), w * gx, weighted(w, gy)};
 }
 
+// `probabilities` for a target y of 0 or 1 and no label smoothing, without d/dy: the loss
+// reads one log, log x where y = 1 and log(1 - x) where y = 0 (log1p_neg's, its correction
+// added as 0 where y = 1), for the bits `probabilities` gives: there y' = y + 0, and the
+// other term 0 * (a log clamped to [-100, 0]) is a zero that leaves the sum as it is.
+template <class F>
+BCELOSS_INLINE Terms<F> probabilities_hard(F x, F y, F w) {
+    using C = Constants<F>;
+    using L = Limits<F>;
+    const F sy = y + C::zero;  // y' as `smoothed` makes it: -0 becomes +0
+    const bool positive = sy == C::one;
+    const F u = C::one - x;
+    const F e = (C::one - u) - x;
+    const F fix = positive ? C::zero : (u > C::zero ? e / u : C::zero);
+    F log_v = log(positive ? x : u) + fix;
+    log_v = log_v < L::log_floor ? L::log_floor : log_v;
+    const F den = x * (C::one - x);
+    const F gx = (x - sy) / (den < L::grad_eps ? L::grad_eps : den);
+    return {weighted(w, -log_v), w * gx, C::zero};
+}
+
 namespace focal_detail {
 
 // The leading bits of a double v >= 0: split_high(v) k is exact for integers k < 2^11.

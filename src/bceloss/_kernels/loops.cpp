@@ -250,9 +250,12 @@ void run_blocks(const Call<F>& c, int64_t first, int64_t last) {
 
 namespace {
 
+// The cases each kind has a loop of its own for (the others would be copies of a loop):
+// plain for logits, and for probabilities without d/dy (`segment`'s loop for targets of 0
+// and 1); a flag for logits and focal.
 template <class F, Kind K, int Grad, bool HasW, bool Flag>
 Segment<F> pick_plain(bool plain) {
-    if constexpr (K == Kind::logits) {  // the other kinds: one case fewer to compile
+    if constexpr (K == Kind::logits || (K == Kind::probabilities && Grad < 2)) {
         if (plain) return &segment<F, K, Grad, HasW, Flag, true>;
     }
     return &segment<F, K, Grad, HasW, Flag, false>;
@@ -260,6 +263,7 @@ Segment<F> pick_plain(bool plain) {
 
 template <class F, Kind K, int Grad, bool HasW>
 Segment<F> pick_flag(bool flag, bool plain) {
+    if constexpr (K == Kind::probabilities) return pick_plain<F, K, Grad, HasW, false>(plain);
     return flag ? pick_plain<F, K, Grad, HasW, true>(plain)
                 : pick_plain<F, K, Grad, HasW, false>(plain);
 }
@@ -289,8 +293,8 @@ Segment<F> segment_for(Kind kind, int grad, bool has_w, bool flag, bool plain) {
     switch (kind) {
         case Kind::logits:
             return pick_grad<F, Kind::logits>(grad, has_w, flag, plain);
-        case Kind::probabilities:  // no flag: one case fewer to compile
-            return pick_grad<F, Kind::probabilities>(grad, has_w, false, false);
+        case Kind::probabilities:
+            return pick_grad<F, Kind::probabilities>(grad, has_w, false, plain);
         default:
             return pick_grad<F, Kind::focal>(grad, has_w, flag, false);
     }

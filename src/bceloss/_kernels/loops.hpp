@@ -94,7 +94,7 @@ struct Options {
 // loss l and, as `Grad` says, d/dx into g (Grad >= 1) and d/dy into h (Grad == 2), the
 // gradients divided by the divisor in the loop, where the divider works beside the busier
 // multiply-add units. `Flag`: pos_weight (logits) or alpha (focal) given. `Plain`: no label
-// smoothing and no ignored label (logits only).
+// smoothing and no ignored label (logits and probabilities).
 template <class F>
 using Segment = void (*)(int64_t m, const F* x, const F* y, const F* w, const F* p, F* l, F* g,
                          F* h, const Options<F>& o);
@@ -104,6 +104,21 @@ BCELOSS_CLONES void segment(int64_t m, const F* __restrict x, const F* __restric
                             const F* __restrict w, const F* __restrict p, F* __restrict l,
                             F* __restrict g, F* __restrict h, const Options<F>& o) {
     const Options<F> opt = o;  // in registers: the outputs cannot alias it
+    if constexpr (K == Kind::probabilities && Plain && Grad < 2) {
+        // targets of 0 and 1 alone (the usual labels): one log an element, not two, with the
+        // same bits (`probabilities_hard`); a NaN target counts as another value
+        int64_t soft = 0;
+        for (int64_t k = 0; k < m; ++k) soft += (y[k] != F(0)) & (y[k] != F(1));
+        if (soft == 0) {
+#pragma GCC unroll 4
+            for (int64_t k = 0; k < m; ++k) {
+                const Terms<F> t = probabilities_hard<F>(x[k], y[k], HasW ? w[k] : F(1));
+                l[k] = t.loss;
+                if constexpr (Grad >= 1) g[k] = t.gx / opt.divisor;
+            }
+            return;
+        }
+    }
     // Unrolled: several vectors in flight hide the latency of the polynomials' chains of
     // multiply-adds (one vector at a time waits on each).
 #pragma GCC unroll 4
