@@ -505,6 +505,49 @@ def test_no_graph_break_and_the_eager_numbers(name):
     assert torch.equal(torch.compile(fn, fullgraph=True)(x, y, w), fn(x, y, w))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+def test_jit_trace_records_the_operator_and_replays_the_eager_numbers():
+    # torch.jit.trace (deprecated, still in use) records a core loss as one operator (NumPy
+    # views of traced tensors failed): the traced model, saved and loaded, computes the eager
+    # model's loss and gradients on new inputs
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    loss = bceloss.BCEWithLogitsLoss(pos_weight=torch.full((5,), 2.0))
+    weight = torch.rand(5)
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.loss = model, loss
+
+        def forward(self, x, y):
+            out = self.model(x)
+            return self.loss(out, y) + BCEL(out, y, weight, reduction="sum")
+
+    x, y = torch.randn(8, 6), (torch.rand(8, 5) > 0.5).float()
+    step = Step()
+    for _ in range(5):  # (the module's own lane kept: tracing takes the operator all the same)
+        step(x, y)
+    traced = torch.jit.trace(step, (x, y), check_trace=False)
+    assert "bceloss::routed_loss" in str(traced.graph)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x2, y2 = torch.randn(8, 6), (torch.rand(8, 5) > 0.5).float()
+    want = step(x2, y2)
+    want_grads = torch.autograd.grad(want, list(step.parameters()))
+    want_torch = F.binary_cross_entropy_with_logits(
+        model(x2), y2, pos_weight=loss.pos_weight
+    ) + F.binary_cross_entropy_with_logits(model(x2), y2, weight, reduction="sum")
+    torch.testing.assert_close(want, want_torch, rtol=1e-6, atol=0)
+    for replay in (traced, loaded):
+        got = replay(x2, y2)
+        assert torch.equal(got, want)
+        grads = torch.autograd.grad(got, list(replay.parameters()))
+        assert all(map(torch.equal, grads, want_grads))
+
+
 def test_export_round_trip():
     class Model(torch.nn.Module):
         def __init__(self):

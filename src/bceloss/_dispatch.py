@@ -156,25 +156,28 @@ def kernel_plan(call, min_size: int = KERNEL_MIN_SIZE):
 # two, at every call of the compiled graph. Set once or never: a graph traced while they were
 # unset checks that they still are (set later, every such graph would be compiled again).
 _IS_COMPILING = None
+_IS_TRACING = None
 _COMPILED_LOSS = None
 
 
-def use_compiler(is_compiling, compiled_loss) -> None:
-    """Called by PyTorch's adapter, imported outside a trace: its `torch.compiler.is_compiling`
-    and the function a core loss called inside a graph being compiled becomes."""
-    global _IS_COMPILING, _COMPILED_LOSS
-    _IS_COMPILING, _COMPILED_LOSS = is_compiling, compiled_loss
+def use_compiler(is_compiling, is_tracing, compiled_loss) -> None:
+    """Called by PyTorch's adapter, imported outside a trace: its `torch.compiler.is_compiling`,
+    its check of `torch.jit.trace` tracing, and the function a core loss called inside a graph
+    being compiled becomes."""
+    global _IS_COMPILING, _IS_TRACING, _COMPILED_LOSS
+    _IS_COMPILING, _IS_TRACING, _COMPILED_LOSS = is_compiling, is_tracing, compiled_loss
 
 
 def torch_compiling() -> bool:
-    """Whether PyTorch is tracing the call into a graph (`torch.compile`, `torch.export`).
-    Written for the compiler to read: no import, the check PyTorch's adapter registered, else
-    one attribute chain."""
+    """Whether PyTorch is tracing the call into a graph (`torch.compile`, `torch.export`,
+    `torch.jit.trace`, which records the operator as it is called). Written for the compiler
+    to read: no import, the checks PyTorch's adapter registered (the compiler reads the first
+    alone: it answers True there), else one attribute chain."""
     is_compiling = _IS_COMPILING
     if is_compiling is not None:
-        return is_compiling()
+        return is_compiling() or _IS_TRACING()
     torch = sys.modules.get("torch")
-    return torch is not None and torch.compiler.is_compiling()
+    return torch is not None and (torch.compiler.is_compiling() or torch._C._is_tracing())
 
 
 def compiled_loss(fn: str, bound: dict):

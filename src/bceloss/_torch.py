@@ -1557,7 +1557,7 @@ for _cls in (torch.Tensor, torch.nn.Parameter):
 # compiler traces (this module imported by a loss's first call, traced), which checks what it
 # read of `_dispatch` as it was: such a process keeps the longer route (`_dispatch`)
 if not torch.compiler.is_compiling():
-    _dispatch.use_compiler(torch.compiler.is_compiling, compiled_loss)
+    _dispatch.use_compiler(torch.compiler.is_compiling, torch._C._is_tracing, compiled_loss)
 # the module types of the loss classes defined so far (a class statement a compiler cannot
 # trace: a loss first made inside a compiled function)
 _module_types.make_all("torch", module_type)
