@@ -387,7 +387,8 @@ def test_the_hard_target_loop_gives_the_bits_of_the_general_one(dtype):
     # BCE on probabilities whose targets are all 0 or 1, without label smoothing, reads one
     # log an element (loops.hpp, probabilities_hard); one other target in the piece (these
     # arrays are one piece) sends it to the general loop: the same bits, loss and d/dx, at
-    # the edges of [0, 1] too; weighted or not (a reduced loss adds these terms)
+    # the edges of [0, 1] too; weighted or not (a reduced loss adds these terms). (A NaN
+    # input with a NaN weight, not drawn here, may give a NaN of the other sign.)
     rng = np.random.default_rng(16)
     n = 999
     x = rng.random(n).astype(dtype)

@@ -407,14 +407,52 @@ def test_a_parametrized_pos_weight_is_read_through_its_parametrization():
         torch._dynamo.reset()
         with torch.no_grad():  # (PyTorch's own has no gradient wrt pos_weight)
             results[name] = [loss(x, y), torch.compile(loss, fullgraph=True)(x, y)]
-    eager, compiled = results["bceloss"]
+            # a deep copy is of the parametrized class and reads the option as it does
+            # (found by review: it was made a module type again, which saw no pos_weight)
+            results[name].append(copy.deepcopy(loss)(x, y))
+    eager, compiled, copied = results["bceloss"]
     assert torch.equal(eager, compiled)
+    assert torch.equal(eager, copied)
     for theirs in results["PyTorch"]:
         torch.testing.assert_close(eager, theirs, rtol=2e-6, atol=0)
     want = F.binary_cross_entropy_with_logits(x, y, pos_weight=F.softplus(raw))
     torch.testing.assert_close(eager, want, rtol=2e-6, atol=0)
     # (the plain pos_weight, raw, gives another loss: the test tells them apart)
     assert not torch.allclose(want, F.binary_cross_entropy_with_logits(x, y, pos_weight=raw))
+
+
+def test_a_subclass_of_a_module_type_is_its_own_type():
+    # found by review: a user's subclass of a loss's module type was made a module type
+    # again, whose own option properties hid the subclass's: an `_array` of its own was
+    # ignored, and a property computing an option gave the plain option's loss silently
+    g = torch.Generator().manual_seed(22)
+    x, y = torch.randn(8, 2, generator=g), (torch.rand(8, 2, generator=g) > 0.5).float()
+    p = torch.tensor([1.5, 0.5])
+
+    class Tripled(type(bceloss.BCEWithLogitsLoss())):
+        def _array(self, name):
+            value = super()._array(name)
+            return 3 * value if name == "pos_weight" and value is not None else value
+
+    loss = Tripled(pos_weight=p)
+    assert type(loss) is Tripled
+    want = F.binary_cross_entropy_with_logits(x, y, pos_weight=3 * p)
+    for _ in range(5):  # (the calls a module's own lane would serve)
+        torch.testing.assert_close(loss(x, y), want, rtol=1e-6, atol=0)
+    copied = copy.deepcopy(loss)
+    assert type(copied) is Tripled
+    torch.testing.assert_close(copied(x, y), want, rtol=1e-6, atol=0)
+
+    class Computed(type(bceloss.BCEWithLogitsLoss())):
+        pos_weight = property(lambda self: 3 * p)
+
+    class TheirComputed(torch.nn.BCEWithLogitsLoss):
+        pos_weight = property(lambda self: 3 * p)
+
+    # an option the class computes cannot be a buffer too: PyTorch's own refuses it alike
+    for cls in (Computed, TheirComputed):
+        with pytest.raises(KeyError, match="'pos_weight' already exists"):
+            cls(pos_weight=p)
 
 
 def test_a_compiled_loss_takes_the_operators_tensors_in_their_order():
@@ -546,6 +584,16 @@ def test_jit_trace_records_the_operator_and_replays_the_eager_numbers():
         assert torch.equal(got, want)
         grads = torch.autograd.grad(got, list(replay.parameters()))
         assert all(map(torch.equal, grads, want_grads))
+    # a loss of NumPy arrays inside the traced function (a metric) is computed, not traced
+    # (found by review: refused as not a tensor)
+    metrics = []
+
+    def logged(x):
+        metrics.append(BCEL(np.array([0.5, -1.0]), np.array([1.0, 0.0])))
+        return torch.sigmoid(x)
+
+    torch.jit.trace(logged, (x2,))
+    assert metrics[-1] == BCEL(np.array([0.5, -1.0]), np.array([1.0, 0.0]))
 
 
 def test_export_round_trip():

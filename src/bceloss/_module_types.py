@@ -100,7 +100,10 @@ def _make(cls, base, is_buffer, rebuild):
             return state
 
         def __reduce_ex__(self, protocol):
-            # pickled as the plain class's module, made again from it on loading
+            # pickled as the plain class's module, made again from it on loading; a subclass
+            # (a user's, importable by its name) as any object is
+            if "_bceloss_plain" not in vars(type(self)):
+                return base.__reduce_ex__(self, protocol)
             return (rebuild, (cls,), self.__getstate__())
 
     Module._array = _stored

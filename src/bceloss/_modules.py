@@ -22,8 +22,9 @@ from bceloss._dispatch import compiled_loss, torch_compiling
 def _module_type(cls):
     """`cls` (a loss class) as its framework's module type, or None where the loss stays a
     plain class: its framework is not imported in this process (so none is imported here) or
-    has no module adapter, or `cls` is a module type already."""
-    if "_bceloss_plain" in vars(cls) or cls.framework not in sys.modules:
+    has no module adapter, or `cls` is a module type already, or a subclass of one (a user's,
+    or the one torch.nn.utils.parametrize makes), which is its own type."""
+    if hasattr(cls, "_bceloss_plain") or cls.framework not in sys.modules:
         return None
     # one import statement a framework: torch.compile traces a loss made inside a model
     if cls.framework == "torch":
@@ -72,7 +73,7 @@ class _Loss:
         forward = vars(cls).get("forward")
         if forward is not None and "__call__" not in vars(cls):
             cls.__call__ = _calling(forward)
-        if "_bceloss_plain" not in vars(cls):  # (a plain class, not a module type)
+        if not hasattr(cls, "_bceloss_plain"):  # (a plain class, not a module type's)
             _module_types.known(cls)
 
     def __call__(self, *args, **kwargs):

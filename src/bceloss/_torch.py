@@ -1126,11 +1126,13 @@ def compiled_loss(fn: str, bound: dict):
     if _BUILD_KEY in bound:  # (the key of the build among the options: no argument's)
         msg = f"{fn.rpartition('.')[2]}() got an unexpected keyword argument {_BUILD_KEY!r}"
         raise TypeError(msg)
-    bound = bound.copy()
+    given, bound = bound, bound.copy()
     tensors = []
     for name in ("input", "target", "weight", "pos_weight", "where"):  # (`_OPERANDS`)
         a = bound.pop(name, None)
         if not (a is None or isinstance(a, _Tensor)):
+            if torch.jit.is_tracing():  # (False to the compiler) not a tensor: not traced
+                return _call.run(_bind_of(fn)(**given))
             msg = f"{name} must be a torch.Tensor in a compiled graph; got {type(a).__name__}"
             raise TypeError(msg)
         tensors.append(a)

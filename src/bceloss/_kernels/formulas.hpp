@@ -121,7 +121,9 @@ BCELOSS_INLINE Terms<F> probabilities(F x, F y, F w, Smooth<F> smooth) {
 // `probabilities` for a target y of 0 or 1 and no label smoothing, without d/dy: the loss
 // reads one log, log x where y = 1 and log(1 - x) where y = 0 (log1p_neg's, its correction
 // added as 0 where y = 1), for the bits `probabilities` gives: there y' = y + 0, and the
-// other term 0 * (a log clamped to [-100, 0]) is a zero that leaves the sum as it is.
+// other term 0 * (a log clamped to [-100, 0]) is a zero that leaves the sum as it is. (A NaN
+// input with a NaN weight may come out with the other sign bit: which NaN a product of two
+// keeps is the vectorised loop's choice.)
 template <class F>
 BCELOSS_INLINE Terms<F> probabilities_hard(F x, F y, F w) {
     using C = Constants<F>;
