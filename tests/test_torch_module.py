@@ -543,7 +543,8 @@ def test_no_graph_break_and_the_eager_numbers(name):
     assert torch.equal(torch.compile(fn, fullgraph=True)(x, y, w), fn(x, y, w))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+# (deprecated: a DeprecationWarning in PyTorch 2.13, a FutureWarning in 2.14)
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated")
 def test_jit_trace_records_the_operator_and_replays_the_eager_numbers():
     # torch.jit.trace (deprecated, still in use) records a core loss as one operator (NumPy
     # views of traced tensors failed): the traced model, saved and loaded, computes the eager
