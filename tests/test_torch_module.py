@@ -222,6 +222,30 @@ def test_a_module_reads_its_options_at_every_call_as_pytorchs_does(monkeypatch):
         ours(x, y)
 
 
+def test_a_module_alternating_between_forms_is_served_by_its_lane(monkeypatch):
+    # a module called with batches of two shapes in turn (two heads, a last smaller batch)
+    # keeps both forms: after the first calls no call searches the express lane, and each
+    # loss is PyTorch's
+    from bceloss import _dispatch
+
+    express = _dispatch.EXPRESS_LANES[torch.Tensor]
+    expressed = []
+    monkeypatch.setitem(
+        _dispatch.EXPRESS_LANES, torch.Tensor, lambda *a: expressed.append(1) or express(*a)
+    )
+    gen = torch.Generator().manual_seed(8)
+    ours = bceloss.BCEWithLogitsLoss(pos_weight=torch.rand(5, generator=gen) + 0.5)
+    theirs = torch.nn.BCEWithLogitsLoss(pos_weight=ours.pos_weight)
+    for call in range(12):
+        if call == 8:
+            served_from = len(expressed)
+        rows = (16, 3)[call % 2]
+        x = torch.randn(rows, 5, generator=gen).requires_grad_()
+        y = (torch.rand(rows, 5, generator=gen) > 0.5).float()
+        torch.testing.assert_close(ours(x, y), theirs(x, y), rtol=1e-6, atol=0)
+    assert len(expressed) == served_from
+
+
 def test_a_modules_lane_keeps_autograds_ways_and_the_losss_errors():
     # calls of a module's own lane: a retained graph's second backward computes the gradient
     # again, an output gradient other than 1 scales it, an input modified in place after the

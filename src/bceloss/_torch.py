@@ -613,7 +613,7 @@ def express(bind, args, kwargs, owner=None):
         if recipe is None:
             return None if call is None else call.backend.loss(call)
         if owner is not None:
-            _ModuleLane.first(owner, recipe, args, kwargs)
+            _ModuleLane.first(owner, recipe, args, kwargs, given)
         try:
             return recipe.loss(given)
         except _ValuesRefused:
@@ -778,13 +778,14 @@ def _equal_scalars(a: tuple, b: tuple) -> bool:
 
 class _ModuleLane:
     """A loss module's own express lane (kept in its `__dict__`, `_module_types.LANE`): for
-    each grad mode, the `_Guarded` form of the module's last call the C kernel ran, and its
-    options as they were. A call of the module that finds its options the same objects (the
-    array options read from its buffers, where `.to()` replaces them) and its tensors passing
-    the form's check in C runs the C kernel's node straight away: a training step's loss pays
-    neither for its options read one at a time nor for the express lane's search."""
+    each grad mode, the `_Guarded` forms of the module's last calls the C kernel ran (up to
+    `_GUARDED_FORMS`, the latest first), and its options as they were. A call of the module
+    that finds its options the same objects (the array options read from its buffers, where
+    `.to()` replaces them) and its tensors passing a form's check in C runs the C kernel's
+    node straight away: a training step's loss pays neither for its options read one at a
+    time nor for the express lane's search."""
 
-    __slots__ = ("arrays", "epoch", "forms", "kind", "reads", "scalars")
+    __slots__ = ("arrays", "epoch", "forms", "kind", "operands", "reads", "scalars")
 
     def __init__(self, kind, arrays, scalars):
         # the module's class and how it reads its options: a class swapped or patched since
@@ -792,41 +793,36 @@ class _ModuleLane:
         self.kind, self.reads = kind, (kind._options, kind._array)
         self.arrays = _picker(arrays)  # the array options' values, from the buffers
         self.scalars = _picker(scalars)  # the other options' values, from `__dict__`
-        # by grad mode: (the entry, the other options, pickers of the array options that were
-        # None and of those that were tensors, the operator's tensors: `keep`)
-        self.forms = [None, None]
+        # the operator's (input, target, weight, pos_weight) from (input, target, *array
+        # options, None)
+        ends = {name: 2 + arrays.index(name) for name in arrays}
+        self.operands = _picker([0, 1, *(ends.get(n, 2 + len(arrays)) for n in _TENSORS[2:4])])
+        # by grad mode: tuples of (the entry, the other options, pickers of the array options
+        # that were None and of those that were tensors, as many Nones: `keep`)
+        self.forms = ((), ())
         self.epoch = _EPOCH
 
     @staticmethod
-    def first(owner, recipe, args, options) -> None:
+    def first(owner, recipe, args, options, given) -> None:
         """`keep` a check of its own of a form of `owner`'s call that the express lane does not
         check (it checks only the first forms of a loss in the process, `_GUARDED_FORMS`),
-        where the C kernel runs its calls."""
+        where the C kernel runs its calls. The check is made once a form (`_Recipe.guarded`)."""
         if recipe.c_call is None:
             return
-        entry = _Guarded.of(recipe, args, options)
+        entry = recipe.guarded
+        if entry is None or not entry.holds(args, options, given):
+            entry = recipe.guarded = _Guarded.of(recipe, args, options)
         if entry is not None and entry.in_c:
             _ModuleLane.keep(owner, entry, options)
 
     @staticmethod
     def keep(owner, entry, options) -> None:
         """Keep `entry`, a form of a call of the loss module `owner` with `options` (its
-        `_options()`) whose calls the C kernel runs, as `owner`'s lane's form for this grad
-        mode, where `owner` is one of bceloss's own loss modules (neither a subclass of one
-        nor a plain loss, whose options may be computed) and each array option a buffer
-        (read from the buffers at each call)."""
+        `_options()`) whose calls the C kernel runs, first among `owner`'s lane's forms for
+        this grad mode, where `owner` is one of bceloss's own loss modules (neither a
+        subclass of one nor a plain loss, whose options may be computed) and each array option
+        a buffer (read from the buffers at each call)."""
         d = owner.__dict__
-        buffers = d.get("_buffers")
-        arrays = [name for name in options if name in type(owner).arrays]
-        scalars = [name for name in options if name not in arrays]
-        if (
-            "_bceloss_plain" not in vars(type(owner))
-            or type(owner).__module__ != _modules_name
-            or buffers is None
-            or any(name not in buffers for name in arrays)
-            or any(name not in d for name in scalars)
-        ):
-            return
         lane = d.get(_module_types.LANE)
         kind = type(owner)
         if (
@@ -835,23 +831,33 @@ class _ModuleLane:
             or lane.kind is not kind
             or lane.reads != (kind._options, kind._array)
         ):
+            buffers = d.get("_buffers")
+            arrays = [name for name in options if name in kind.arrays]
+            scalars = [name for name in options if name not in arrays]
+            if (
+                "_bceloss_plain" not in vars(kind)
+                or kind.__module__ != _modules_name
+                or buffers is None
+                or any(name not in buffers for name in arrays)
+                or any(name not in d for name in scalars)
+            ):
+                return
             lane = d[_module_types.LANE] = _ModuleLane(kind, arrays, scalars)
-        values = [options[name] for name in arrays]
-        # the tensors the form's check takes, after input and target; the operator's
-        # (input, target, weight, pos_weight) from (input, target, *array options, None)
+        # (the names read at each call are the lane's: options of other names are not kept)
+        values = lane.arrays(options)
+        scalar_values = lane.scalars(options)
         at = [i for i, a in enumerate(values) if a is not None]
         absent = [i for i, a in enumerate(values) if a is None]
-        ends = {name: 2 + arrays.index(name) for name in arrays}
-        operands = _picker([0, 1, *(ends.get(n, 2 + len(arrays)) for n in _TENSORS[2:4])])
-        scalar_values = tuple(options[name] for name in scalars)
-        form = (entry, scalar_values, _picker(absent), (None,) * len(absent), _picker(at), operands)
-        lane.forms[torch.is_grad_enabled()] = form
+        form = (entry, scalar_values, _picker(absent), (None,) * len(absent), _picker(at))
+        mode = torch.is_grad_enabled()
+        kept = [f for f in lane.forms[mode] if f[0] is not entry]  # (this entry's old form)
+        lane.forms = _with(lane.forms, mode, (form, *kept[: _GUARDED_FORMS - 1]))
 
     def __call__(self, module, input, target):
-        """The loss of the module's call, or None where the call is not of the form kept."""
-        form = self.forms[torch.is_grad_enabled()]
+        """The loss of the module's call, or None where the call is of no form kept."""
+        forms = self.forms[torch.is_grad_enabled()]
         if (
-            form is None
+            not forms
             or self.epoch is not _EPOCH
             or getattr(forward_ad, "_current_level", 0) >= 0
             or _functorch_active()
@@ -860,25 +866,31 @@ class _ModuleLane:
         kind = type(module)
         if kind is not self.kind or (kind._options, kind._array) != self.reads:
             return None
-        entry, scalars, absent, nones, tensors, operands = form
         d = module.__dict__
         try:
             arrays = self.arrays(d["_buffers"])
             now = self.scalars(d)
         except KeyError:  # (an option deleted since)
             return None
-        # the options the same objects, those that were None still None (a tuple of Nones
-        # compares by identity), the tensors passing the check (which None fails)
-        if not (
-            all(map(operator.is_, now, scalars))
-            and absent(arrays) == nones
-            and entry.check(input, target, *tensors(arrays))
-        ):
-            return None
-        try:
-            return entry.recipe.c_run(*operands((input, target, *arrays, None)))
-        except _ValuesRefused:  # validated by the usual route, which raises the loss's error
-            return None
+        for entry, scalars, absent, nones, tensors in forms:
+            # the options the same objects, those that were None still None (a tuple of
+            # Nones compares by identity), the tensors passing the check (which None fails)
+            if (
+                all(map(operator.is_, now, scalars))
+                and absent(arrays) == nones
+                and entry.check(input, target, *tensors(arrays))
+            ):
+                try:
+                    return entry.recipe.c_run(*self.operands((input, target, *arrays, None)))
+                except _ValuesRefused:  # validated by the usual route: the loss's error
+                    return None
+        return None
+
+
+def _with(pair: tuple, index: bool, value) -> tuple:
+    """`pair` with its item `index` (a grad mode) replaced: a new tuple, so that a thread
+    never sees one half changed."""
+    return (pair[0], value) if index else (value, pair[1])
 
 
 _modules_name = "bceloss._modules"  # (the module of bceloss's own loss classes)
@@ -899,6 +911,7 @@ class _Recipe:
         "call",
         "checked",
         "eager",
+        "guarded",
         "prepared",
         "records",
         "twin",
@@ -932,6 +945,7 @@ class _Recipe:
         self.values_pass = memo.values_pass  # the check of values each call makes, if any
         self.checked = memo.checked is not None  # (the input's: BCE on probabilities)
         self.c_call = _c_call(call, bind) if self.prepared is not None else None
+        self.guarded = None  # a module's call's `_Guarded` of the form (`_ModuleLane.first`)
 
     def loss(self, given):
         """The loss of an eager call of the form, `given` its (*args, *kwargs.values(),
