@@ -6,7 +6,9 @@ constants to the C kernel once the library remembers the form; its next calls ru
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 
@@ -150,16 +152,23 @@ def test_the_thread_count_changes_nothing_but_the_speed():
         assert _same_bits(got[1], results[0][1])
 
 
-def test_threads_calling_forms_at_once_each_get_their_own_results():
+# many small forms; a few large ones (several blocks: each thread's calls on a team of
+# PyTorch's OpenMP runtime of its own)
+@pytest.mark.parametrize(
+    ("shapes", "repeats"),
+    [([(r, 7) for r in range(3, 40)], 20), ([(8, 8192 + r) for r in range(4)], 10)],
+    ids=["small", "large"],
+)
+def test_threads_calling_forms_at_once_each_get_their_own_results(shapes, repeats):
     g = torch.Generator().manual_seed(5)
-    data = [(torch.randn(r, 7, generator=g), torch.rand(r, 7, generator=g)) for r in range(3, 40)]
+    data = [(torch.randn(s, generator=g), torch.rand(s, generator=g)) for s in shapes]
     expected = [_both(x, y)[1] for x, y in data]
     _memo.forget()
     failures = []
 
     def work(seed):
         order = np.random.default_rng(seed).permutation(len(data))
-        for _ in range(20):
+        for _ in range(repeats):
             for i in order:
                 got = OPS.reduced_loss_and_grad(FN, *data[i], None, None, None, "()")
                 if not (_same_bits(got[0], expected[i][0]) and _same_bits(got[1], expected[i][1])):
@@ -418,6 +427,94 @@ def test_threads_training_at_once_each_get_their_own_results():
     _in_threads(work, 4)
     assert not failures
     assert _native.torch_kept() == 2 * len(data)
+
+
+# A process's threads (Linux), before and after large calls of a form the C kernel keeps: run
+# on PyTorch's OpenMP team, they start no thread of bceloss's; a NumPy call does.
+ON_PYTORCHS_TEAM = """
+import os, numpy as np, torch, bceloss
+def threads():
+    return len(os.listdir("/proc/self/task"))
+torch.set_num_threads(2)
+torch.ones(1 << 22).add_(1)  # a parallel operation of PyTorch's: its team started
+x = torch.randn(64, 8192, generator=torch.Generator().manual_seed(0)).requires_grad_()
+y = (torch.rand(64, 8192, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+loss = bceloss.BCEWithLogitsLoss(pos_weight=torch.full((8192,), 1.5))
+bceloss.set_num_threads(1)  # the first calls (the Python kernel's) on the calling thread
+for _ in range(3):
+    loss(x, y).backward()
+    with torch.no_grad():
+        loss(x, y)
+bceloss.set_num_threads(2)
+before = threads()
+x.grad = None
+value = loss(x, y)
+value.backward()
+with torch.no_grad():
+    plain = loss(x, y)
+after = threads()
+numpy = bceloss.binary_cross_entropy_with_logits(
+    x.detach().numpy(), y.numpy(), pos_weight=np.full(8192, 1.5, np.float32)
+)
+assert threads() == after + 1, (after, threads())  # the NumPy call's helper
+assert after == before, (before, after)
+assert value.item() == plain.item() == float(numpy), (value.item(), plain.item(), numpy)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads on Linux")
+def test_large_calls_from_pytorch_run_on_its_own_openmp_team():
+    # PyTorch's intra-op threads spin a while after each of its parallel operations: helpers
+    # of bceloss's beside them would share the cores with spinning threads
+    assert torch.backends.openmp.is_available()  # (CI's PyTorch)
+    _run_alone(ON_PYTORCHS_TEAM)
+
+
+FORKED_AFTER_PYTORCHS_TEAM = """
+import multiprocessing, warnings, torch, bceloss
+warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
+torch.set_num_threads(2)
+bceloss.set_num_threads(2)
+x = torch.randn(64, 8192, generator=torch.Generator().manual_seed(0))
+y = (torch.rand(64, 8192, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+loss = bceloss.BCEWithLogitsLoss()
+with torch.no_grad():
+    parent = [loss(x, y).item() for _ in range(4)]  # the last ones on PyTorch's team
+def child(queue):
+    with torch.no_grad():
+        queue.put([loss(x, y).item() for _ in range(4)])
+queue = multiprocessing.get_context("fork").SimpleQueue()
+process = multiprocessing.get_context("fork").Process(target=child, args=(queue,), daemon=True)
+process.start()
+process.join(60)
+assert process.exitcode == 0, process.exitcode  # (None: a child hung on the parent's team)
+got = queue.get()
+assert got == parent, (got, parent)
+"""
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform"
+)
+def test_a_process_forked_after_calls_on_pytorchs_team_computes_on_threads_of_its_own():
+    # (a DataLoader's workers.) An OpenMP runtime's team does not survive a fork: the child
+    # runs its large calls on bceloss's own helpers, with the parent's bits
+    _run_alone(FORKED_AFTER_PYTORCHS_TEAM)
+
+
+def _run_alone(script):
+    """`script` run in a Python process of its own (bceloss's thread count its default),
+    which must succeed."""
+    env = {k: v for k, v in os.environ.items() if k != "BCELOSS_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def _in_threads(work, count):

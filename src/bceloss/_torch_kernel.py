@@ -12,7 +12,8 @@ fused loops straight away, with the constants the Python kernel computed for tha
 contiguous, weight and pos_weight read in place, no mask, a reduced loss).
 
 The ABI's functions are found in libtorch by name (ctypes) and handed to the extension, which
-is built without PyTorch's headers. A PyTorch without them (older than 2.10, or a build
+is built without PyTorch's headers; so is the OpenMP runtime's GOMP_parallel, on whose team (PyTorch's
+intra-op threads) a large call runs. A PyTorch without them (older than 2.10, or a build
 without the shared library) keeps the Python kernel for every call.
 """
 
@@ -44,6 +45,9 @@ _FUNCTIONS = (
     "aoti_torch_call_dispatcher",
 )
 _LAST_ERROR = "torch_exception_get_what_without_backtrace"
+# the OpenMP runtime's entry that PyTorch's parallel operations start their team with: a large
+# call runs on that team (threads.hpp), not beside it
+_TEAM = "GOMP_parallel"
 # the dtypes of the kernels' storages, in loops.hpp's order (`Storage`)
 _DTYPES = (
     "float32",
@@ -99,7 +103,7 @@ def install() -> bool:
         codes.append(code())
     cpu = lib.aoti_torch_device_type_cpu
     cpu.restype = ctypes.c_int32
-    kernels = _native.torch_install(tuple(address), _FALLBACKS, tuple(codes), cpu())
+    kernels = _native.torch_install(tuple(address), _FALLBACKS, tuple(codes), cpu(), _team(lib))
     _native.set_threads(threads.get_num_threads())
     handle = ctypes.c_void_p()
     init = lib.aoti_torch_library_init_impl
@@ -120,6 +124,15 @@ def install() -> bool:
     _REGISTRATION.append(handle)
     _CODES.update({np.dtype(name): code for name, code in zip(_DTYPES[:2], codes, strict=False)})
     return True
+
+
+def _team(lib):
+    """The address of GOMP_parallel in the OpenMP runtime libtorch was loaded with (a
+    library's symbols are looked up in its dependencies too), or None where PyTorch's
+    parallel operations run on no OpenMP."""
+    if not torch.backends.openmp.is_available() or not hasattr(lib, _TEAM):
+        return None
+    return ctypes.cast(getattr(lib, _TEAM), ctypes.c_void_p).value
 
 
 _HALVES = (torch.float16, torch.bfloat16)

@@ -50,7 +50,7 @@ void launch_in(const Arguments& a) {
     call.blocks = a.blocks;
     call.outside = a.outside;
     Chunks<F> chunks{&call, a.chunks};
-    run_chunks(a.team, a.chunks, &run_chunk<F>, &chunks);
+    run_chunks(a.team, a.chunks, &run_chunk<F>, &chunks, a.hosted);
 }
 
 }  // namespace

@@ -23,6 +23,9 @@ struct Arguments {
     // where not null: the number of input values outside [0, 1] in each block (BCE on
     // probabilities, whose values the PyTorch operator's C kernel checks in this pass)
     int64_t* outside;
+    // run on the host framework's threads where it handed them over (threads.hpp): a call
+    // from the PyTorch operator's C kernel
+    bool hosted;
 };
 
 // One pass over the call's blocks, in float64 (compute64) or float32, on `team` threads.

@@ -454,8 +454,8 @@ PyMethodDef methods[] = {
     {"encode", guarded<encode>, METH_VARARGS, encode_doc},
     {"in_unit_range", guarded<in_unit_range>, METH_VARARGS, in_unit_range_doc},
     {"torch_install", guarded<bceloss::torch_install>, METH_VARARGS,
-     "torch_install(addresses, fallbacks, codes, cpu)\n--\n\nInstall the PyTorch operators' C "
-     "kernels (see torch_kernel.hpp); returns their addresses."},
+     "torch_install(addresses, fallbacks, codes, cpu, team=None)\n--\n\nInstall the PyTorch "
+     "operators' C kernels (see torch_kernel.hpp); returns their addresses."},
     {"torch_remember", guarded<bceloss::torch_remember>, METH_VARARGS,
      "torch_remember(kind, compute64, starts, ignore, smooth_keep, smooth_add, has_alpha, alpha,\n"
      "    gamma, divisor, sum, denominator, out_dtype)\n--\n\nThe constants of the form the C "

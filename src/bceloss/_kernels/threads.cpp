@@ -109,18 +109,28 @@ struct Pool {
 };
 
 std::atomic<Pool*> pool_of_process{nullptr};
+std::atomic<HostTeam> host_team{nullptr};
 
 #ifdef BCELOSS_HAS_FORK
-void forget_pool_in_child() { pool_of_process.store(nullptr); }
+void forget_threads_in_child() {
+    pool_of_process.store(nullptr);
+    host_team.store(nullptr);
+}
 #endif
+
+void watch_forks() {
+#ifdef BCELOSS_HAS_FORK
+    static const bool registered = pthread_atfork(nullptr, nullptr, forget_threads_in_child) == 0;
+    (void)registered;
+#endif
+}
+
+void run_job(void* job) { take_chunks(*static_cast<Job*>(job)); }
 
 Pool& pool(int helpers) {
     Pool* p = pool_of_process.load();
     if (p == nullptr) {
-#ifdef BCELOSS_HAS_FORK
-        static const bool registered = pthread_atfork(nullptr, nullptr, forget_pool_in_child) == 0;
-        (void)registered;
-#endif
+        watch_forks();
         // no lock to create it (a forked child may inherit a lock a parent's thread held)
         Pool* fresh = new Pool();
         if (pool_of_process.compare_exchange_strong(p, fresh)) {
@@ -138,10 +148,25 @@ Pool& pool(int helpers) {
 
 }  // namespace
 
-void run_chunks(int team, int64_t chunks, void (*work)(void*, int64_t), void* context) {
+void use_host_team(HostTeam team) {
+    watch_forks();
+    host_team.store(team);
+}
+
+void run_chunks(int team, int64_t chunks, void (*work)(void*, int64_t), void* context,
+                bool hosted) {
     const int helpers = static_cast<int>(std::min<int64_t>(team, chunks)) - 1;
     if (helpers <= 0) {
         for (int64_t chunk = 0; chunk < chunks; ++chunk) work(context, chunk);
+        return;
+    }
+    const HostTeam host = hosted ? host_team.load() : nullptr;
+    if (host != nullptr) {  // every member takes chunks from the counter until none are left
+        Job job;
+        job.chunks = chunks;
+        job.work = work;
+        job.context = context;
+        host(&run_job, &job, static_cast<unsigned>(helpers + 1), 0);
         return;
     }
     // Without memory or a thread to be had, the calling thread computes every chunk.

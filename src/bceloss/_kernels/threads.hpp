@@ -7,6 +7,12 @@
 // variable between calls (they never spin against other processes), and a forked child starts
 // its own when it first needs them: a DataLoader worker or a multiprocessing pool computes a
 // loss like any process.
+//
+// A host framework's threads may serve instead (`use_host_team`): a call from PyTorch runs its
+// chunks on PyTorch's own OpenMP team, whose workers spin for a while after each of PyTorch's
+// parallel operations; helpers of ours beside them would share the cores with spinning threads.
+// Its members take chunks from the same counter, but the call returns once every member has
+// joined (the runtime's barrier), as PyTorch's own operations do.
 #pragma once
 
 #include <cstdint>
@@ -14,8 +20,17 @@
 namespace bceloss {
 
 // Calls work(context, chunk) once for every chunk in 0 .. chunks, on the calling thread and on
-// up to team - 1 helper threads, and returns when every call has returned.
-void run_chunks(int team, int64_t chunks, void (*work)(void* context, int64_t chunk),
-                void* context);
+// up to team - 1 helper threads (the host's team's where `hosted` and one is in use), and
+// returns when every call has returned.
+void run_chunks(int team, int64_t chunks, void (*work)(void* context, int64_t chunk), void* context,
+                bool hosted);
+
+// An OpenMP runtime's GOMP_parallel: runs fn(data) on a team of `threads` (the calling thread
+// among them) and returns when every one has returned.
+using HostTeam = void (*)(void (*fn)(void* data), void* data, unsigned threads, unsigned flags);
+
+// The host's team for hosted calls in this process (nullptr: the helpers); a forked child
+// forgets it (an OpenMP runtime's threads are not the child's) and uses helpers of its own.
+void use_host_team(HostTeam team);
 
 }  // namespace bceloss

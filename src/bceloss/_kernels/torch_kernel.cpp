@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "launch.hpp"
+#include "threads.hpp"
 
 namespace bceloss {
 namespace {
@@ -310,11 +311,12 @@ void* data_of(Handle h) {
     return data;
 }
 
-// (team, chunks) of a call, launch.py's `_team`: the calling thread alone up to 4 blocks'
-// elements (SERIAL_SIZE).
+// (team, chunks) of a call, as launch.py's `_team` but the calling thread alone up to one
+// block's elements, not four (SERIAL_SIZE): the call runs on PyTorch's OpenMP team
+// (`Arguments::hosted`), whose threads a training step keeps awake, not on helpers to wake.
 void team_of(const Form& f, int* team, long long* chunks) {
     const int64_t blocks = static_cast<int64_t>(f.starts.size()) - 1;
-    if (f.layout.n <= 4 * BLOCK) {
+    if (f.layout.n <= BLOCK) {
         *team = 1;
         *chunks = 1;
         return;
@@ -349,6 +351,7 @@ bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handl
     a.starts = f.starts.data();
     a.blocks = static_cast<int64_t>(sums.size());
     a.outside = checked ? outside.data() : nullptr;
+    a.hosted = true;
     launch(a, f.compute64);
     double total;
     bool inside = true;
@@ -440,10 +443,13 @@ PyObject* torch_install(PyObject*, PyObject* args) {
     const char *loss_and_grad, *loss;
     PyObject* codes;
     int cpu_code;
-    if (!PyArg_ParseTuple(args, "O!(ss)O!i", &PyTuple_Type, &addresses, &loss_and_grad, &loss,
-                          &PyTuple_Type, &codes, &cpu_code)) {
+    PyObject* team = Py_None;
+    if (!PyArg_ParseTuple(args, "O!(ss)O!i|O", &PyTuple_Type, &addresses, &loss_and_grad, &loss,
+                          &PyTuple_Type, &codes, &cpu_code, &team)) {
         return nullptr;
     }
+    void* host_team = team == Py_None ? nullptr : PyLong_AsVoidPtr(team);
+    if (PyErr_Occurred()) return nullptr;
     if (PyTuple_GET_SIZE(addresses) != API_FUNCTIONS || PyTuple_GET_SIZE(codes) != 11) {
         PyErr_SetString(PyExc_ValueError, "bceloss: torch_install takes 15 addresses, 11 codes");
         return nullptr;
@@ -470,6 +476,7 @@ PyObject* torch_install(PyObject*, PyObject* args) {
     fallbacks[1] = loss;
     cpu = cpu_code;
     forms.clear();
+    use_host_team(reinterpret_cast<HostTeam>(host_team));
     return Py_BuildValue("(NN)", PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_and_grad_kernel)),
                          PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_kernel)));
 }
