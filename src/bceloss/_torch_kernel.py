@@ -12,9 +12,9 @@ fused loops straight away, with the constants the Python kernel computed for tha
 contiguous, weight and pos_weight read in place, no mask, a reduced loss).
 
 The ABI's functions are found in libtorch by name (ctypes) and handed to the extension, which
-is built without PyTorch's headers; so is the OpenMP runtime's GOMP_parallel, on whose team (PyTorch's
-intra-op threads) a large call runs. A PyTorch without them (older than 2.10, or a build
-without the shared library) keeps the Python kernel for every call.
+is built without PyTorch's headers; so is the OpenMP runtime's GOMP_parallel, on whose team
+(PyTorch's intra-op threads) a large call runs. A PyTorch without the ABI (older than 2.10,
+or a build without the shared library) keeps the Python kernel for every call.
 """
 
 from __future__ import annotations
