@@ -470,36 +470,86 @@ def test_large_calls_from_pytorch_run_on_its_own_openmp_team():
     _run_alone(ON_PYTORCHS_TEAM)
 
 
-FORKED_AFTER_PYTORCHS_TEAM = """
-import multiprocessing, warnings, torch, bceloss
+# A child forked from a process whose PyTorch ran parallel operations: the loss's first calls
+# in the parent (its C kernel installed there and its large calls run on PyTorch's team), or
+# in the child alone (bceloss imported before PyTorch, as sorted imports have it; the C kernel
+# installed in the child). Each child's large calls run on threads of its own, with the bits
+# its parent computes on NumPy arrays.
+FORKED = """
+import multiprocessing, os, sys, warnings
+import bceloss
+import torch
 warnings.simplefilter("ignore", DeprecationWarning)  # (fork of a threaded process)
 torch.set_num_threads(2)
 bceloss.set_num_threads(2)
+torch.ones(1 << 22).add_(1)  # a parallel operation of PyTorch's: its team started
 x = torch.randn(64, 8192, generator=torch.Generator().manual_seed(0))
 y = (torch.rand(64, 8192, generator=torch.Generator().manual_seed(1)) > 0.5).float()
-loss = bceloss.BCEWithLogitsLoss()
-with torch.no_grad():
-    parent = [loss(x, y).item() for _ in range(4)]  # the last ones on PyTorch's team
-def child(queue):
+expected = float(bceloss.binary_cross_entropy_with_logits(x.numpy(), y.numpy()))
+if {in_parent}:
     with torch.no_grad():
-        queue.put([loss(x, y).item() for _ in range(4)])
+        assert [bceloss.BCEWithLogitsLoss()(x, y).item() for _ in range(4)] == [expected] * 4
+assert ("bceloss._torch" in sys.modules) == {in_parent}  # (where the C kernel is installed)
+def threads():  # the process's threads (Linux)
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
+def child(queue):
+    loss = bceloss.BCEWithLogitsLoss()
+    with torch.no_grad():
+        # four blocks or fewer: the calling thread alone, without PyTorch's team
+        before = threads()
+        few = [loss(x[:3], y[:3]).item() for _ in range(4)]
+        alone = threads() == before
+        queue.put(([loss(x, y).item() for _ in range(4)], few, alone))
 queue = multiprocessing.get_context("fork").SimpleQueue()
 process = multiprocessing.get_context("fork").Process(target=child, args=(queue,), daemon=True)
 process.start()
 process.join(60)
 assert process.exitcode == 0, process.exitcode  # (None: a child hung on the parent's team)
-got = queue.get()
-assert got == parent, (got, parent)
+got, few, alone = queue.get()
+assert got == [expected] * 4, (got, expected)
+assert alone
+assert few == [float(bceloss.binary_cross_entropy_with_logits(x[:3].numpy(), y[:3].numpy()))] * 4
 """
 
 
 @pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform"
 )
-def test_a_process_forked_after_calls_on_pytorchs_team_computes_on_threads_of_its_own():
-    # (a DataLoader's workers.) An OpenMP runtime's team does not survive a fork: the child
-    # runs its large calls on bceloss's own helpers, with the parent's bits
-    _run_alone(FORKED_AFTER_PYTORCHS_TEAM)
+@pytest.mark.parametrize("in_parent", [True, False], ids=["kernel in parent", "kernel in child"])
+def test_a_process_forked_after_pytorchs_parallel_work_computes_on_threads_of_its_own(in_parent):
+    # (a DataLoader's workers.) An OpenMP runtime's team does not survive a fork (PyTorch's
+    # own parallel operations hang in such a child): the child runs its large calls on
+    # bceloss's own helpers
+    _run_alone(FORKED.format(in_parent=in_parent))
+
+
+# PyTorch's thread count bounds the team (a DataLoader worker sets it to 1, as may a user):
+# with one thread, large calls start no thread, neither bceloss's nor the OpenMP runtime's.
+ONE_PYTORCH_THREAD = """
+import os, torch, bceloss
+def threads():
+    return len(os.listdir("/proc/self/task"))
+torch.set_num_threads(1)
+bceloss.set_num_threads(2)
+x = torch.randn(64, 8192, generator=torch.Generator().manual_seed(0))
+y = (torch.rand(64, 8192, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+loss = bceloss.BCEWithLogitsLoss()
+bceloss.set_num_threads(1)  # the first calls (the Python kernel's) on the calling thread
+with torch.no_grad():
+    for _ in range(3):
+        loss(x, y)
+bceloss.set_num_threads(2)
+before = threads()
+with torch.no_grad():
+    values = [loss(x, y).item() for _ in range(3)]
+assert threads() == before, (before, threads())
+assert values == [float(bceloss.binary_cross_entropy_with_logits(x.numpy(), y.numpy()))] * 3
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads on Linux")
+def test_large_calls_from_pytorch_use_no_more_threads_than_pytorch():
+    _run_alone(ONE_PYTORCH_THREAD)
 
 
 def _run_alone(script):

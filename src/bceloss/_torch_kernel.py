@@ -12,8 +12,8 @@ fused loops straight away, with the constants the Python kernel computed for tha
 contiguous, weight and pos_weight read in place, no mask, a reduced loss).
 
 The ABI's functions are found in libtorch by name (ctypes) and handed to the extension, which
-is built without PyTorch's headers; so is the OpenMP runtime's GOMP_parallel, on whose team
-(PyTorch's intra-op threads) a large call runs. A PyTorch without the ABI (older than 2.10,
+is built without PyTorch's headers; so are the OpenMP runtime's functions whose team
+(PyTorch's intra-op threads) a large call runs on. A PyTorch without the ABI (older than 2.10,
 or a build without the shared library) keeps the Python kernel for every call.
 """
 
@@ -45,9 +45,9 @@ _FUNCTIONS = (
     "aoti_torch_call_dispatcher",
 )
 _LAST_ERROR = "torch_exception_get_what_without_backtrace"
-# the OpenMP runtime's entry that PyTorch's parallel operations start their team with: a large
-# call runs on that team (threads.hpp), not beside it
-_TEAM = "GOMP_parallel"
+# the OpenMP runtime's entry that PyTorch's parallel operations start their team with, and the
+# size of that team: a large call runs on it (threads.hpp), not beside it
+_TEAM = ("GOMP_parallel", "omp_get_max_threads")
 # the dtypes of the kernels' storages, in loops.hpp's order (`Storage`)
 _DTYPES = (
     "float32",
@@ -127,12 +127,12 @@ def install() -> bool:
 
 
 def _team(lib):
-    """The address of GOMP_parallel in the OpenMP runtime libtorch was loaded with (a
-    library's symbols are looked up in its dependencies too), or None where PyTorch's
-    parallel operations run on no OpenMP."""
-    if not torch.backends.openmp.is_available() or not hasattr(lib, _TEAM):
+    """The addresses of `_TEAM` in the OpenMP runtime libtorch was loaded with (a library's
+    symbols are looked up in its dependencies too), or None where PyTorch's parallel
+    operations run on no OpenMP."""
+    if not torch.backends.openmp.is_available() or not all(hasattr(lib, n) for n in _TEAM):
         return None
-    return ctypes.cast(getattr(lib, _TEAM), ctypes.c_void_p).value
+    return tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in _TEAM)
 
 
 _HALVES = (torch.float16, torch.bfloat16)

@@ -109,28 +109,30 @@ struct Pool {
 };
 
 std::atomic<Pool*> pool_of_process{nullptr};
-std::atomic<HostTeam> host_team{nullptr};
+
+struct HostTeam {
+    HostParallel parallel = nullptr;
+    HostThreads threads = nullptr;
+};
+std::atomic<const HostTeam*> host_team{nullptr};
+std::atomic<bool> forked{false};
 
 #ifdef BCELOSS_HAS_FORK
 void forget_threads_in_child() {
     pool_of_process.store(nullptr);
     host_team.store(nullptr);
+    forked.store(true);
 }
-#endif
 
-void watch_forks() {
-#ifdef BCELOSS_HAS_FORK
-    static const bool registered = pthread_atfork(nullptr, nullptr, forget_threads_in_child) == 0;
-    (void)registered;
+// registered as the library is loaded: a child forked any time later knows it is one
+const bool watching_forks = pthread_atfork(nullptr, nullptr, forget_threads_in_child) == 0;
 #endif
-}
 
 void run_job(void* job) { take_chunks(*static_cast<Job*>(job)); }
 
 Pool& pool(int helpers) {
     Pool* p = pool_of_process.load();
     if (p == nullptr) {
-        watch_forks();
         // no lock to create it (a forked child may inherit a lock a parent's thread held)
         Pool* fresh = new Pool();
         if (pool_of_process.compare_exchange_strong(p, fresh)) {
@@ -148,27 +150,35 @@ Pool& pool(int helpers) {
 
 }  // namespace
 
-void use_host_team(HostTeam team) {
-    watch_forks();
+void use_host_team(HostParallel parallel, HostThreads threads) {
+    if (forked.load()) return;
+    // never freed: a call on another thread may be reading the one it replaces
+    const HostTeam* team = parallel != nullptr && threads != nullptr
+                               ? new (std::nothrow) HostTeam{parallel, threads}
+                               : nullptr;
     host_team.store(team);
 }
 
+bool host_team_in_use() { return host_team.load() != nullptr; }
+
 void run_chunks(int team, int64_t chunks, void (*work)(void*, int64_t), void* context,
                 bool hosted) {
-    const int helpers = static_cast<int>(std::min<int64_t>(team, chunks)) - 1;
-    if (helpers <= 0) {
+    int64_t members = std::min<int64_t>(team, chunks);
+    const HostTeam* host = hosted ? host_team.load() : nullptr;
+    if (host != nullptr) members = std::min<int64_t>(members, host->threads());
+    if (members <= 1) {
         for (int64_t chunk = 0; chunk < chunks; ++chunk) work(context, chunk);
         return;
     }
-    const HostTeam host = hosted ? host_team.load() : nullptr;
     if (host != nullptr) {  // every member takes chunks from the counter until none are left
         Job job;
         job.chunks = chunks;
         job.work = work;
         job.context = context;
-        host(&run_job, &job, static_cast<unsigned>(helpers + 1), 0);
+        host->parallel(&run_job, &job, static_cast<unsigned>(members), 0);
         return;
     }
+    const int helpers = static_cast<int>(members) - 1;
     // Without memory or a thread to be had, the calling thread computes every chunk.
     std::shared_ptr<Job> job;
     try {

@@ -12,7 +12,10 @@
 // chunks on PyTorch's own OpenMP team, whose workers spin for a while after each of PyTorch's
 // parallel operations; helpers of ours beside them would share the cores with spinning threads.
 // Its members take chunks from the same counter, but the call returns once every member has
-// joined (the runtime's barrier), as PyTorch's own operations do.
+// joined (the runtime's barrier), as PyTorch's own operations do. A team is no larger than
+// the host's own (a DataLoader's worker sets PyTorch's to 1), and never used in a process
+// forked after this library was loaded: an OpenMP runtime's threads are not the child's
+// (PyTorch's own parallel operations hang there), so such a child uses helpers of its own.
 #pragma once
 
 #include <cstdint>
@@ -27,10 +30,15 @@ void run_chunks(int team, int64_t chunks, void (*work)(void* context, int64_t ch
 
 // An OpenMP runtime's GOMP_parallel: runs fn(data) on a team of `threads` (the calling thread
 // among them) and returns when every one has returned.
-using HostTeam = void (*)(void (*fn)(void* data), void* data, unsigned threads, unsigned flags);
+using HostParallel = void (*)(void (*fn)(void* data), void* data, unsigned threads, unsigned flags);
+// An OpenMP runtime's omp_get_max_threads: the size of the team its next region would have.
+using HostThreads = int (*)();
 
-// The host's team for hosted calls in this process (nullptr: the helpers); a forked child
-// forgets it (an OpenMP runtime's threads are not the child's) and uses helpers of its own.
-void use_host_team(HostTeam team);
+// The host's team for hosted calls in this process (nullptr: the helpers); ignored in a
+// process forked since this library was loaded.
+void use_host_team(HostParallel parallel, HostThreads threads);
+
+// Whether hosted calls run on the host's team in this process.
+bool host_team_in_use();
 
 }  // namespace bceloss

@@ -311,12 +311,12 @@ void* data_of(Handle h) {
     return data;
 }
 
-// (team, chunks) of a call, as launch.py's `_team` but the calling thread alone up to one
-// block's elements, not four (SERIAL_SIZE): the call runs on PyTorch's OpenMP team
+// (team, chunks) of a call, launch.py's `_team`: the calling thread alone up to four blocks'
+// elements (SERIAL_SIZE), or up to one where the call runs on PyTorch's OpenMP team
 // (`Arguments::hosted`), whose threads a training step keeps awake, not on helpers to wake.
 void team_of(const Form& f, int* team, long long* chunks) {
     const int64_t blocks = static_cast<int64_t>(f.starts.size()) - 1;
-    if (f.layout.n <= BLOCK) {
+    if (f.layout.n <= (host_team_in_use() ? 1 : 4) * BLOCK) {
         *team = 1;
         *chunks = 1;
         return;
@@ -448,8 +448,17 @@ PyObject* torch_install(PyObject*, PyObject* args) {
                           &PyTuple_Type, &codes, &cpu_code, &team)) {
         return nullptr;
     }
-    void* host_team = team == Py_None ? nullptr : PyLong_AsVoidPtr(team);
-    if (PyErr_Occurred()) return nullptr;
+    void* host[2] = {nullptr, nullptr};  // GOMP_parallel, omp_get_max_threads
+    if (team != Py_None) {
+        if (!PyTuple_Check(team) || PyTuple_GET_SIZE(team) != 2) {
+            PyErr_SetString(PyExc_ValueError, "bceloss: torch_install's team takes 2 addresses");
+            return nullptr;
+        }
+        for (int i = 0; i < 2; ++i) {
+            host[i] = PyLong_AsVoidPtr(PyTuple_GET_ITEM(team, i));
+            if (PyErr_Occurred()) return nullptr;
+        }
+    }
     if (PyTuple_GET_SIZE(addresses) != API_FUNCTIONS || PyTuple_GET_SIZE(codes) != 11) {
         PyErr_SetString(PyExc_ValueError, "bceloss: torch_install takes 15 addresses, 11 codes");
         return nullptr;
@@ -476,7 +485,7 @@ PyObject* torch_install(PyObject*, PyObject* args) {
     fallbacks[1] = loss;
     cpu = cpu_code;
     forms.clear();
-    use_host_team(reinterpret_cast<HostTeam>(host_team));
+    use_host_team(reinterpret_cast<HostParallel>(host[0]), reinterpret_cast<HostThreads>(host[1]));
     return Py_BuildValue("(NN)", PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_and_grad_kernel)),
                          PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_kernel)));
 }

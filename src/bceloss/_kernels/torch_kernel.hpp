@@ -13,10 +13,10 @@ namespace bceloss {
 
 // torch_install(addresses, (loss_and_grad, loss), codes, cpu, team=None): the libtorch
 // functions the kernels call (their addresses, in torch_kernel.cpp's order), the operators
-// they fall back to, PyTorch's codes of the storages' dtypes and of the CPU, the address of
-// the GOMP_parallel of PyTorch's OpenMP runtime (the team a large call runs on; None: the
-// kernels' helpers); returns the kernels' addresses (loss and gradient, loss), for Python to
-// register.
+// they fall back to, PyTorch's codes of the storages' dtypes and of the CPU, the addresses of
+// GOMP_parallel and omp_get_max_threads of PyTorch's OpenMP runtime (the team a large call
+// runs on, threads.hpp; None: the kernels' helpers); returns the kernels' addresses (loss and
+// gradient, loss), for Python to register.
 PyObject* torch_install(PyObject*, PyObject* args);
 // torch_remember(...): the constants of the form the calling thread's kernel is falling back
 // for (launch.py's Prepared); returns whether the kernel keeps them.
