@@ -10,10 +10,16 @@ twice, before and after the other's, as the order of building moves the times):
 and prints the times and the ratios bceloss / PyTorch (below 1: bceloss is faster).
 
     python benchmarks/bench_training.py [--repeats 15] [--sizes 64x10,256x100,...] [--no-compile]
-        [--probabilities]
+        [--probabilities] [--phases]
 
 --probabilities: BCELoss on the model's sigmoid (and on probabilities for `loss` and
 `no_grad`) in place of BCEWithLogitsLoss on its logits.
+
+--phases: where a step's time goes instead: zero_grad, forward (the model and the loss),
+backward and the optimizer's step, each timed inside the step (interleaved as above); compiled,
+the forward again with the compiler's per-call checks of the objects its graph read (guards)
+skipped (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`), which tells their cost
+from the graph's.
 """
 
 from __future__ import annotations
@@ -79,7 +85,38 @@ def _workloads(rows: int, labels: int, loss_fn, compiled: bool, probabilities: b
         with torch.no_grad():
             alone(logits, y)
 
-    return {"step": step, "loss": loss, "no_grad": no_grad}
+    def phases():
+        """A step's phases' times in ns: zero_grad, forward (the loss included), backward,
+        optimizer step."""
+        t0 = time.perf_counter_ns()
+        opt.zero_grad(set_to_none=True)
+        t1 = time.perf_counter_ns()
+        value = forward(x, y)
+        t2 = time.perf_counter_ns()
+        value.backward()
+        t3 = time.perf_counter_ns()
+        opt.step()
+        t4 = time.perf_counter_ns()
+        return (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+    return {"step": step, "loss": loss, "no_grad": no_grad, "phases": phases}
+
+
+PHASES = ("zero_grad", "forward", "backward", "optimizer")
+
+
+def _phase_times(fns, repeats: int, calls: int = 200) -> dict:
+    """Medians over `repeats` interleaved rounds of each phase's mean time (us) over `calls`
+    steps, for each (name, phases function) in `fns`, pooled by name."""
+    times: dict = {}
+    for _ in range(repeats):
+        for name, fn in fns:
+            total = [0] * len(PHASES)
+            for _ in range(calls):
+                total = [a + b for a, b in zip(total, fn(), strict=True)]
+            for phase, ns in zip(PHASES, total, strict=True):
+                times.setdefault(name, {}).setdefault(phase, []).append(ns / calls / 1e3)
+    return {n: {p: statistics.median(v) for p, v in d.items()} for n, d in times.items()}
 
 
 def main(argv=None) -> None:
@@ -88,6 +125,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default=",".join(f"{r}x{c}" for r, c in SIZES))
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--probabilities", action="store_true")
+    parser.add_argument("--phases", action="store_true")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     torch.set_num_threads(torch.get_num_threads())
@@ -96,8 +134,9 @@ def main(argv=None) -> None:
     else:
         losses = {"bceloss": bceloss.BCEWithLogitsLoss(), "PyTorch": torch.nn.BCEWithLogitsLoss()}
     modes = [False] if args.no_compile else [False, True]
+    width = 18 if args.phases else 8
     print(
-        f"{'batch x labels':>15} {'mode':>8} {'what':>8} {'bceloss us':>11} "
+        f"{'batch x labels':>15} {'mode':>8} {'what':>{width}} {'bceloss us':>11} "
         f"{'PyTorch us':>11} {'ratio':>6}"
     )
     for rows, labels in sizes:
@@ -111,6 +150,9 @@ def main(argv=None) -> None:
                 (name, _workloads(rows, labels, losses[name], compiled, args.probabilities))
                 for name in order
             ]
+            if args.phases:
+                _print_phases(rows, labels, compiled, losses, work, args.repeats)
+                continue
             for what in ("step", "loss", "no_grad"):
                 fns = [(name, w[what]) for name, w in work]
                 for _, fn in fns:  # warm up: compile, allocate
@@ -127,6 +169,25 @@ def main(argv=None) -> None:
                     f"{f'{rows}x{labels}':>15} {mode:>8} {what:>8} {ours:11.1f} "
                     f"{theirs:11.1f} {ours / theirs:6.2f}"
                 )
+
+
+def _print_phases(rows, labels, compiled, losses, work, repeats) -> None:
+    fns = [(name, w["phases"]) for name, w in work]
+    for _, fn in fns:  # warm up: compile, allocate
+        for _ in range(20):
+            fn()
+    runs = [("", _phase_times(fns, repeats))]
+    if compiled:  # the compiler's checks of each call's objects (guards) left out
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            runs.append((" no guards", _phase_times(fns, repeats)))
+    mode = "compiled" if compiled else "eager"
+    for suffix, times in runs:
+        for phase in PHASES if not suffix else ("forward",):
+            ours, theirs = (times[n][phase] for n in losses)
+            print(
+                f"{f'{rows}x{labels}':>15} {mode:>8} {phase + suffix:>18} {ours:11.1f} "
+                f"{theirs:11.1f} {ours / theirs:6.2f}"
+            )
 
 
 if __name__ == "__main__":
