@@ -409,6 +409,51 @@ def test_a_compiled_loss_adds_few_checks_to_each_call_of_its_graph():
     assert checks["bceloss"][0] <= checks["PyTorch"][0] + 70, checks
 
 
+def _set_option(loss, change):
+    name, value = change
+    setattr(loss, name, value() if callable(value) else value)
+
+
+# changes of a compiled loss module's options between calls, each a new graph whose operator
+# holds the options of the call (a Parameter as the weight too)
+_CHANGES = [
+    ("reduction", "sum"),
+    ("label_smoothing", 0.1),
+    ("label_smoothing", 0.2),
+    ("label_smoothing", 0),
+    ("pos_weight", lambda: torch.linspace(0.5, 2.0, 10)),
+    ("weight", lambda: torch.nn.Parameter(torch.linspace(1.0, 2.0, 10))),
+    ("weight", None),
+    ("where", lambda: torch.arange(10) % 3 > 0),
+]
+
+
+def test_a_compiled_module_reads_its_options_as_they_are_at_each_call():
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(16, 10, generator=g) * 3).requires_grad_()
+    y = (torch.rand(16, 10, generator=g) > 0.5).float()
+    loss = bceloss.BCEWithLogitsLoss()
+    compiled = torch.compile(lambda a, b: loss(a, b), fullgraph=True)
+    for change in [None, *_CHANGES]:
+        if change is not None:
+            _set_option(loss, change)
+        got = compiled(x, y)
+        (got_grad,) = torch.autograd.grad(got, x)
+        want = loss(x, y)  # eager: the same kernel, the same bits
+        (want_grad,) = torch.autograd.grad(want, x)
+        assert torch.equal(got.detach(), want.detach()), change
+        assert torch.equal(got_grad, want_grad), change
+    # the last options against PyTorch's loss (which has no mask nor smoothing: by hand)
+    weight = (torch.arange(10) % 3 > 0).float()
+    pos_weight = torch.linspace(0.5, 2.0, 10)
+    smoothed = y * (1 - 0) + 0 / 2
+    plain = F.binary_cross_entropy_with_logits(
+        x, smoothed, weight=weight, pos_weight=pos_weight, reduction="sum"
+    )
+    torch.testing.assert_close(got, plain, rtol=2e-6, atol=0)
+
+
 def test_a_parametrized_pos_weight_is_read_through_its_parametrization():
     # torch.nn.utils.parametrize replaces the option by a property of a subclass (softplus
     # of a raw parameter here): the loss reads it, eager and compiled, as PyTorch's does
