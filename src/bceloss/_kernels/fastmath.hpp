@@ -330,15 +330,27 @@ BCELOSS_INLINE F log(F v) {
     return std::isnan(v) ? v : res;
 }
 
+template <class F>
+struct Complement {
+    F u;    // 1 - x, rounded
+    F fix;  // log(1 - x) - log(u), to within its own square
+};
+
+// 1 - x for x in [0, 1] as (u, fix): 1 - x = u + e exactly, with e = (1 - u) - x (Fast2Sum,
+// |1| >= |x|), so log(1 - x) = log(u) + log1p(e / u) = log(u) + e / u to within (e / u)^2.
+template <class F>
+BCELOSS_INLINE Complement<F> complement(F x) {
+    using C = Constants<F>;
+    const F u = C::one - x;
+    const F e = (C::one - u) - x;
+    return {u, u > C::zero ? e / u : C::zero};
+}
+
 // log1p(-x) = log(1 - x) for x in [0, 1]: -inf at 1.
 template <class F>
 BCELOSS_INLINE F log1p_neg(F x) {
-    using C = Constants<F>;
-    // 1 - x = u + e exactly, with e = (1 - u) - x (Fast2Sum, |1| >= |x|), so
-    // log(1 - x) = log(u) + log1p(e / u) = log(u) + e / u to within (e / u)^2.
-    const F u = C::one - x;
-    const F e = (C::one - u) - x;
-    return log(u) + (u > C::zero ? e / u : C::zero);
+    const Complement<F> c = complement(x);
+    return log(c.u) + c.fix;
 }
 
 // log1p(e) for e in [0, 1] (exp(-|x|) in the logits form). float: a polynomial, no

@@ -98,11 +98,19 @@ BCELOSS_INLINE Terms<F> logits(F x, F y, F w, F p, Smooth<F> smooth, F ignore) {
     return {ign ? C::zero : loss, ign ? C::zero : gx, ign ? C::zero : gy};
 }
 
+// d/dx of BCE on probabilities for a smoothed target y': (x - y') / max(x (1 - x), 1e-12),
+// PyTorch's clamp of the denominator (GRAD_EPS).
+template <class F>
+BCELOSS_INLINE F probabilities_gx(F x, F y) {
+    using L = Limits<F>;
+    const F den = x * (Constants<F>::one - x);
+    return (x - y) / (den < L::grad_eps ? L::grad_eps : den);
+}
+
 // BCE on probabilities: l = -w (y max(log x, -100) + (1 - y) max(log(1 - x), -100)). NaN in
 // x travels through the logs (the clamps let it pass) into every result.
 template <class F>
 BCELOSS_INLINE Terms<F> probabilities(F x, F y, F w, Smooth<F> smooth) {
-    using C = Constants<F>;
     using L = Limits<F>;
     // clamps as selects that let NaN pass
     F log_x = log(x);
@@ -112,32 +120,26 @@ BCELOSS_INLINE Terms<F> probabilities(F x, F y, F w, Smooth<F> smooth) {
     // both logs are <= 0: for y in [0, 1] the two terms add without cancelling
     const Smoothed<F> s = smoothed(y, smooth);
     const F loss = -(s.y * log_x + s.q * log_q);
-    const F den = x * (C::one - x);
-    const F gx = (x - s.y) / (den < L::grad_eps ? L::grad_eps : den);
     const F gy = (log_q - log_x) * smooth.keep;
-    return {weighted(w, loss), w * gx, weighted(w, gy)};
+    return {weighted(w, loss), w * probabilities_gx(x, s.y), weighted(w, gy)};
 }
 
 // `probabilities` for a target y of 0 or 1 and no label smoothing, without d/dy: the loss
-// reads one log, log x where y = 1 and log(1 - x) where y = 0 (log1p_neg's, its correction
-// added as 0 where y = 1), for the bits `probabilities` gives: there y' = y + 0, and the
-// other term 0 * (a log clamped to [-100, 0]) is a zero that leaves the sum as it is. (A NaN
-// input with a NaN weight may come out with the other sign bit: which NaN a product of two
-// keeps is the vectorised loop's choice.)
+// reads one log, log x where y = 1 and log(1 - x) where y = 0 (log1p_neg's, from the same
+// `complement`, its correction added as 0 where y = 1), for the bits `probabilities` gives: there
+// y' = y + 0, and the other term 0 * (a log clamped to [-100, 0]) is a zero that leaves the sum as
+// it is. (A NaN input with a NaN weight may come out with the other sign bit: which NaN a product
+// of two keeps is the vectorised loop's choice.)
 template <class F>
 BCELOSS_INLINE Terms<F> probabilities_hard(F x, F y, F w) {
     using C = Constants<F>;
     using L = Limits<F>;
     const F sy = y + C::zero;  // y' as `smoothed` makes it: -0 becomes +0
     const bool positive = sy == C::one;
-    const F u = C::one - x;
-    const F e = (C::one - u) - x;
-    const F fix = positive ? C::zero : (u > C::zero ? e / u : C::zero);
-    F log_v = log(positive ? x : u) + fix;
+    const Complement<F> q = complement(x);
+    F log_v = log(positive ? x : q.u) + (positive ? C::zero : q.fix);
     log_v = log_v < L::log_floor ? L::log_floor : log_v;
-    const F den = x * (C::one - x);
-    const F gx = (x - sy) / (den < L::grad_eps ? L::grad_eps : den);
-    return {weighted(w, -log_v), w * gx, C::zero};
+    return {weighted(w, -log_v), w * probabilities_gx(x, sy), C::zero};
 }
 
 namespace focal_detail {
