@@ -93,9 +93,8 @@ def install() -> bool:
     lib = _libtorch()
     if lib is None or not all(hasattr(lib, name) for name in _FUNCTIONS):
         return False
-    address = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in _FUNCTIONS]
-    last_error = getattr(lib, _LAST_ERROR, None)
-    address.append(0 if last_error is None else ctypes.cast(last_error, ctypes.c_void_p).value)
+    address = [_address(lib, name) for name in _FUNCTIONS]
+    address.append(_address(lib, _LAST_ERROR) if hasattr(lib, _LAST_ERROR) else 0)
     codes = []
     for name in _DTYPES:
         code = getattr(lib, f"aoti_torch_dtype_{name}")
@@ -132,7 +131,12 @@ def _team(lib):
     operations run on no OpenMP."""
     if not torch.backends.openmp.is_available() or not all(hasattr(lib, n) for n in _TEAM):
         return None
-    return tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in _TEAM)
+    return tuple(_address(lib, name) for name in _TEAM)
+
+
+def _address(lib, name: str) -> int:
+    """The address of the function `name` in `lib` (or in a library it was loaded with)."""
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
 
 
 _HALVES = (torch.float16, torch.bfloat16)
