@@ -14,6 +14,7 @@ import mpmath as mp
 mp.mp.dps = 50
 LN2_HALF = mp.log(2) / 2
 Z_MAX = mp.mpf(1) / 9  # s = e / (2 + e) <= 1/3 for e in [0, 1]; z = s^2
+F_MIN, F_MAX = mp.sqrt(mp.mpf(1) / 2) - 1, mp.sqrt(2) - 1  # log_parts' f
 
 
 def exp_tail(r):
@@ -31,6 +32,13 @@ def atanh_tail(z):
     return (mp.atanh(s) / s - 1) / z
 
 
+def log1p_tail(f):
+    """T(f) with log1p(f) = f - f^2 / 2 + f^3 T(f): 1/3 - f/4 + f^2/5 - ..."""
+    if abs(f) < mp.mpf(10) ** -12:
+        return mp.mpf(1) / 3 - f / 4 + f**2 / 5
+    return (mp.log1p(f) - f + f**2 / 2) / f**3
+
+
 def log1p_ratio(e):
     """log1p(e) / e."""
     if e < mp.mpf(10) ** -30:
@@ -42,9 +50,9 @@ def main() -> None:
     for name, fn, interval, degree in [
         ("EXP_F32", exp_tail, [-LN2_HALF, LN2_HALF], 4),
         ("EXP_F64", exp_tail, [-LN2_HALF, LN2_HALF], 9),
-        ("ATANH_F32", atanh_tail, [0, Z_MAX], 4),
         ("ATANH_F64", atanh_tail, [0, Z_MAX], 10),
         ("LOG1P_UNIT_F32", log1p_ratio, [0, 1], 9),
+        ("LOG1P_MANTISSA_TAIL_F32", log1p_tail, [F_MIN, F_MAX], 8),
     ]:
         coeffs, err = mp.chebyfit(fn, interval, degree + 1, error=True)
         rel = err / min(abs(fn(interval[0])), abs(fn(interval[1])))

@@ -62,12 +62,6 @@ struct Constants<float> {
         float(1.666657702559798819e-1),
         float(5.0e-1),
     };
-    // 2 T(z) with atanh(s) = s + s z T(z), z = s^2 in [0, 1/9]
-    static constexpr float atanh2_tail[5] = {
-        float(2 * 1.1612164612011674416e-1), float(2 * 1.0853287900440186323e-1),
-        float(2 * 1.4296178997151418861e-1), float(2 * 1.9999853165964858701e-1),
-        float(2 * 3.3333333660263706234e-1),
-    };
     // P(e) with log1p(e) = e P(e) on [0, 1] (float only: double would need degree 21)
     static constexpr float log1p_unit[10] = {
         float(-3.1760570184319596946e-3), float(1.95425272610141015e-2),
@@ -75,6 +69,15 @@ struct Constants<float> {
         float(-1.5269667074363287768e-1), float(1.966327425720480527e-1),
         float(-2.4951616262872074329e-1), float(3.3329710498917748649e-1),
         float(-4.9999892648063278673e-1), float(9.999999946562919754e-1),
+    };
+    // T(f) with log1p(f) = f - f^2 / 2 + f^3 T(f) on [sqrt(1/2) - 1, sqrt(2) - 1] (log_parts'
+    // f: float's logs, with no division)
+    static constexpr float log1p_mantissa_tail[9] = {
+        float(6.9716114714511778317e-2), float(-1.1479733846637635556e-1),
+        float(1.1685419923486739308e-1), float(-1.2425687331451106113e-1),
+        float(1.4249057645697480404e-1), float(-1.6667802319501254074e-1),
+        float(2.0000715748892101743e-1), float(-2.4999996957950882045e-1),
+        float(3.3333331180030048052e-1),
     };
     // the bit pattern: mantissa bits, exponent bias
     static constexpr Int mant = 23;
@@ -279,19 +282,32 @@ BCELOSS_INLINE F ldexp_neg(F v, typename Constants<F>::Int j) {
 // ---------------------------------------------------------------------------------------
 // log.
 
-// log1p(f) for f with |f / (2 + f)| <= 1/3, e.g. f in [sqrt(1/2) - 1, 1].
-template <class F>
-BCELOSS_INLINE F log1p_small(F f) {
-    using C = Constants<F>;
+// log1p(f) for f with |f / (2 + f)| <= 1/3, e.g. f in [sqrt(1/2) - 1, 1] (double only: float's
+// logs take a polynomial, `log1p_mantissa`, and float's log1p(e) another, `log1p_unit`).
+BCELOSS_INLINE double log1p_small(double f) {
+    using C = Constants<double>;
     // log1p(f) = 2 atanh(s) = 2s + s R, s = f / (2 + f), R = 2 z T(z), z = s^2 (fdlibm's
     // rearrangement): 2s = f - s f and s f = hfsq (1 - s), hfsq = f^2 / 2, give
     //   log1p(f) = f - (hfsq - s (hfsq + R)),
     // where f is exact and the rounding of s only touches the small correction.
-    const F s = f / (C::two + f);
-    const F z = s * s;
-    const F hfsq = C::half * f * f;
+    const double s = f / (C::two + f);
+    const double z = s * s;
+    const double hfsq = C::half * f * f;
     return f - (hfsq - s * (hfsq + z * horner(z, C::atanh2_tail)));
 }
+
+// log1p(f) for log_parts' f, in [sqrt(1/2) - 1, sqrt(2) - 1]. float: f - (f^2 / 2 - f^3 T(f)),
+// a polynomial and no division (the divider is the loops' slowest unit), f exact and every
+// rounding inside the parentheses, which stay below f / 4: within an ulp as log1p_small's form;
+// double: log1p_small, whose division costs less than the degree-19 polynomial it would need.
+BCELOSS_INLINE float log1p_mantissa(float f) {
+    using C = Constants<float>;
+    const float z = f * f;
+    const float hfsq = C::half * z;
+    return f - (hfsq - f * z * horner(f, C::log1p_mantissa_tail));
+}
+
+BCELOSS_INLINE double log1p_mantissa(double f) { return log1p_small(f); }
 
 template <class F>
 struct LogParts {
@@ -324,7 +340,7 @@ BCELOSS_INLINE F log(F v) {
     using C = Constants<F>;
     // v = 2^k m with m in [sqrt(1/2), sqrt(2)); log(v) = k ln2 + log1p(m - 1)
     const LogParts<F> p = log_parts(v);
-    F res = p.k * C::ln2_hi + (log1p_small(p.f) + p.k * C::ln2_lo);
+    F res = p.k * C::ln2_hi + (log1p_mantissa(p.f) + p.k * C::ln2_lo);
     res = v == C::zero ? -C::inf : res;
     res = v == C::inf ? C::inf : res;
     return std::isnan(v) ? v : res;
@@ -338,12 +354,16 @@ struct Complement {
 
 // 1 - x for x in [0, 1] as (u, fix): 1 - x = u + e exactly, with e = (1 - u) - x (Fast2Sum,
 // |1| >= |x|), so log(1 - x) = log(u) + log1p(e / u) = log(u) + e / u to within (e / u)^2.
+// e / u is taken as e (2 - u) = (e / u)(1 - d^2), d = 1 - u, without a division: e is 0 where
+// d >= 1/2 (1 - x is exact there, Sterbenz), so the correction is off by less than a quarter of
+// itself, and it is 1 * e = -x exactly where u = 1 (x up to half the spacing below 1: there it is
+// the whole result).
 template <class F>
 BCELOSS_INLINE Complement<F> complement(F x) {
     using C = Constants<F>;
     const F u = C::one - x;
     const F e = (C::one - u) - x;
-    return {u, u > C::zero ? e / u : C::zero};
+    return {u, e * (C::two - u)};
 }
 
 // log1p(-x) = log(1 - x) for x in [0, 1]: -inf at 1.
