@@ -571,6 +571,12 @@ def _c_apply():
             ctx.eager = None  # (a second backward, retain_graph=True, computes it again)
             return (None, gx, None, None, None)
 
+    # the engine runs a node by its `apply`, BackwardCFunction's, which looks up the class's
+    # backward or vjp and a boxing flag at every call: this one has a backward alone, unboxed
+    # (a step's backward pays for each lookup); a PyTorch without that class keeps its own
+    node_class = getattr(BCELossFunction, "_backward_cls", None)
+    if node_class is not None and "apply" in vars(torch.autograd.function.BackwardCFunction):
+        node_class.apply = BCELossFunction.backward
     return _bare_apply(BCELossFunction)
 
 
