@@ -511,7 +511,7 @@ def _classic_function():
 
         backward = node.backward
 
-    return BCELossFunction
+    return _backward_called_directly(BCELossFunction)
 
 
 @functools.cache
@@ -520,6 +520,18 @@ def _classic_apply():
     lane (outside every transform, no tensor a transform wrapped: `_tensor_form`), where they
     ask for transforms and unwrap such tensors: PyTorch's C++ apply itself."""
     return _bare_apply(_function(transformable=False))
+
+
+def _backward_called_directly(function):
+    """`function` (a classic Function with a backward, no vjp, unboxed gradients), its nodes
+    run by the autograd engine through its backward itself: the engine calls a node's
+    `apply`, BackwardCFunction's, which looks up the class's backward, its vjp and a boxing
+    flag at every call (a training step's backward pays for each lookup). A PyTorch without
+    that class keeps its own."""
+    node_class = getattr(function, "_backward_cls", None)
+    if node_class is not None and "apply" in vars(torch.autograd.function.BackwardCFunction):
+        node_class.apply = function.backward
+    return function
 
 
 def _bare_apply(function):
@@ -571,13 +583,7 @@ def _c_apply():
             ctx.eager = None  # (a second backward, retain_graph=True, computes it again)
             return (None, gx, None, None, None)
 
-    # the engine runs a node by its `apply`, BackwardCFunction's, which looks up the class's
-    # backward or vjp and a boxing flag at every call: this one has a backward alone, unboxed
-    # (a step's backward pays for each lookup); a PyTorch without that class keeps its own
-    node_class = getattr(BCELossFunction, "_backward_cls", None)
-    if node_class is not None and "apply" in vars(torch.autograd.function.BackwardCFunction):
-        node_class.apply = BCELossFunction.backward
-    return _bare_apply(BCELossFunction)
+    return _bare_apply(_backward_called_directly(BCELossFunction))
 
 
 # --- the express lane: an eager call of a form validated before ------------------------

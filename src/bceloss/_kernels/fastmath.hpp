@@ -349,7 +349,7 @@ BCELOSS_INLINE F log(F v) {
 template <class F>
 struct Complement {
     F u;    // 1 - x, rounded
-    F fix;  // log(1 - x) - log(u), to within its own square
+    F fix;  // log(1 - x) - log(u), to within a quarter of itself (`complement`)
 };
 
 // 1 - x for x in [0, 1] as (u, fix): 1 - x = u + e exactly, with e = (1 - u) - x (Fast2Sum,
