@@ -454,6 +454,81 @@ def test_a_compiled_module_reads_its_options_as_they_are_at_each_call():
     torch.testing.assert_close(got, plain, rtol=2e-6, atol=0)
 
 
+def _checked(loss, *args) -> int:
+    """How many objects the compiler checks at each call of a graph calling `loss`."""
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda a, b: loss(a, b))(*args)
+    assert explained.graph_break_count == 0
+    return len(explained.out_guards)
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_a_compiled_loss_module_is_checked_about_as_much_as_pytorchs_own(probabilities):
+    # the module type's forward reads, inside a graph being compiled, its options as one string
+    # written when they were set, and its buffers: the compiler checks at most a few objects
+    # more at each call than for PyTorch's loss (a forward reading its options one by one and
+    # writing them in Python, as the functional form does, is checked for about twice as many)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(8, 4, generator=g), (torch.rand(8, 4, generator=g) > 0.5).float()
+    if probabilities:
+        ours, theirs = bceloss.BCELoss(), torch.nn.BCELoss()
+    else:
+        ours = bceloss.BCEWithLogitsLoss(pos_weight=torch.ones(4), reduction="sum")
+        theirs = torch.nn.BCEWithLogitsLoss(pos_weight=torch.ones(4), reduction="sum")
+    counted = _checked(ours, x, y)
+    assert counted <= _checked(theirs, x, y) + 8
+    # so is a copy and a module loaded from a pickle, whose written options are made again as
+    # it loads (a pickle keeps none: another bceloss may have written them)
+    for copied in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert "_bceloss_written" not in copied.__getstate__()
+        assert _checked(copied, x, y) == counted
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(copied, fullgraph=True)(x, y), ours(x, y))
+
+
+def test_a_compiled_module_follows_an_option_deleted_and_set_again():
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(8, 4, generator=g), (torch.rand(8, 4, generator=g) > 0.5).float()
+    loss = bceloss.BCEWithLogitsLoss(where=torch.arange(4) > 0)
+    # (no fullgraph: a graph that raises is the compiler's error there, not the loss's)
+    compiled = torch.compile(lambda a, b: loss(a, b))
+    torch._dynamo.reset()
+    assert torch.equal(compiled(x, y), loss(x, y))
+    del loss.where
+    with pytest.raises(AttributeError, match="where"):
+        loss(x, y)
+    with pytest.raises(AttributeError, match="where"):
+        compiled(x, y)
+    loss.where = None
+    got = compiled(x, y)
+    assert torch.equal(got, loss(x, y))
+    torch.testing.assert_close(got, F.binary_cross_entropy_with_logits(x, y), rtol=2e-6, atol=0)
+    assert _checked(loss, x, y) <= _checked(torch.nn.BCEWithLogitsLoss(), x, y) + 8
+
+
+def test_a_parametrized_buffer_is_read_through_its_parametrization():
+    # a buffer option parametrized leaves the buffers for a property of the subclass
+    # torch.nn.utils.parametrize makes, whose forward reads it so, compiled too (the module
+    # type's forward, reading the buffers, would have seen no pos_weight)
+    from torch.nn.utils import parametrize
+
+    class Softplus(torch.nn.Module):
+        def forward(self, w):
+            return F.softplus(w)
+
+    g = torch.Generator().manual_seed(22)
+    x, y = torch.randn(16, 3, generator=g) * 2, torch.rand(16, 3, generator=g)
+    raw = torch.tensor([0.0, 1.0, -1.0])
+    loss = bceloss.BCEWithLogitsLoss(pos_weight=raw.clone())
+    parametrize.register_parametrization(loss, "pos_weight", Softplus())
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True)(x, y)
+    want = F.binary_cross_entropy_with_logits(x, y, pos_weight=F.softplus(raw))
+    assert torch.equal(compiled, loss(x, y))
+    torch.testing.assert_close(compiled, want, rtol=2e-6, atol=0)
+    assert not torch.allclose(want, F.binary_cross_entropy_with_logits(x, y))
+
+
 def test_a_parametrized_pos_weight_is_read_through_its_parametrization():
     # torch.nn.utils.parametrize replaces the option by a property of a subclass (softplus
     # of a raw parameter here): the loss reads it, eager and compiled, as PyTorch's does

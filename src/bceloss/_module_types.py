@@ -14,6 +14,9 @@ _MADE: dict = {}  # (loss class, base) -> its module type
 # the key of an instance's express lane in its `__dict__`, kept there by its framework's adapter
 # (`_torch._ModuleLane`); never pickled or copied
 LANE = "_bceloss_lane"
+# the key of an instance's options as a compiled graph's operator takes them, kept there by its
+# framework's adapter (`_torch._lean_compiled`); never pickled (made again on loading)
+WRITTEN = "_bceloss_written"
 # the plain loss classes defined so far (`_modules._Loss`), whose module types an adapter
 # makes when it is imported (`make_all`), and the adapters' makers, for the classes defined
 # after that
@@ -93,10 +96,15 @@ def _make(cls, base, is_buffer, rebuild):
             # in Python at every call of its graph)
             if "_array" not in vars(sub):
                 sub._array = cls._array
+            # and calls the plain class's forward (an adapter may give the made type its own,
+            # which reads the options as the made type keeps them)
+            if "forward" not in vars(sub):
+                sub.forward = cls.forward
 
         def __getstate__(self):
             state = dict(super().__getstate__())
             state.pop(LANE, None)
+            state.pop(WRITTEN, None)
             return state
 
         def __reduce_ex__(self, protocol):

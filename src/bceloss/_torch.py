@@ -1111,7 +1111,80 @@ def _contiguous(arrays) -> bool:
 def module_type(cls):
     """The loss class `cls` as a `torch.nn.Module` (`_module_types`): tensor options are
     buffers, a Parameter a parameter."""
-    return _module_types.module_type(cls, torch.nn.Module, _is_buffer, _module_of)
+    return _module_types.module_type(cls, torch.nn.Module, _is_buffer, _module_of, _lean_compiled)
+
+
+def _lean_compiled(made):
+    """The module type `made` of one of bceloss's own loss classes (`finish`), given a forward
+    that, inside a graph being compiled, calls `bceloss::routed_loss` with its options as
+    written when they were set (`_options_written`, kept in `__dict__` by its `__setattr__`,
+    `__delattr__` and `__setstate__`) and its array options read from its buffers: the
+    compiler reads one string and the buffers of it, and checks no more of the loss at each
+    call of the graph than of PyTorch's own (`compiled_loss` reads each option and writes
+    them, and the compiler checks each object that Python read). Options it does not write
+    (a Parameter, an array that is not a tensor, a NumPy scalar) take `compiled_loss`, and so
+    does a subclass (`_module_types`: a user's, torch.nn.utils.parametrize's)."""
+    plain = made._bceloss_plain
+    if plain.__module__ != _modules_name or "forward" in vars(plain):
+        return made
+    usual, name = made.forward, plain.function._bceloss_name
+    options = frozenset(list(inspect.signature(plain.__init__).parameters)[1:])
+    set_usual, delete_usual, load_usual = made.__setattr__, made.__delattr__, made.__setstate__
+
+    def forward(self, input, target):
+        if _is_compiling() and not _IS_EXPORTING():
+            # (the key written out: a global's value is one more object the compiler checks)
+            written = self.__dict__.get("_bceloss_written")
+            if written is not None and isinstance(input, _Tensor) and isinstance(target, _Tensor):
+                b = self._buffers
+                weight, pos_weight, where = b.get("weight"), b.get("pos_weight"), b.get("where")
+                return _ROUTED_LOSS(name, input, target, weight, pos_weight, where, written)
+        return usual(self, input, target)
+
+    def refresh(self):
+        if type(self) is made:  # (a subclass's forward does not read it)
+            self.__dict__[_module_types.WRITTEN] = _options_written(self)
+
+    def __setattr__(self, key, value):
+        set_usual(self, key, value)
+        if key in options:
+            refresh(self)
+
+    def __delattr__(self, key):
+        delete_usual(self, key)
+        if key in options:
+            refresh(self)
+
+    def __setstate__(self, state):
+        load_usual(self, state)
+        refresh(self)
+
+    forward.__doc__ = usual.__doc__
+    made.forward, made.__setattr__ = forward, __setattr__
+    made.__delattr__, made.__setstate__ = __delattr__, __setstate__
+    return made
+
+
+def _options_written(module):
+    """The options of a loss module as `compiled_loss` writes them for the operator, or None
+    where they are not all of the kinds its module type's forward passes itself (array options
+    buffers, a tensor or None; the others str, bool, int, float or None) or not all set (its
+    `__init__` sets them one by one)."""
+    try:
+        options = module._options()
+    except AttributeError:
+        return None
+    buffers = module.__dict__.get("_buffers", {})
+    written = []
+    for key, value in options.items():
+        if key in _OPERANDS:
+            if key not in buffers:
+                return None
+        elif type(value) in (str, bool, int, float, type(None)):
+            written.append((key, value))
+        else:
+            return None
+    return _written([*written, (_BUILD_KEY, _BUILD)])
 
 
 def _is_buffer(value) -> bool:
@@ -1558,6 +1631,7 @@ _LIBRARY.define(f"routed_loss{_ARGUMENTS} -> Tensor", tags=(torch.Tag.pt2_compli
 _LIBRARY.impl("routed_loss", _routed_loss, "CompositeImplicitAutograd")
 # what `compiled_loss` calls, read from this module's globals alone (as `torch.Tensor`)
 _ROUTED_LOSS, _EXPORTED_LOSS = torch.ops.bceloss.routed_loss.default, torch.ops.bceloss.loss.default
+_is_compiling = torch.compiler.is_compiling  # (read by the module types' forward)
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
 for _op in ("loss", "loss_and_grad", "reduced_loss", "reduced_loss_and_grad"):
     torch.library.register_autocast(f"bceloss::{_op}", "cpu", torch.float32, lib=_LIBRARY)
