@@ -506,32 +506,11 @@ def test_a_compiled_module_follows_an_option_deleted_and_set_again():
     assert _checked(loss, x, y) <= _checked(torch.nn.BCEWithLogitsLoss(), x, y) + 8
 
 
-def test_a_parametrized_buffer_is_read_through_its_parametrization():
-    # a buffer option parametrized leaves the buffers for a property of the subclass
-    # torch.nn.utils.parametrize makes, whose forward reads it so, compiled too (the module
-    # type's forward, reading the buffers, would have seen no pos_weight)
-    from torch.nn.utils import parametrize
-
-    class Softplus(torch.nn.Module):
-        def forward(self, w):
-            return F.softplus(w)
-
-    g = torch.Generator().manual_seed(22)
-    x, y = torch.randn(16, 3, generator=g) * 2, torch.rand(16, 3, generator=g)
-    raw = torch.tensor([0.0, 1.0, -1.0])
-    loss = bceloss.BCEWithLogitsLoss(pos_weight=raw.clone())
-    parametrize.register_parametrization(loss, "pos_weight", Softplus())
-    torch._dynamo.reset()
-    compiled = torch.compile(loss, fullgraph=True)(x, y)
-    want = F.binary_cross_entropy_with_logits(x, y, pos_weight=F.softplus(raw))
-    assert torch.equal(compiled, loss(x, y))
-    torch.testing.assert_close(compiled, want, rtol=2e-6, atol=0)
-    assert not torch.allclose(want, F.binary_cross_entropy_with_logits(x, y))
-
-
-def test_a_parametrized_pos_weight_is_read_through_its_parametrization():
+@pytest.mark.parametrize("stored", ["parameter", "buffer"])
+def test_a_parametrized_pos_weight_is_read_through_its_parametrization(stored):
     # torch.nn.utils.parametrize replaces the option by a property of a subclass (softplus
-    # of a raw parameter here): the loss reads it, eager and compiled, as PyTorch's does
+    # of a raw parameter or buffer here): the loss reads it, eager and compiled, as PyTorch's
+    # does (a buffer leaves the buffers, where the module type's forward reads its options)
     from torch.nn.utils import parametrize
 
     class Softplus(torch.nn.Module):
@@ -546,7 +525,8 @@ def test_a_parametrized_pos_weight_is_read_through_its_parametrization():
         ("bceloss", bceloss.BCEWithLogitsLoss),
         ("PyTorch", torch.nn.BCEWithLogitsLoss),
     ):
-        loss = cls(pos_weight=torch.nn.Parameter(raw.clone()))
+        pos_weight = raw.clone() if stored == "buffer" else torch.nn.Parameter(raw.clone())
+        loss = cls(pos_weight=pos_weight)
         parametrize.register_parametrization(loss, "pos_weight", Softplus())
         torch._dynamo.reset()
         with torch.no_grad():  # (PyTorch's own has no gradient wrt pos_weight)

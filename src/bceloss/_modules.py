@@ -119,29 +119,33 @@ class _CoreLoss(_Loss):
 
     def forward(self, input, target):
         """The loss of `input` against `target`, with the options held."""
-        function = type(self).function
         # the functional form's first routes straight away, which a small loss in a training
         # loop pays for less than its wrappers: inside a graph being compiled its operator
         # (the less Python a compiler reads, the fewer checks each call of its graph makes),
-        # else the module's own lane, kept by its adapter, then the express lane
+        # else those of `_forward_eager`
         if torch_compiling():
+            function = type(self).function
             options = self._options()
             bound = {"input": input, "target": target, **options}
             done = compiled_loss(function._bceloss_name, bound)
+            return function(input, target, **options) if done is None else done
+        return self._forward_eager(input, target)
+
+    def _forward_eager(self, input, target):
+        """`forward` outside a graph being traced: the module's own lane, kept by its
+        adapter, then the express lane, then the functional form."""
+        function = type(self).function
+        lane = self.__dict__.get(_module_types.LANE)
+        if lane is not None:
+            done = lane(self, input, target)
             if done is not None:
                 return done
-        else:
-            lane = self.__dict__.get(_module_types.LANE)
-            if lane is not None:
-                done = lane(self, input, target)
-                if done is not None:
-                    return done
-            options = self._options()
-            express = _dispatch.EXPRESS_LANES.get(type(input))
-            if express is not None:
-                done = express(function._bceloss_bind, (input, target), options, self)
-                if done is not None:
-                    return done
+        options = self._options()
+        express = _dispatch.EXPRESS_LANES.get(type(input))
+        if express is not None:
+            done = express(function._bceloss_bind, (input, target), options, self)
+            if done is not None:
+                return done
         return function(input, target, **options)
 
     def _bceloss_bind(self, input, target):

@@ -1127,19 +1127,27 @@ def _lean_compiled(made):
     plain = made._bceloss_plain
     if plain.__module__ != _modules_name or "forward" in vars(plain):
         return made
-    usual, name = made.forward, plain.function._bceloss_name
+    usual, eager, name = made.forward, made._forward_eager, plain.function._bceloss_name
     options = frozenset(list(inspect.signature(plain.__init__).parameters)[1:])
     set_usual, delete_usual, load_usual = made.__setattr__, made.__delattr__, made.__setstate__
 
     def forward(self, input, target):
-        if _is_compiling() and not _IS_EXPORTING():
+        if _is_compiling():
             # (the key written out: a global's value is one more object the compiler checks)
             written = self.__dict__.get("_bceloss_written")
-            if written is not None and isinstance(input, _Tensor) and isinstance(target, _Tensor):
+            if (
+                written is not None
+                and not _IS_EXPORTING()
+                and isinstance(input, _Tensor)
+                and isinstance(target, _Tensor)
+            ):
                 b = self._buffers
                 weight, pos_weight, where = b.get("weight"), b.get("pos_weight"), b.get("where")
                 return _ROUTED_LOSS(name, input, target, weight, pos_weight, where, written)
-        return usual(self, input, target)
+            return usual(self, input, target)
+        if _is_tracing():  # (torch.jit.trace: the usual forward records the operator)
+            return usual(self, input, target)
+        return eager(self, input, target)  # (what the usual forward does, one check fewer)
 
     def refresh(self):
         if type(self) is made:  # (a subclass's forward does not read it)
@@ -1631,7 +1639,8 @@ _LIBRARY.define(f"routed_loss{_ARGUMENTS} -> Tensor", tags=(torch.Tag.pt2_compli
 _LIBRARY.impl("routed_loss", _routed_loss, "CompositeImplicitAutograd")
 # what `compiled_loss` calls, read from this module's globals alone (as `torch.Tensor`)
 _ROUTED_LOSS, _EXPORTED_LOSS = torch.ops.bceloss.routed_loss.default, torch.ops.bceloss.loss.default
-_is_compiling = torch.compiler.is_compiling  # (read by the module types' forward)
+# (read by the module types' forward)
+_is_compiling, _is_tracing = torch.compiler.is_compiling, torch._C._is_tracing
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
 for _op in ("loss", "loss_and_grad", "reduced_loss", "reduced_loss_and_grad"):
     torch.library.register_autocast(f"bceloss::{_op}", "cpu", torch.float32, lib=_LIBRARY)
