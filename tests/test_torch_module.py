@@ -506,6 +506,37 @@ def test_a_compiled_module_follows_an_option_deleted_and_set_again():
     assert _checked(loss, x, y) <= _checked(torch.nn.BCEWithLogitsLoss(), x, y) + 8
 
 
+def test_a_compiled_module_reads_its_options_after_class_changes_and_shallow_copies():
+    # found by review: each gave the compiled graph options that were no longer the module's
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(8, 4, generator=g), (torch.rand(8, 4, generator=g) > 0.5).float()
+    made = type(bceloss.BCEWithLogitsLoss())
+
+    class Doubled(made):
+        def forward(self, input, target):
+            return 2 * super().forward(input, target)
+
+    class Child(Doubled):  # (it kept the made type's forward's place: the plain class's)
+        pass
+
+    plain = bceloss.BCEWithLogitsLoss()(x, y)
+    assert torch.equal(Child()(x, y), 2 * plain)
+    # options set while of another class, then the made type again
+    loss = bceloss.BCEWithLogitsLoss()
+    loss.__class__ = Child
+    loss.reduction = "sum"
+    loss.__class__ = made
+    compiled = torch.compile(lambda a, b: loss(a, b))
+    torch._dynamo.reset()
+    assert torch.equal(compiled(x, y), F.binary_cross_entropy_with_logits(x, y, reduction="sum"))
+    # a shallow copy shares the buffers: the twin's Parameter weight leaves them
+    twin = copy.copy(loss)
+    twin.weight = torch.nn.Parameter(torch.linspace(0.5, 2.0, 4))
+    torch._dynamo.reset()
+    assert torch.equal(compiled(x, y), loss(x, y))
+    assert torch.equal(torch.compile(twin)(x, y), twin(x, y))
+
+
 @pytest.mark.parametrize("stored", ["parameter", "buffer"])
 def test_a_parametrized_pos_weight_is_read_through_its_parametrization(stored):
     # torch.nn.utils.parametrize replaces the option by a property of a subclass (softplus

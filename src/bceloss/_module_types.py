@@ -94,11 +94,12 @@ def _make(cls, base, is_buffer, rebuild):
             # computes the option) reads the array options by its own attributes. (Chosen
             # here, not at each call as `type(self) is Module`: a compiler would check that
             # in Python at every call of its graph)
-            if "_array" not in vars(sub):
+            if sub._array is Module._array:  # (not one a user's class in between gives)
                 sub._array = cls._array
-            # and calls the plain class's forward (an adapter may give the made type its own,
-            # which reads the options as the made type keeps them)
-            if "forward" not in vars(sub):
+            # and calls the plain class's forward where it would call the made type's (an
+            # adapter may give the made type its own, which reads the options as the made type
+            # keeps them); one a user's class in between gives stays
+            if sub.forward is Module.forward:
                 sub.forward = cls.forward
 
         def __getstate__(self):

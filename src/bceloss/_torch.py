@@ -1119,16 +1119,23 @@ def _lean_compiled(made):
     that, inside a graph being compiled, calls `bceloss::routed_loss` with its options as
     written when they were set (`_options_written`, kept in `__dict__` by its `__setattr__`,
     `__delattr__` and `__setstate__`) and its array options read from its buffers: the
-    compiler reads one string and the buffers of it, and checks no more of the loss at each
-    call of the graph than of PyTorch's own (`compiled_loss` reads each option and writes
-    them, and the compiler checks each object that Python read). Options it does not write
-    (a Parameter, an array that is not a tensor, a NumPy scalar) take `compiled_loss`, and so
-    does a subclass (`_module_types`: a user's, torch.nn.utils.parametrize's)."""
+    compiler reads one string and the buffers of it, and checks a few objects more of the loss
+    at each call of the graph than of PyTorch's own (`compiled_loss` reads each option and
+    writes them, and the compiler checks each object that Python read: about twice as many).
+    Options it does not write (a Parameter, an array that is not a tensor, a NumPy scalar)
+    take `compiled_loss`, and so does a subclass (`_module_types`: a user's,
+    torch.nn.utils.parametrize's). Options are set by assignment, as PyTorch's modules'
+    are: a value written into `__dict__` directly (`vars(loss)["reduction"] = ...`) is not
+    seen by a compiled graph (docs/backends.md)."""
     plain = made._bceloss_plain
     if plain.__module__ != _modules_name or "forward" in vars(plain):
         return made
     usual, eager, name = made.forward, made._forward_eager, plain.function._bceloss_name
     options = frozenset(list(inspect.signature(plain.__init__).parameters)[1:])
+    has_pos_weight = "pos_weight" in options
+    # (an array name the class has no option of, which its made type keeps as a buffer all
+    # the same: BCELoss's pos_weight)
+    options = options | frozenset(made.arrays)
     set_usual, delete_usual, load_usual = made.__setattr__, made.__delattr__, made.__setstate__
 
     def forward(self, input, target):
@@ -1141,17 +1148,23 @@ def _lean_compiled(made):
                 and isinstance(input, _Tensor)
                 and isinstance(target, _Tensor)
             ):
+                # (read by key: an option that left the buffers behind the instance's back, a
+                # shallow copy's `_buffers` shared and changed through the copy, stops the
+                # trace where it would otherwise read as None)
                 b = self._buffers
-                weight, pos_weight, where = b.get("weight"), b.get("pos_weight"), b.get("where")
-                return _ROUTED_LOSS(name, input, target, weight, pos_weight, where, written)
+                pos_weight = b["pos_weight"] if has_pos_weight else None
+                return _ROUTED_LOSS(
+                    name, input, target, b["weight"], pos_weight, b["where"], written
+                )
             return usual(self, input, target)
         if _is_tracing():  # (torch.jit.trace: the usual forward records the operator)
             return usual(self, input, target)
         return eager(self, input, target)  # (what the usual forward does, one check fewer)
 
     def refresh(self):
-        if type(self) is made:  # (a subclass's forward does not read it)
-            self.__dict__[_module_types.WRITTEN] = _options_written(self)
+        # (a subclass's forward does not read it, but its instance may be given `made` again
+        # by `__class__`)
+        self.__dict__[_module_types.WRITTEN] = _options_written(self)
 
     def __setattr__(self, key, value):
         set_usual(self, key, value)
@@ -1183,6 +1196,8 @@ def _options_written(module):
     except AttributeError:
         return None
     buffers = module.__dict__.get("_buffers", {})
+    if any(name in buffers and name not in options for name in _OPERANDS):
+        return None  # (a buffer the forward would pass, which the class's options leave out)
     written = []
     for key, value in options.items():
         if key in _OPERANDS:
