@@ -486,6 +486,23 @@ def test_a_compiled_loss_module_is_checked_about_as_much_as_pytorchs_own(probabi
         assert torch.equal(torch.compile(copied, fullgraph=True)(x, y), ours(x, y))
 
 
+@pytest.mark.parametrize("smoothing", [np.float64(0.2), np.float32(0.1), np.int64(0)])
+def test_a_compiled_module_takes_a_numpy_scalar_option_as_the_number_it_holds(smoothing):
+    # as eager does (a compiled graph refused it before: the compiler made it an array)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(8, 4, generator=g).requires_grad_()
+    y = (torch.rand(8, 4, generator=g) > 0.5).float()
+    loss = bceloss.BCEWithLogitsLoss(label_smoothing=smoothing)
+    torch._dynamo.reset()
+    got = torch.compile(lambda a, b: loss(a, b), fullgraph=True)(x, y)
+    want = loss(x, y)
+    assert torch.equal(got, want)
+    assert torch.equal(*(torch.autograd.grad(v, x)[0] for v in (got, want)))
+    s = float(smoothing)
+    plain = F.binary_cross_entropy_with_logits(x, y * (1 - s) + s / 2)
+    torch.testing.assert_close(got, plain, rtol=2e-6, atol=0)
+
+
 def test_a_compiled_module_follows_an_option_deleted_and_set_again():
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(8, 4, generator=g), (torch.rand(8, 4, generator=g) > 0.5).float()

@@ -1122,8 +1122,8 @@ def _lean_compiled(made):
     compiler reads one string and the buffers of it, and checks a few objects more of the loss
     at each call of the graph than of PyTorch's own (`compiled_loss` reads each option and
     writes them, and the compiler checks each object that Python read: about twice as many).
-    Options it does not write (a Parameter, an array that is not a tensor, a NumPy scalar)
-    take `compiled_loss`, and so does a subclass (`_module_types`: a user's,
+    Options it does not write (a Parameter, an array that is not a tensor) take
+    `compiled_loss` (which refuses a NumPy scalar, written here as the number it holds), and so does a subclass (`_module_types`: a user's,
     torch.nn.utils.parametrize's). Options are set by assignment, as PyTorch's modules'
     are: a value written into `__dict__` directly (`vars(loss)["reduction"] = ...`) is not
     seen by a compiled graph (docs/backends.md)."""
@@ -1189,8 +1189,8 @@ def _lean_compiled(made):
 def _options_written(module):
     """The options of a loss module as `compiled_loss` writes them for the operator, or None
     where they are not all of the kinds its module type's forward passes itself (array options
-    buffers, a tensor or None; the others str, bool, int, float or None) or not all set (its
-    `__init__` sets them one by one)."""
+    buffers, a tensor or None; the others str, bool, int, float, a NumPy scalar or None) or
+    not all set (its `__init__` sets them one by one)."""
     try:
         options = module._options()
     except AttributeError:
@@ -1205,6 +1205,8 @@ def _options_written(module):
                 return None
         elif type(value) in (str, bool, int, float, type(None)):
             written.append((key, value))
+        elif isinstance(value, (np.bool_, np.integer, np.floating)):
+            written.append((key, value.item()))  # (the Python number it holds, as eager reads it)
         else:
             return None
     return _written([*written, (_BUILD_KEY, _BUILD)])
