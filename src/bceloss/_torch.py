@@ -1123,19 +1123,21 @@ def _lean_compiled(made):
     at each call of the graph than of PyTorch's own (`compiled_loss` reads each option and
     writes them, and the compiler checks each object that Python read: about twice as many).
     Options it does not write (a Parameter, an array that is not a tensor) take
-    `compiled_loss` (which refuses a NumPy scalar, written here as the number it holds), and so does a subclass (`_module_types`: a user's,
-    torch.nn.utils.parametrize's). Options are set by assignment, as PyTorch's modules'
-    are: a value written into `__dict__` directly (`vars(loss)["reduction"] = ...`) is not
-    seen by a compiled graph (docs/backends.md)."""
+    `compiled_loss` (which refuses a NumPy scalar, written here as the number it holds), and
+    so does a subclass (`_module_types`: a user's, torch.nn.utils.parametrize's). Options
+    are set by assignment, as PyTorch's modules' are: a value written into `__dict__`
+    directly (`vars(loss)["reduction"] = ...`) is not seen by a compiled graph
+    (docs/backends.md)."""
     plain = made._bceloss_plain
     if plain.__module__ != _modules_name or "forward" in vars(plain):
         return made
     usual, eager, name = made.forward, made._forward_eager, plain.function._bceloss_name
-    options = frozenset(list(inspect.signature(plain.__init__).parameters)[1:])
+    options = list(inspect.signature(plain.__init__).parameters)[1:]
     has_pos_weight = "pos_weight" in options
-    # (an array name the class has no option of, which its made type keeps as a buffer all
-    # the same: BCELoss's pos_weight)
-    options = options | frozenset(made.arrays)
+    # the attributes whose setting writes the options again: the options, and the array names
+    # the class has no option of, which its made type keeps as buffers all the same (BCELoss's
+    # pos_weight)
+    watched = frozenset(options) | frozenset(made.arrays)
     set_usual, delete_usual, load_usual = made.__setattr__, made.__delattr__, made.__setstate__
 
     def forward(self, input, target):
@@ -1168,12 +1170,12 @@ def _lean_compiled(made):
 
     def __setattr__(self, key, value):
         set_usual(self, key, value)
-        if key in options:
+        if key in watched:
             refresh(self)
 
     def __delattr__(self, key):
         delete_usual(self, key)
-        if key in options:
+        if key in watched:
             refresh(self)
 
     def __setstate__(self, state):
