@@ -245,3 +245,52 @@ def test_the_kernel_runs_for_backward_but_not_under_vmap(monkeypatch):
     per_sample = vmap(grad(_logits(bceloss)), in_dims=(0, 0, 0, None))(x.detach(), y, w, p)
     assert not any(ran)
     _close(per_sample / BATCH, x.grad)  # each row's mean against the mean of all rows
+
+
+def _transforms_in_a_compiled_function():
+    """(name, the transform of a loss(input, target) function, applied to input and target)."""
+    yield "grad", lambda f: grad(f)
+    yield "vmap(grad)", lambda f: vmap(grad(f))  # per-sample gradients
+    yield "jacrev", lambda f: jacrev(f)
+    yield "hessian", lambda f: hessian(f)
+
+
+def _losses_in_a_compiled_function():
+    """(name, a loss(input, target), whether it takes probabilities)."""
+    pos_weight = torch.linspace(0.5, 2.0, SMALL, dtype=torch.float64)
+    yield "functional", lambda x, y: BCEL(x, y, reduction="sum"), False
+    yield "BCEWithLogitsLoss", bceloss.BCEWithLogitsLoss(pos_weight=pos_weight), False
+    yield "BCELoss", bceloss.BCELoss(), True
+
+
+# (resuming a graph after the break, dynamo reads .grad of a non-leaf tensor: PyTorch warns)
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
+@pytest.mark.parametrize("loss", list(_losses_in_a_compiled_function()), ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "transform", list(_transforms_in_a_compiled_function()), ids=lambda c: c[0]
+)
+def test_transforms_inside_a_compiled_function_run_the_loss_eagerly(transform, loss):
+    # PyTorch's transforms take no custom operator in a compiled graph (a Function inside one
+    # fails on the compiler's fake tensors): the loss runs eagerly there, a graph break, with
+    # eager's results to the last bit (the compiler ran the frames it meets then, NumPy views
+    # among them, until it raised); fullgraph=True refuses the break with the reason
+    _, apply = transform
+    _, fn, probabilities = loss
+    x, y, *_, p = _case(SMALL, seed=9)
+    x = p if probabilities else x
+    eager = apply(fn)(x, y)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: apply(fn)(a, b))(x, y)
+    assert torch.equal(compiled, eager)
+    theirs = torch.nn.BCELoss() if probabilities else None
+    if theirs is None:
+        pw = getattr(fn, "pos_weight", None)
+        theirs = torch.nn.BCEWithLogitsLoss(
+            pos_weight=pw, reduction=getattr(fn, "reduction", "sum")
+        )
+    rtol = PROBABILITY_RTOL if probabilities else 1e-12
+    _close(compiled, apply(theirs)(x, y), rtol)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"inside a torch\.func transform"):
+        torch.compile(lambda a, b: apply(fn)(a, b), fullgraph=True)(x, y)
+    torch._dynamo.reset()

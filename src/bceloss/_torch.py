@@ -173,6 +173,13 @@ def _tangents_possible() -> bool:
 _functorch_active = torch._C._are_functorch_transforms_active
 
 
+def _compiler_watching() -> bool:
+    """Whether dynamo compiles the frames Python enters (a compiled function's frame it runs
+    eagerly calls them); False where PyTorch does not tell."""
+    callback = getattr(torch._C._dynamo.eval_frame, "get_eval_frame_callback", None)
+    return callback is not None and callback() is not None
+
+
 def numpy_twin(call):
     """The call on NumPy views of its PyTorch CPU tensors (zero-copy), or None: another
     device, a result dtype other than float32 and float64, or a bfloat16 argument (NumPy has
@@ -601,13 +608,17 @@ def express(bind, args, kwargs, owner=None):
     (`_Recipe`: whether autograd records it and whether the forward computes the input's
     gradient, the kernel's constants) and runs its node's forward on NumPy views straight
     away, from its arguments: the same node, the same results."""
-    # (`_tangents_possible`, inline: a training step's loss runs this); dynamo compiles the
-    # frames that a frame it could not compile calls, this one among them
+    # (`_tangents_possible`, inline: a training step's loss runs this)
     if (
         getattr(forward_ad, "_current_level", 0) >= 0
         or _functorch_active()
         or torch.compiler.is_compiling()
     ):
+        # (dynamo compiles the frames that a frame it could not compile calls, this one among
+        # them: traced, the usual route then, which the compiler takes as an operator; run,
+        # under torch.func in a compiled function, its callees too: eager's, outside it)
+        if not torch.compiler.is_compiling() and _compiler_watching():
+            return _eager_outside_graph(bind, args, kwargs)
         return None
     given = (*args, *kwargs.values(), None)
     # a training loop's call: the check in C of a form remembered last, whose calls run the
@@ -1147,6 +1158,7 @@ def _lean_compiled(made):
             if (
                 written is not None
                 and not _IS_EXPORTING()
+                and not _functorch_active()  # (`compiled_loss` breaks the graph there)
                 and isinstance(input, _Tensor)
                 and isinstance(target, _Tensor)
             ):
@@ -1231,9 +1243,29 @@ _Tensor = torch.Tensor
 _SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
 
-def outside_graph(fn):
-    """`fn` for the compiler to call without tracing it (a graph break)."""
-    return torch.compiler.disable(fn, recursive=True)
+def outside_graph(fn, reason=None):
+    """`fn` for the compiler to call without tracing it (a graph break), for `reason`."""
+    return torch.compiler.disable(fn, recursive=True, reason=reason)
+
+
+@functools.partial(
+    outside_graph,
+    reason=(
+        "bceloss's loss runs eagerly here, between two graphs: inside a torch.func transform "
+        "(grad, vmap, ...) in a compiled function, where PyTorch's transforms take no custom "
+        "operator; compile without fullgraph=True"
+    ),
+)
+def _eager_outside_graph(bind, args, kwargs):
+    """A loss the compiler meets where no operator of bceloss can stand for it, run eagerly
+    with every frame it calls (a graph break): inside a torch.func transform (PyTorch's
+    custom operators have no torch.func rules: a Function inside one fails when the compiler
+    runs it on fake tensors), then in the frames the compiler meets as it runs that
+    transform eagerly (the express lane's, which it would trace: NumPy views among them).
+    `bind`: the core function's, or its name (`_bind_of`: imported here, not traced)."""
+    if isinstance(bind, str):
+        bind = _bind_of(bind)
+    return _call.run(bind(*args, **kwargs))
 
 
 def compiled_loss(fn: str, bound: dict):
@@ -1252,6 +1284,8 @@ def compiled_loss(fn: str, bound: dict):
     if _BUILD_KEY in bound:  # (the key of the build among the options: no argument's)
         msg = f"{fn.rpartition('.')[2]}() got an unexpected keyword argument {_BUILD_KEY!r}"
         raise TypeError(msg)
+    if _functorch_active():  # (torch.func.grad, vmap, ... in the compiled function)
+        return _eager_outside_graph(fn, (), bound)
     given, bound = bound, bound.copy()
     tensors = []
     for name in ("input", "target", "weight", "pos_weight", "where"):  # (`_OPERANDS`)
