@@ -778,7 +778,8 @@ def test_a_tensor_whose_storage_was_freed_is_refused_at_every_call(loss, operand
             given = {k: v.clone() for k, v in tensors.items()}
             given[operand].untyped_storage().resize_(0)
             given["input"].requires_grad_(grad_mode)
-            with pytest.raises(RuntimeError, match="storage holds no memory"):
+            # (the library's message at every call: through the C kernel's fallback too)
+            with pytest.raises(RuntimeError, match=r"^a tensor whose storage holds no memory"):
                 fn(given.pop("input"), given.pop("target"), **given)
         assert usual.isfinite()  # the form's plain calls still compute, in C from the third
     assert _native.torch_kept() == 1

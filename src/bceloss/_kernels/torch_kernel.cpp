@@ -393,7 +393,13 @@ void fall_back(StableIValue* stack, bool gradient, std::string key, Layout layou
         const char* what = api.last_error != nullptr ? api.last_error() : nullptr;
         std::string message = what != nullptr ? what : "bceloss: the Python kernel failed";
         const size_t at = message.find("\n\nAt:");
-        throw std::runtime_error(at == std::string::npos ? message : message.substr(0, at));
+        if (at != std::string::npos) message.resize(at);
+        // PyTorch names the Python exception's type before its message: a RuntimeError reaches
+        // the caller as one again, with the message a call the Python kernel ran gives
+        const std::string same_type = "RuntimeError: ";
+        if (message.compare(0, same_type.size(), same_type) == 0)
+            message.erase(0, same_type.size());
+        throw std::runtime_error(message);
     }
 }
 
