@@ -251,8 +251,11 @@ def _transforms_in_a_compiled_function():
     """(name, the transform of a loss(input, target) function, applied to input and target)."""
     yield "grad", lambda f: grad(f)
     yield "vmap(grad)", lambda f: vmap(grad(f))  # per-sample gradients
+    yield "vmap", lambda f: vmap(f)  # a loss a row (the operator under vmap: a row a call)
     yield "jacrev", lambda f: jacrev(f)
     yield "hessian", lambda f: hessian(f)
+    yield "jacfwd", lambda f: jacfwd(f)  # (forward mode: its tangent was lost, a zero)
+    yield "jvp", lambda f: lambda x, y: jvp(lambda a: f(a, y), (x,), (torch.ones_like(x),))[1]
 
 
 def _losses_in_a_compiled_function():
@@ -282,6 +285,8 @@ def test_transforms_inside_a_compiled_function_run_the_loss_eagerly(transform, l
     torch._dynamo.reset()
     compiled = torch.compile(lambda a, b: apply(fn)(a, b))(x, y)
     assert torch.equal(compiled, eager)
+    torch._dynamo.reset()  # the other order: a transform of a compiled loss
+    assert torch.equal(apply(torch.compile(lambda a, b: fn(a, b)))(x, y), eager)
     theirs = torch.nn.BCELoss() if probabilities else None
     if theirs is None:
         pw = getattr(fn, "pos_weight", None)
@@ -291,6 +296,8 @@ def test_transforms_inside_a_compiled_function_run_the_loss_eagerly(transform, l
     rtol = PROBABILITY_RTOL if probabilities else 1e-12
     _close(compiled, apply(theirs)(x, y), rtol)
     torch._dynamo.reset()
-    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"inside a torch\.func transform"):
+    with pytest.raises(
+        torch._dynamo.exc.Unsupported, match=r"eagerly under a torch\.func transform"
+    ):
         torch.compile(lambda a, b: apply(fn)(a, b), fullgraph=True)(x, y)
     torch._dynamo.reset()

@@ -1134,7 +1134,7 @@ def test_a_flavour_in_a_compiled_function_runs_eagerly_between_graphs():
     assert torch.equal(got, f(x, y))
     assert torch.equal(torch.autograd.grad(got, x)[0], want)
     torch._dynamo.reset()
-    with pytest.raises(torch._dynamo.exc.Unsupported):
+    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"flavours \(bceloss\.compat\)"):
         torch.compile(f, fullgraph=True)(x, y)
 
 

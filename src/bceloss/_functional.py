@@ -63,8 +63,8 @@ def loss_function(bind):
             from bceloss import _torch
 
             # a flavour runs eagerly, outside the graph: a graph break (which
-            # fullgraph=True refuses with PyTorch's message)
-            return _torch.outside_graph(eager)(*args, **kwargs)
+            # fullgraph=True refuses, naming the reason)
+            return _torch.flavour_outside_graph(eager, args, kwargs)
         return eager(*args, **kwargs)
 
     def eager(*args, **kwargs):

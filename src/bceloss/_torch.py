@@ -609,15 +609,13 @@ def express(bind, args, kwargs, owner=None):
     gradient, the kernel's constants) and runs its node's forward on NumPy views straight
     away, from its arguments: the same node, the same results."""
     # (`_tangents_possible`, inline: a training step's loss runs this)
-    if (
-        getattr(forward_ad, "_current_level", 0) >= 0
-        or _functorch_active()
-        or torch.compiler.is_compiling()
-    ):
-        # (dynamo compiles the frames that a frame it could not compile calls, this one among
-        # them: traced, the usual route then, which the compiler takes as an operator; run,
-        # under torch.func in a compiled function, its callees too: eager's, outside it)
-        if not torch.compiler.is_compiling() and _compiler_watching():
+    compiling = torch.compiler.is_compiling()
+    if compiling or getattr(forward_ad, "_current_level", 0) >= 0 or _functorch_active():
+        # dynamo compiles the frames that a frame it could not compile calls, this one among
+        # them. Traced: the usual route, which it takes as an operator. Run under a transform
+        # while dynamo compiles the frames Python enters (a compiled function's transform it
+        # runs eagerly: `_eager_outside_graph`): the usual route with its callees outside it
+        if not compiling and _compiler_watching():
             return _eager_outside_graph(bind, args, kwargs)
         return None
     given = (*args, *kwargs.values(), None)
@@ -1243,29 +1241,53 @@ _Tensor = torch.Tensor
 _SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
 
-def outside_graph(fn, reason=None):
-    """`fn` for the compiler to call without tracing it (a graph break), for `reason`."""
-    return torch.compiler.disable(fn, recursive=True, reason=reason)
+def _outside_graph(fn, reason=None):
+    """`fn` for the compiler to call without tracing it (a graph break), for `reason` (which
+    its error under fullgraph=True names, where PyTorch takes one: 2.8 and later)."""
+    if reason is not None and _DISABLE_TAKES_A_REASON:
+        return torch.compiler.disable(fn, recursive=True, reason=reason)
+    return torch.compiler.disable(fn, recursive=True)
 
 
-@functools.partial(
-    outside_graph,
-    reason=(
-        "bceloss's loss runs eagerly here, between two graphs: inside a torch.func transform "
-        "(grad, vmap, ...) in a compiled function, where PyTorch's transforms take no custom "
-        "operator; compile without fullgraph=True"
-    ),
-)
-def _eager_outside_graph(bind, args, kwargs):
+_DISABLE_TAKES_A_REASON = "reason" in inspect.signature(torch.compiler.disable).parameters
+
+
+def _eager_loss(bind, args, kwargs):
     """A loss the compiler meets where no operator of bceloss can stand for it, run eagerly
-    with every frame it calls (a graph break): inside a torch.func transform (PyTorch's
-    custom operators have no torch.func rules: a Function inside one fails when the compiler
-    runs it on fake tensors), then in the frames the compiler meets as it runs that
-    transform eagerly (the express lane's, which it would trace: NumPy views among them).
-    `bind`: the core function's, or its name (`_bind_of`: imported here, not traced)."""
+    with every frame it calls (`_eager_outside_graph`): inside a torch.func transform
+    (PyTorch's custom operators have no torch.func rules: a Function inside one fails when
+    the compiler runs it on fake tensors; the break makes the compiler run the whole
+    transform eagerly, in whose frames the express lane calls this), and in the frames the
+    compiler meets as it runs such a transform (the express lane's callees, which it would
+    trace: NumPy views among them). `bind`: the core function's, or its name (`_bind_of`
+    imports: not traced)."""
     if isinstance(bind, str):
         bind = _bind_of(bind)
     return _call.run(bind(*args, **kwargs))
+
+
+def _flavour_eagerly(eager, args, kwargs):
+    """A flavour's loss met in a graph being compiled: `eager(*args, **kwargs)`, its eager
+    route (`flavour_outside_graph`, a graph break: the flavours are not operators)."""
+    return eager(*args, **kwargs)
+
+
+flavour_outside_graph = _outside_graph(
+    _flavour_eagerly,
+    reason=(
+        "bceloss's flavours (bceloss.compat) run eagerly in a compiled function, between two "
+        "graphs: the core functions alone are operators"
+    ),
+)
+
+_eager_outside_graph = _outside_graph(
+    _eager_loss,
+    reason=(
+        "bceloss's loss runs eagerly under a torch.func transform (grad, vmap, jvp, ...) in a "
+        "compiled function, and the transform with it: PyTorch's transforms take no custom "
+        "operator in a graph; compile without fullgraph=True"
+    ),
+)
 
 
 def compiled_loss(fn: str, bound: dict):
@@ -1284,7 +1306,9 @@ def compiled_loss(fn: str, bound: dict):
     if _BUILD_KEY in bound:  # (the key of the build among the options: no argument's)
         msg = f"{fn.rpartition('.')[2]}() got an unexpected keyword argument {_BUILD_KEY!r}"
         raise TypeError(msg)
-    if _functorch_active():  # (torch.func.grad, vmap, ... in the compiled function)
+    # (torch.func.grad, vmap, ... in the compiled function; an exported program keeps its
+    # operator, which vmap runs a batch element at a time)
+    if _functorch_active() and not _IS_EXPORTING():
         return _eager_outside_graph(fn, (), bound)
     given, bound = bound, bound.copy()
     tensors = []
