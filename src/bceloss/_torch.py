@@ -1241,10 +1241,10 @@ _Tensor = torch.Tensor
 _SHAPES_ONLY = contextvars.ContextVar("bceloss_shapes_only", default=False)
 
 
-def _outside_graph(fn, reason=None):
+def _outside_graph(fn, reason: str):
     """`fn` for the compiler to call without tracing it (a graph break), for `reason` (which
     its error under fullgraph=True names, where PyTorch takes one: 2.8 and later)."""
-    if reason is not None and _DISABLE_TAKES_A_REASON:
+    if _DISABLE_TAKES_A_REASON:
         return torch.compiler.disable(fn, recursive=True, reason=reason)
     return torch.compiler.disable(fn, recursive=True)
 
