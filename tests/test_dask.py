@@ -97,7 +97,7 @@ def test_on_a_local_distributed_cluster():
             processes=False,
             protocol="tcp",  # a real loopback socket, not the in-process transport
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",  # (any free port: two runs at once on one machine)
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
