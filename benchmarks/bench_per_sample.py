@@ -15,24 +15,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
 import types
 import warnings
 
 import torch
+from bench_training import interleaved_medians  # (this script's folder)
 from torch.func import functional_call, grad, vmap
 
 import bceloss
 
 SIZES = ((64, 10), (256, 100))
-
-
-def _timed(fn, inner: int) -> float:
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - start) / inner
 
 
 def _workload(rows: int, labels: int, loss_fn, compiled: bool):
@@ -80,15 +72,8 @@ def main(argv=None) -> None:
     for rows, labels in sizes:
         for compiled in [False] if args.no_compile else [False, True]:
             fns = [(n, _workload(rows, labels, f, compiled)) for n, f in losses.items()]
-            for _, fn in fns:  # warm up: compile, allocate
-                fn()
-                fn()
-            inner = [max(1, int(0.05 / max(_timed(fn, 2), 1e-7))) for _, fn in fns]
-            times = {name: [] for name in losses}
-            for _ in range(args.repeats):
-                for (name, fn), calls in zip(fns, inner, strict=True):
-                    times[name].append(_timed(fn, calls))
-            ours, theirs = (statistics.median(times[n]) * 1e6 for n in losses)
+            medians = interleaved_medians(fns, args.repeats)
+            ours, theirs = (medians[n] for n in losses)
             mode = "compiled" if compiled else "eager"
             print(
                 f"{f'{rows}x{labels}':>15} {mode:>8} {ours:11.1f} {theirs:11.1f} "

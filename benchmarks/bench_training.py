@@ -50,6 +50,21 @@ def _inner(fn) -> int:
     return max(1, min(2000, int(0.02 / max(once, 1e-7))))
 
 
+def interleaved_medians(fns, repeats: int) -> dict:
+    """The median time of a call (us) of each (name, fn) in `fns`, by name: each warmed up
+    (two calls: compile, allocate), then timed about 20 ms of calls at a time in `repeats`
+    rounds, the functions taking turns (a busy moment hits each); one name's times pooled."""
+    for _, fn in fns:
+        fn()
+        fn()
+    inner = [_inner(fn) for _, fn in fns]
+    times: dict = {}
+    for _ in range(repeats):
+        for (name, fn), calls in zip(fns, inner, strict=True):
+            times.setdefault(name, []).append(_timed(fn, calls))
+    return {name: statistics.median(t) * 1e6 for name, t in times.items()}
+
+
 def _workloads(rows: int, labels: int, loss_fn, compiled: bool, probabilities: bool):
     torch.manual_seed(0)
     layers = [torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, labels)]
@@ -154,16 +169,8 @@ def main(argv=None) -> None:
                 _print_phases(rows, labels, compiled, losses, work, args.repeats)
                 continue
             for what in ("step", "loss", "no_grad"):
-                fns = [(name, w[what]) for name, w in work]
-                for _, fn in fns:  # warm up: compile, allocate
-                    fn()
-                    fn()
-                inner = [_inner(fn) for _, fn in fns]
-                times = {name: [] for name in losses}
-                for _ in range(args.repeats):
-                    for (name, fn), calls in zip(fns, inner, strict=True):
-                        times[name].append(_timed(fn, calls))
-                ours, theirs = (statistics.median(times[n]) * 1e6 for n in losses)
+                medians = interleaved_medians([(name, w[what]) for name, w in work], args.repeats)
+                ours, theirs = (medians[n] for n in losses)
                 mode = "compiled" if compiled else "eager"
                 print(
                     f"{f'{rows}x{labels}':>15} {mode:>8} {what:>8} {ours:11.1f} "
