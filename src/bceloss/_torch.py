@@ -1253,8 +1253,9 @@ _DISABLE_TAKES_A_REASON = "reason" in inspect.signature(torch.compiler.disable).
 
 
 def _eager_loss(bind, args, kwargs):
-    """A loss the compiler meets where no operator of bceloss can stand for it, run eagerly
-    with every frame it calls (`_eager_outside_graph`): inside a torch.func transform
+    """A loss a tracer meets where no operator of bceloss can stand for it, run eagerly: an
+    argument that is not a tensor under torch.jit.trace (`compiled_loss`); outside the
+    compiler, with every frame it calls (`_eager_outside_graph`), inside a torch.func transform
     (PyTorch's custom operators have no torch.func rules: a Function inside one fails when
     the compiler runs it on fake tensors; the break makes the compiler run the whole
     transform eagerly, in whose frames the express lane calls this), and in the frames the
@@ -1316,7 +1317,7 @@ def compiled_loss(fn: str, bound: dict):
         a = bound.pop(name, None)
         if not (a is None or isinstance(a, _Tensor)):
             if torch.jit.is_tracing():  # (False to the compiler) not a tensor: not traced
-                return _call.run(_bind_of(fn)(**given))
+                return _eager_loss(fn, (), given)
             msg = f"{name} must be a torch.Tensor in a compiled graph; got {type(a).__name__}"
             raise TypeError(msg)
         tensors.append(a)
