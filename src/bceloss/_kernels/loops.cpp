@@ -217,7 +217,9 @@ void run_blocks(const Call<F>& c, int64_t first, int64_t last) {
                 const F* ps = c.p.data != nullptr ? view<F>(c.p, start, count, pbuf) : nullptr;
                 c.segment(count, xs, ys, ws, ps, ls, gs, hs, c.options);
                 if (c.outside != nullptr) {  // (all_in_unit_range's count, on values in cache)
-                    for (int64_t k = 0; k < count; ++k) outside += (xs[k] < zero) | (xs[k] > F(1));
+                    int32_t piece = 0;       // (32 bits, as `segment`'s count of soft targets)
+                    for (int64_t k = 0; k < count; ++k) piece += (xs[k] < zero) | (xs[k] > F(1));
+                    outside += piece;
                 }
             }
             const double* wds =

@@ -107,7 +107,9 @@ BCELOSS_CLONES void segment(int64_t m, const F* __restrict x, const F* __restric
     if constexpr (K == Kind::probabilities && Plain && Grad < 2) {
         // targets of 0 and 1 alone (the usual labels): one log an element, not two, with the
         // same bits (`probabilities_hard`); a NaN target counts as another value
-        int64_t soft = 0;
+        // (counted in 32 bits, the floats' width: a 64-bit count widens each comparison first;
+        // m is at most a PIECE)
+        int32_t soft = 0;
         for (int64_t k = 0; k < m; ++k) soft += (y[k] != F(0)) & (y[k] != F(1));
         if (soft == 0) {
 #pragma GCC unroll 4
