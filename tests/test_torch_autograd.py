@@ -526,3 +526,96 @@ def test_a_repeated_call_form_is_still_refused_and_changes_of_form_are_seen():
     BCE(torch.rand(4, 3), y)
     with pytest.raises(ValueError, match=r"input must hold probabilities in \[0, 1\]"):
         BCE(torch.rand(4, 3) + 1, y)  # checked on every call
+
+
+def _losses(probabilities, g):
+    """(bceloss's loss module, PyTorch's) of the same options, and how the model's output
+    reaches them."""
+    if probabilities:
+        w = torch.rand(10, generator=g)
+        return bceloss.BCELoss(weight=w), torch.nn.BCELoss(weight=w), torch.sigmoid
+    p = torch.rand(10, generator=g) + 0.5
+    return bceloss.BCEWithLogitsLoss(pos_weight=p), torch.nn.BCEWithLogitsLoss(pos_weight=p), None
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_activation_checkpointing_runs_the_loss_again_as_pytorchs_own(reentrant, probabilities):
+    # the loss inside a segment of torch.utils.checkpoint, whose backward runs the segment's
+    # forward again (the non-reentrant form checks that it saves tensors of the same shapes):
+    # four steps each (a call validated, remembered, guarded, then the module's own lane), the
+    # values and gradients of the same steps without checkpointing, to the last bit, and
+    # PyTorch's own loss's within float32's rounding
+    from torch.utils.checkpoint import checkpoint
+
+    g = torch.Generator().manual_seed(3)
+    ours, theirs, last = _losses(probabilities, g)
+    net = torch.nn.Linear(8, 10)
+    x = torch.randn(64, 8, generator=g).requires_grad_()
+    y = (torch.rand(64, 10, generator=g) > 0.5).float()
+
+    def steps(loss, checkpointed):
+        def segment(x):
+            out = net(x)
+            return loss(out if last is None else last(out), y)
+
+        got = []
+        for _ in range(4):
+            net.zero_grad()
+            x.grad = None
+            value = checkpoint(segment, x, use_reentrant=reentrant) if checkpointed else segment(x)
+            value.backward()
+            got.append((value.detach(), net.weight.grad.clone(), x.grad.clone()))
+        return got
+
+    plain, theirs_steps = steps(ours, False), steps(theirs, True)
+    for got, same, pytorchs in zip(steps(ours, True), plain, theirs_steps, strict=True):
+        for a, b, c in zip(got, same, pytorchs, strict=True):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=2e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_saved_tensor_hooks_pack_the_tensors_pytorchs_loss_saves(probabilities):
+    # torch.autograd.graph.saved_tensors_hooks (how memory is offloaded or checkpointed):
+    # the loss's node saves its tensors through them, as many as PyTorch's loss saves, and
+    # its backward reads what they unpack
+    g = torch.Generator().manual_seed(4)
+    ours, theirs, last = _losses(probabilities, g)
+    x = torch.randn(32, 10, generator=g)
+    y = (torch.rand(32, 10, generator=g) > 0.5).float()
+
+    def run(loss, hooked):
+        z = x.clone().requires_grad_()
+        packed, unpacked = [], []
+
+        def pack(t):
+            packed.append(t)
+            return len(packed) - 1, t.clone()  # the backward gets the copy
+
+        def unpack(kept):
+            unpacked.append(kept[0])
+            return kept[1]
+
+        for _ in range(4):  # validated, remembered, guarded, then the module's own lane
+            z.grad = None
+            packed.clear()
+            unpacked.clear()
+            if hooked:
+                with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                    value = loss(z if last is None else last(z), y)
+            else:
+                value = loss(z if last is None else last(z), y)
+            value.backward()
+        return value.detach(), z.grad, len(packed), sorted(set(unpacked))
+
+    value, grad, saved, read = run(ours, True)
+    plain_value, plain_grad, _, _ = run(ours, False)
+    assert torch.equal(value, plain_value)
+    assert torch.equal(grad, plain_grad)
+    theirs_value, theirs_grad, theirs_saved, _ = run(theirs, True)
+    # the sigmoid's output, the input, the target and the option (PyTorch's broadcast)
+    assert saved == theirs_saved
+    assert read == list(range(saved))  # the backward unpacked each
+    torch.testing.assert_close(value, theirs_value, rtol=2e-6, atol=0)
+    torch.testing.assert_close(grad, theirs_grad, rtol=1e-5, atol=1e-8)
