@@ -1724,7 +1724,19 @@ _LIBRARY.impl("routed_loss", _routed_loss, "CompositeImplicitAutograd")
 _ROUTED_LOSS, _EXPORTED_LOSS = torch.ops.bceloss.routed_loss.default, torch.ops.bceloss.loss.default
 # (read by the module types' forward)
 _is_tracing = torch._C._is_tracing
-_is_dynamo_compiling, _compiler = torch.compiler.is_dynamo_compiling, torch.compiler
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
+
+
+class _CompilingFlag:
+    """torch.compiler's flag of a non-strict export, for a PyTorch that has none of that
+    name: is_compiling() itself."""
+
+    @property
+    def _is_compiling_flag(self) -> bool:
+        return torch.compiler.is_compiling()
+
+
+_compiler = torch.compiler if hasattr(torch.compiler, "_is_compiling_flag") else _CompilingFlag()
 # PyTorch computes its own BCE in float32 under autocast (float16 and bfloat16 operands)
 for _op in ("loss", "loss_and_grad", "reduced_loss", "reduced_loss_and_grad"):
     torch.library.register_autocast(f"bceloss::{_op}", "cpu", torch.float32, lib=_LIBRARY)
