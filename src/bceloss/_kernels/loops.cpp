@@ -155,7 +155,10 @@ int64_t kept_blocks(const uint8_t* keep, int64_t n, int64_t* starts, int64_t* ke
     before[0] = 0;
     for (int64_t j = 0; j < chunks; ++j) {
         const int64_t stop = std::min(n, (j + 1) * BLOCK);
-        int64_t count = 0;
+        // (16 bits, which hold a block's count: the narrower the count, the more bytes a
+        // vector compares and adds at a time)
+        static_assert(BLOCK <= INT16_MAX, "a block's count of kept elements fits 16 bits");
+        int16_t count = 0;
         for (int64_t k = j * BLOCK; k < stop; ++k) count += keep[k] != 0;
         total += count;
         before[j + 1] = total;
@@ -171,7 +174,7 @@ int64_t kept_blocks(const uint8_t* keep, int64_t n, int64_t* starts, int64_t* ke
         int64_t rank = b * BLOCK - before[j];
         int64_t k = j * BLOCK;
         while (k + GROUP <= n) {  // past whole groups holding no more than `rank` kept ones
-            int64_t count = 0;
+            int16_t count = 0;    // (as the blocks' count)
             for (int64_t i = 0; i < GROUP; ++i) count += keep[k + i] != 0;
             if (count > rank) break;
             rank -= count;
