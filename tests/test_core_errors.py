@@ -34,7 +34,11 @@ Y = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
 )
 def test_non_arrays_are_type_errors(fn, arg, value, shown):
     kwargs = {"input": X, "target": Y, arg: value}
-    with pytest.raises(TypeError, match=rf"^{arg} must be an array .*; got {shown}$"):
+    # a weight given as a number is shown the 0-d array that holds it
+    hint = ""
+    if (arg, shown) == ("weight", "float"):
+        hint = re.escape(" (a number: np.asarray(2.0) holds it, as a 0-d array)")
+    with pytest.raises(TypeError, match=rf"^{arg} must be an array .*; got {shown}{hint}$"):
         fn(**kwargs)
 
 

@@ -148,6 +148,34 @@ def test_a_missing_weight_is_not_in_the_state_and_a_numpy_weight_stays_an_attrib
         assert "weight" not in dict(loss.named_buffers())
 
 
+@pytest.mark.parametrize("option", ["weight", "pos_weight"])
+@pytest.mark.parametrize(
+    "value", [2.0, np.array([1.0, 2.0, 0.5], np.float32)], ids=["float", "numpy"]
+)
+@pytest.mark.parametrize("module", [False, True])
+def test_a_number_or_numpy_option_beside_tensors_is_refused_with_the_conversion(
+    option, value, module
+):
+    # as PyTorch's own losses refuse them (a TypeError, measured): the message shows the call
+    # that makes the option a tensor, and the loss with it is PyTorch's loss with that tensor
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(4, 3, generator=g), torch.rand(4, 3, generator=g)
+    if module:
+        loss = bceloss.BCEWithLogitsLoss(**{option: value})
+        call = lambda: loss(x, y)
+    else:
+        call = lambda: BCEL(x, y, **{option: value})
+    with pytest.raises(TypeError, match=rf"^(all arrays|{option} must be an array)") as refused:
+        call()
+    shown = re.search(r"(torch\.as_tensor\([^)]*\))", str(refused.value))
+    assert shown is not None, str(refused.value)
+    converted = eval(shown.group(1), {"torch": torch, option: value})
+    assert isinstance(converted, torch.Tensor)
+    got = bceloss.BCEWithLogitsLoss(**{option: converted})(x, y)
+    want = F.binary_cross_entropy_with_logits(x, y, **{option: converted})
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=0)
+
+
 def test_pickle_and_deepcopy_keep_the_module():
     loss = bceloss.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 0.5]), reduction="sum")
     x, y = torch.tensor([[0.3, -1.0]]), torch.tensor([[1.0, 0.0]])

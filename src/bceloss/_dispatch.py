@@ -61,6 +61,34 @@ def _library(xp) -> str:
     return xp.__name__.removeprefix("array_api_compat.").split(".")[0]
 
 
+# how a value becomes an array of a library, for the errors that refuse it beside that
+# library's arrays (as PyTorch's own losses refuse a float or a NumPy weight beside tensors)
+_AS_ARRAY = {
+    "numpy": "np.asarray",
+    "torch": "torch.as_tensor",
+    "jax": "jax.numpy.asarray",
+    "cupy": "cupy.asarray",
+    "dask": "dask.array.asarray",
+    "paddle": "paddle.to_tensor",
+    "mindspore": "mindspore.Tensor",
+}
+
+
+# the arrays a number could stand for, as a 0-d array broadcast to the input's shape
+_BROADCAST = ("weight", "pos_weight")
+
+
+def _conversion(library: str, value: str) -> str:
+    """The call that makes `value` (as written) an array of `library`."""
+    return f"{_AS_ARRAY.get(library, library + '.asarray')}({value})"
+
+
+def _is_array(a) -> bool:
+    return array_api_compat.is_array_api_obj(a) and not isinstance(
+        a, (bool, int, float, complex, np.generic)
+    )
+
+
 def namespace(arrays: dict):
     """The array namespace of the named arrays (None values skipped); TypeError otherwise."""
     present = {name: a for name, a in arrays.items() if a is not None}
@@ -80,6 +108,12 @@ def namespace(arrays: dict):
             raise TypeError(msg)
         if not array_api_compat.is_array_api_obj(a) or isinstance(a, (bool, int, float, complex)):
             msg = f"{name} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got {type_name(a)}"
+            arrays_given = [b for b in present.values() if _is_array(b)]
+            number = isinstance(a, (int, float)) and not isinstance(a, bool)
+            if name in _BROADCAST and number and arrays_given:
+                # a weight as a number beside arrays: the 0-d array of their kind holds it
+                kind = _library(array_api_compat.array_namespace(arrays_given[0]))
+                msg += f" (a number: {_conversion(kind, repr(a))} holds it, as a 0-d array)"
             raise TypeError(msg)
         if isinstance(a, np.ma.MaskedArray):
             # its mask would be ignored (NumPy's ufuncs read the data): never a wrong number
@@ -93,7 +127,10 @@ def namespace(arrays: dict):
         kinds.setdefault(_library(array_api_compat.array_namespace(a)), name)
     if len(kinds) > 1:
         (ka, na), (kb, nb) = list(kinds.items())[:2]
-        msg = f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
+        msg = (
+            f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
+            f" (make {nb} one of {ka}'s: {_conversion(ka, nb)})"
+        )
         raise TypeError(msg)
     xp = array_api_compat.array_namespace(*present.values())
     if len(classes) == 1:
