@@ -4,6 +4,8 @@ the Cell, and the errors of the NumPy route."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import oracle
 import pytest
@@ -227,8 +229,17 @@ def test_bad_input_keeps_types_and_messages(args, error, message):
 
 def test_other_kinds_beside_mindspore_are_a_type_error():
     torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match="all arrays of one call must be of one kind"):
-        bm.binary_cross_entropy_with_logits(T(np.zeros(2, F32)), torch.zeros(2))
+    x, y = np.array([0.5, -2.0], F32), np.array([1.0, 0.25], F32)
+    with pytest.raises(TypeError, match="all arrays of one call must be of one kind") as e:
+        bm.binary_cross_entropy_with_logits(T(x), torch.tensor(y, requires_grad=True))
+    # the message's conversion, run, makes the target a mindspore tensor: the loss of the arrays
+    shown = re.search(r"mindspore's: (.*)\)$", str(e.value)).group(1)
+    import mindspore
+
+    target = eval(shown, {"mindspore": mindspore, "target": torch.tensor(y, requires_grad=True)})
+    assert isinstance(target, Tensor)
+    got = bm.binary_cross_entropy_with_logits(T(x), target)
+    np.testing.assert_array_equal(got.asnumpy(), bm.binary_cross_entropy_with_logits(x, y))
 
 
 def test_a_recorded_forward_computes_the_gradients_its_bprop_returns(monkeypatch):

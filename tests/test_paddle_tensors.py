@@ -5,6 +5,7 @@ against the float64 oracle and Paddle 3.3's own losses, with SPEC §5's differen
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -353,8 +354,16 @@ def test_numpy_arrays_beside_paddle_tensors_are_constants():
 def test_torch_tensors_beside_paddle_tensors_are_a_type_error():
     torch = pytest.importorskip("torch", reason="PyTorch is optional")
     x, y, _, _ = logits_case(18, (2, 3))
-    with pytest.raises(TypeError, match="one kind; got logit from paddle and label from torch"):
-        pd.binary_cross_entropy_with_logits(tensor(x), torch.tensor(y))
+    with pytest.raises(
+        TypeError, match="one kind; got logit from paddle and label from torch"
+    ) as e:
+        pd.binary_cross_entropy_with_logits(tensor(x), torch.tensor(y, requires_grad=True))
+    # the message's conversion, run, makes the label a paddle tensor: the loss of the arrays
+    shown = re.search(r"paddle's: (.*?); NumPy", str(e.value)).group(1)
+    label = eval(shown, {"paddle": paddle, "label": torch.tensor(y, requires_grad=True)})
+    assert isinstance(label, paddle.Tensor)
+    got = pd.binary_cross_entropy_with_logits(tensor(x), label)
+    np.testing.assert_array_equal(got.numpy(), pd.binary_cross_entropy_with_logits(x, y))
 
 
 def test_callers_tensors_are_untouched():

@@ -528,6 +528,11 @@ def test_a_repeated_call_form_is_still_refused_and_changes_of_form_are_seen():
         BCE(torch.rand(4, 3) + 1, y)  # checked on every call
 
 
+def _node_of(value) -> str:
+    """Which of bceloss's autograd Functions made `value` (the function that defines it)."""
+    return value.grad_fn._forward_cls.__qualname__.split(".")[0]
+
+
 def _losses(probabilities, g):
     """(bceloss's loss module, PyTorch's) of the same options, and how the model's output
     reaches them."""
@@ -566,6 +571,8 @@ def test_activation_checkpointing_runs_the_loss_again_as_pytorchs_own(reentrant,
             value = checkpoint(segment, x, use_reentrant=reentrant) if checkpointed else segment(x)
             value.backward()
             got.append((value.detach(), net.weight.grad.clone(), x.grad.clone()))
+        if loss is ours and not checkpointed:  # the last call took the C kernel's lean node
+            assert _node_of(value) == "_c_apply", _node_of(value)
         return got
 
     plain, theirs_steps = steps(ours, False), steps(theirs, True)
@@ -607,6 +614,8 @@ def test_saved_tensor_hooks_pack_the_tensors_pytorchs_loss_saves(probabilities):
             else:
                 value = loss(z if last is None else last(z), y)
             value.backward()
+        if loss is ours:  # the last call took the C kernel's lean node (`_c_apply`)
+            assert _node_of(value) == "_c_apply", _node_of(value)
         return value.detach(), z.grad, len(packed), sorted(set(unpacked))
 
     value, grad, saved, read = run(ours, True)
@@ -619,3 +628,33 @@ def test_saved_tensor_hooks_pack_the_tensors_pytorchs_loss_saves(probabilities):
     assert read == list(range(saved))  # the backward unpacked each
     torch.testing.assert_close(value, theirs_value, rtol=2e-6, atol=0)
     torch.testing.assert_close(grad, theirs_grad, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_an_undefined_output_gradient_leaves_the_input_without_one(probabilities):
+    # a Function after the loss whose backward gives the loss no gradient (None): PyTorch's
+    # loss then leaves x.grad None; so does each of bceloss's nodes (none materializes the
+    # missing gradient as zeros), the C kernel's lean one among them (the last calls)
+    class Cut(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a * 1
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    g = torch.Generator().manual_seed(7)
+    ours, theirs, last = _losses(probabilities, g)
+    x = torch.randn(8, 10, generator=g)
+    y = (torch.rand(8, 10, generator=g) > 0.5).float()
+    other = torch.zeros((), requires_grad=True)  # something else to differentiate
+    nodes = []
+    for loss in (theirs, *[ours] * 5):
+        z = x.clone().requires_grad_()
+        value = loss(z if last is None else last(z), y)
+        (Cut.apply(value) + other).backward()
+        assert z.grad is None
+        if loss is ours:
+            nodes.append(_node_of(value))
+    assert nodes[-1] == "_c_apply", nodes

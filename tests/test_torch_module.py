@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import math
 import pathlib
 import pickle
 import re
@@ -150,16 +151,20 @@ def test_a_missing_weight_is_not_in_the_state_and_a_numpy_weight_stays_an_attrib
 
 @pytest.mark.parametrize("option", ["weight", "pos_weight"])
 @pytest.mark.parametrize(
-    "value", [2.0, np.array([1.0, 2.0, 0.5], np.float32)], ids=["float", "numpy"]
+    "value",
+    [2.0, math.nan, np.array([1.0, 2.0, 0.5], np.float32)],
+    ids=["float", "nan", "numpy"],
 )
-@pytest.mark.parametrize("module", [False, True])
+@pytest.mark.parametrize(("module", "device"), [(False, "cpu"), (True, "cpu"), (False, "meta")])
 def test_a_number_or_numpy_option_beside_tensors_is_refused_with_the_conversion(
-    option, value, module
+    option, value, module, device
 ):
     # as PyTorch's own losses refuse them (a TypeError, measured): the message shows the call
-    # that makes the option a tensor, and the loss with it is PyTorch's loss with that tensor
+    # that makes the option a tensor (on the input's device), and the loss with it is
+    # PyTorch's loss with that tensor (a meta tensor's: its shape and dtype)
     g = torch.Generator().manual_seed(6)
-    x, y = torch.randn(4, 3, generator=g), torch.rand(4, 3, generator=g)
+    x = torch.randn(4, 3, generator=g).to(device)
+    y = torch.rand(4, 3, generator=g).to(device)
     if module:
         loss = bceloss.BCEWithLogitsLoss(**{option: value})
         call = lambda: loss(x, y)
@@ -167,13 +172,34 @@ def test_a_number_or_numpy_option_beside_tensors_is_refused_with_the_conversion(
         call = lambda: BCEL(x, y, **{option: value})
     with pytest.raises(TypeError, match=rf"^(all arrays|{option} must be an array)") as refused:
         call()
-    shown = re.search(r"(torch\.as_tensor\([^)]*\))", str(refused.value))
+    shown = re.search(
+        r"(torch\.as_tensor\(.*?\)) holds|: (torch\.as_tensor\(.*\))\)$", str(refused.value)
+    )
     assert shown is not None, str(refused.value)
-    converted = eval(shown.group(1), {"torch": torch, option: value})
+    code = shown.group(1) or shown.group(2)
+    converted = eval(code, {"torch": torch, option: value, "input": x})
     assert isinstance(converted, torch.Tensor)
+    assert converted.device == x.device
     got = bceloss.BCEWithLogitsLoss(**{option: converted})(x, y)
     want = F.binary_cross_entropy_with_logits(x, y, **{option: converted})
-    torch.testing.assert_close(got, want, rtol=2e-6, atol=0)
+    assert (got.shape, got.dtype, got.device) == (want.shape, want.dtype, want.device)
+    if device == "cpu":
+        torch.testing.assert_close(got, want, rtol=2e-6, atol=0, equal_nan=True)
+
+
+def test_a_tensor_beside_numpy_arrays_is_refused_with_the_conversion():
+    # the other way round: a tensor that requires grad, which np.asarray refuses, is shown
+    # detached and on the CPU first
+    x = np.array([[0.5, -1.0, 2.0]], np.float32)
+    y = np.array([[1.0, 0.0, 0.5]], np.float32)
+    weight = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
+    with pytest.raises(TypeError, match="got input from numpy and weight from torch") as refused:
+        BCEL(x, y, weight=weight)
+    code = re.search(r"numpy's: (.*)\)$", str(refused.value)).group(1)
+    converted = eval(code, {"weight": weight})
+    assert isinstance(converted, np.ndarray)
+    want = F.binary_cross_entropy_with_logits(torch.tensor(x), torch.tensor(y), weight.detach())
+    np.testing.assert_allclose(BCEL(x, y, weight=converted), want.numpy(), rtol=2e-6)
 
 
 def test_pickle_and_deepcopy_keep_the_module():

@@ -78,9 +78,35 @@ _AS_ARRAY = {
 _BROADCAST = ("weight", "pos_weight")
 
 
-def _conversion(library: str, value: str) -> str:
-    """The call that makes `value` (as written) an array of `library`."""
+def conversion(library: str, value: str, like=None, like_name: str = "input") -> str:
+    """The call that makes `value` (as written) an array of `library`; a PyTorch tensor on
+    the device of `like` (named `like_name`) where that is not the CPU."""
+    device = getattr(like, "device", None)
+    if library == "torch" and device is not None and device.type != "cpu":
+        return f"torch.as_tensor({value}, device={like_name}.device)"
     return f"{_AS_ARRAY.get(library, library + '.asarray')}({value})"
+
+
+def _written(number) -> str:
+    """A number as Python code: float('nan') and float('inf') where repr gives nan, inf."""
+    return (
+        repr(number)
+        if not isinstance(number, float) or math.isfinite(number)
+        else (f"float('{number}')")
+    )
+
+
+def made_like(library: str, other: str, name: str, like=None, like_name: str = "input") -> str:
+    """The call that makes the array `name`, of library `other`, one of `library`'s, as
+    `conversion` does (paddle.to_tensor and mindspore.Tensor read NumPy arrays only: a
+    NumPy array first; a PyTorch tensor detached and on the CPU, as NumPy reads no other)."""
+    numpy = {"torch": f"{name}.detach().cpu().numpy()", "cupy": f"{name}.get()"}
+    as_numpy = numpy.get(other, f"np.asarray({name})")
+    if library == "numpy":
+        return as_numpy
+    if library in ("paddle", "mindspore"):
+        return f"{_AS_ARRAY[library]}({as_numpy})"
+    return conversion(library, name, like, like_name)
 
 
 def _is_array(a) -> bool:
@@ -112,8 +138,10 @@ def namespace(arrays: dict):
             number = isinstance(a, (int, float)) and not isinstance(a, bool)
             if name in _BROADCAST and number and arrays_given:
                 # a weight as a number beside arrays: the 0-d array of their kind holds it
+                first = next(n for n, b in present.items() if b is arrays_given[0])
                 kind = _library(array_api_compat.array_namespace(arrays_given[0]))
-                msg += f" (a number: {_conversion(kind, repr(a))} holds it, as a 0-d array)"
+                made = conversion(kind, _written(a), arrays_given[0], first)
+                msg += f" (a number: {made} holds it, as a 0-d array)"
             raise TypeError(msg)
         if isinstance(a, np.ma.MaskedArray):
             # its mask would be ignored (NumPy's ufuncs read the data): never a wrong number
@@ -129,7 +157,7 @@ def namespace(arrays: dict):
         (ka, na), (kb, nb) = list(kinds.items())[:2]
         msg = (
             f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
-            f" (make {nb} one of {ka}'s: {_conversion(ka, nb)})"
+            f" (make {nb} one of {ka}'s: {made_like(ka, kb, nb, present[na], na)})"
         )
         raise TypeError(msg)
     xp = array_api_compat.array_namespace(*present.values())

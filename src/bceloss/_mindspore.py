@@ -36,7 +36,7 @@ import ml_dtypes
 import numpy as np
 from mindspore import nn, ops
 
-from bceloss import _call, _dtypes, _evaluate, _functional, _gradients, _memo
+from bceloss import _call, _dispatch, _dtypes, _evaluate, _functional, _gradients, _memo
 
 Tensor = mindspore.Tensor
 # PyNative's executor, which knows whether autograd records (`_recording`): private, and
@@ -127,9 +127,11 @@ def _one_kind(bound):
             continue
         if hasattr(value, "shape") and hasattr(value, "dtype"):
             first = next(n for n, v in bound.items() if isinstance(v, Tensor))
+            kind = type(value).__module__.partition(".")[0]
             msg = (
                 f"all arrays of one call must be of one kind; got {first} from mindspore "
-                f"and {name} from {type(value).__module__.partition('.')[0]}"
+                f"and {name} from {kind} (make {name} one of mindspore's: "
+                f"{_dispatch.made_like('mindspore', kind, name)})"
             )
             raise TypeError(msg)
 

@@ -32,7 +32,16 @@ import array_api_compat
 import numpy as np
 import paddle
 
-from bceloss import _call, _dtypes, _evaluate, _gradients, _memo, _module_types, _reduce
+from bceloss import (
+    _call,
+    _dispatch,
+    _dtypes,
+    _evaluate,
+    _gradients,
+    _memo,
+    _module_types,
+    _reduce,
+)
 
 _ARRAYS = _call.ARRAYS[:4]  # those with a gradient
 
@@ -71,7 +80,9 @@ class Paddle:
                 kind = type(value).__module__.partition(".")[0]
                 msg = (
                     f"all arrays of one call must be of one kind; got {first} from paddle and "
-                    f"{name} from {kind} (NumPy arrays beside paddle tensors are constants)"
+                    f"{name} from {kind} (make {name} one of paddle's: "
+                    f"{_dispatch.made_like('paddle', kind, name)}; NumPy arrays beside paddle "
+                    "tensors are constants)"
                 )
                 raise TypeError(msg)
         positional = [views.get(n, a) for n, a in zip(names, args, strict=False)]
