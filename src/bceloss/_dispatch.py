@@ -78,7 +78,7 @@ _AS_ARRAY = {
 _BROADCAST = ("weight", "pos_weight")
 
 
-def conversion(library: str, value: str, like=None, like_name: str = "input") -> str:
+def _conversion(library: str, value: str, like=None, like_name: str = "input") -> str:
     """The call that makes `value` (as written) an array of `library`; a PyTorch tensor on
     the device of `like` (named `like_name`) where that is not the CPU."""
     device = getattr(like, "device", None)
@@ -89,16 +89,14 @@ def conversion(library: str, value: str, like=None, like_name: str = "input") ->
 
 def _written(number) -> str:
     """A number as Python code: float('nan') and float('inf') where repr gives nan, inf."""
-    return (
-        repr(number)
-        if not isinstance(number, float) or math.isfinite(number)
-        else (f"float('{number}')")
-    )
+    if isinstance(number, float) and not math.isfinite(number):
+        return f"float('{number}')"
+    return repr(number)
 
 
-def made_like(library: str, other: str, name: str, like=None, like_name: str = "input") -> str:
+def _made_like(library: str, other: str, name: str, like, like_name: str) -> str:
     """The call that makes the array `name`, of library `other`, one of `library`'s, as
-    `conversion` does (paddle.to_tensor and mindspore.Tensor read NumPy arrays only: a
+    `_conversion` does (paddle.to_tensor and mindspore.Tensor read NumPy arrays only: a
     NumPy array first; a PyTorch tensor detached and on the CPU, as NumPy reads no other)."""
     numpy = {"torch": f"{name}.detach().cpu().numpy()", "cupy": f"{name}.get()"}
     as_numpy = numpy.get(other, f"np.asarray({name})")
@@ -106,10 +104,22 @@ def made_like(library: str, other: str, name: str, like=None, like_name: str = "
         return as_numpy
     if library in ("paddle", "mindspore"):
         return f"{_AS_ARRAY[library]}({as_numpy})"
-    return conversion(library, name, like, like_name)
+    return _conversion(library, name, like, like_name)
+
+
+def mixed_kinds(first: str, library: str, name: str, other: str, like=None, note: str = "") -> str:
+    """The message refusing the array `name`, of library `other`, beside `first` (the
+    array `like`) of `library`, with the call that converts it; `note` added after it. The
+    core's and the Paddle and MindSpore adapters' refusal alike."""
+    made = _made_like(library, other, name, like, first)
+    return (
+        f"all arrays of one call must be of one kind; got {first} from {library} and {name} "
+        f"from {other} (make {name} one of {library}'s: {made}{note})"
+    )
 
 
 def _is_array(a) -> bool:
+    """Whether `a` is an array of a library: not a Python number, nor a NumPy scalar."""
     return array_api_compat.is_array_api_obj(a) and not isinstance(
         a, (bool, int, float, complex, np.generic)
     )
@@ -132,15 +142,15 @@ def namespace(arrays: dict):
                 f"{type_name(a)} (a NumPy scalar: np.asarray(value) makes it a 0-d array)"
             )
             raise TypeError(msg)
-        if not array_api_compat.is_array_api_obj(a) or isinstance(a, (bool, int, float, complex)):
+        if not _is_array(a):  # (a NumPy scalar is refused above, with its own words)
             msg = f"{name} must be an array (NumPy, PyTorch, JAX, CuPy or Dask); got {type_name(a)}"
-            arrays_given = [b for b in present.values() if _is_array(b)]
+            given = [(n, b) for n, b in present.items() if _is_array(b)]
             number = isinstance(a, (int, float)) and not isinstance(a, bool)
-            if name in _BROADCAST and number and arrays_given:
+            if name in _BROADCAST and number and given:
                 # a weight as a number beside arrays: the 0-d array of their kind holds it
-                first = next(n for n, b in present.items() if b is arrays_given[0])
-                kind = _library(array_api_compat.array_namespace(arrays_given[0]))
-                made = conversion(kind, _written(a), arrays_given[0], first)
+                first, like = given[0]
+                kind = _library(array_api_compat.array_namespace(like))
+                made = _conversion(kind, _written(a), like, first)
                 msg += f" (a number: {made} holds it, as a 0-d array)"
             raise TypeError(msg)
         if isinstance(a, np.ma.MaskedArray):
@@ -155,11 +165,7 @@ def namespace(arrays: dict):
         kinds.setdefault(_library(array_api_compat.array_namespace(a)), name)
     if len(kinds) > 1:
         (ka, na), (kb, nb) = list(kinds.items())[:2]
-        msg = (
-            f"all arrays of one call must be of one kind; got {na} from {ka} and {nb} from {kb}"
-            f" (make {nb} one of {ka}'s: {made_like(ka, kb, nb, present[na], na)})"
-        )
-        raise TypeError(msg)
+        raise TypeError(mixed_kinds(na, ka, nb, kb, like=present[na]))
     xp = array_api_compat.array_namespace(*present.values())
     if len(classes) == 1:
         _NAMESPACES[next(iter(classes))] = xp

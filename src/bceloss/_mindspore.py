@@ -128,12 +128,7 @@ def _one_kind(bound):
         if hasattr(value, "shape") and hasattr(value, "dtype"):
             first = next(n for n, v in bound.items() if isinstance(v, Tensor))
             kind = type(value).__module__.partition(".")[0]
-            msg = (
-                f"all arrays of one call must be of one kind; got {first} from mindspore "
-                f"and {name} from {kind} (make {name} one of mindspore's: "
-                f"{_dispatch.made_like('mindspore', kind, name)})"
-            )
-            raise TypeError(msg)
+            raise TypeError(_dispatch.mixed_kinds(first, "mindspore", name, kind))
 
 
 # --- the operators ----------------------------------------------------------------------

@@ -78,13 +78,8 @@ class Paddle:
                 # the first paddle tensor's name, for the message
                 first = next(n for n, v in bound.items() if _is_paddle(v))
                 kind = type(value).__module__.partition(".")[0]
-                msg = (
-                    f"all arrays of one call must be of one kind; got {first} from paddle and "
-                    f"{name} from {kind} (make {name} one of paddle's: "
-                    f"{_dispatch.made_like('paddle', kind, name)}; NumPy arrays beside paddle "
-                    "tensors are constants)"
-                )
-                raise TypeError(msg)
+                note = "; NumPy arrays beside paddle tensors are constants"
+                raise TypeError(_dispatch.mixed_kinds(first, "paddle", name, kind, note=note))
         positional = [views.get(n, a) for n, a in zip(names, args, strict=False)]
         keywords = {k: views.get(k, v) for k, v in kwargs.items()}
         call = _memo.validated(bind, positional, keywords)
