@@ -10,7 +10,7 @@ twice, before and after the other's, as the order of building moves the times):
 and prints the times and the ratios bceloss / PyTorch (below 1: bceloss is faster).
 
     python benchmarks/bench_training.py [--repeats 15] [--sizes 64x10,256x100,...] [--no-compile]
-        [--probabilities] [--phases]
+        [--probabilities] [--phases] [--operator]
 
 --probabilities: BCELoss on the model's sigmoid (and on probabilities for `loss` and
 `no_grad`) in place of BCEWithLogitsLoss on its logits.
@@ -20,6 +20,12 @@ backward and the optimizer's step, each timed inside the step (interleaved as ab
 the forward again with the compiler's per-call checks of the objects its graph read (guards)
 skipped (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`), which tells their cost
 from the graph's.
+
+--operator: what a call of bceloss's operator costs where a compiled step calls it (the
+C kernel's `bceloss::reduced_loss_and_grad`, each call timed by a wrapper that the graph
+finds, as it looks the operator up at every call), against the same call repeated in a loop
+(under no_grad, as the graph calls it): the step's other work evicts what the call needs
+from the caches between two calls.
 """
 
 from __future__ import annotations
@@ -141,6 +147,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--probabilities", action="store_true")
     parser.add_argument("--phases", action="store_true")
+    parser.add_argument("--operator", action="store_true")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     torch.set_num_threads(torch.get_num_threads())
@@ -148,6 +155,10 @@ def main(argv=None) -> None:
         losses = {"bceloss": bceloss.BCELoss(), "PyTorch": torch.nn.BCELoss()}
     else:
         losses = {"bceloss": bceloss.BCEWithLogitsLoss(), "PyTorch": torch.nn.BCEWithLogitsLoss()}
+    if args.operator:
+        for rows, labels in sizes:
+            _print_operator(rows, labels, losses["bceloss"], args.probabilities, args.repeats)
+        return
     modes = [False] if args.no_compile else [False, True]
     width = 18 if args.phases else 8
     print(
@@ -195,6 +206,42 @@ def _print_phases(rows, labels, compiled, losses, work, repeats) -> None:
                 f"{f'{rows}x{labels}':>15} {mode:>8} {phase + suffix:>18} {ours:11.1f} "
                 f"{theirs:11.1f} {ours / theirs:6.2f}"
             )
+
+
+def _print_operator(rows, labels, loss_fn, probabilities, repeats, steps=500) -> None:
+    step = _workloads(rows, labels, loss_fn, True, probabilities)["step"]
+    packet = torch.ops.bceloss.reduced_loss_and_grad
+    real = packet.default
+    spent, seen = [0, 0], []
+
+    def timed(*args):
+        start = time.perf_counter_ns()
+        out = real(*args)
+        spent[0] += time.perf_counter_ns() - start
+        spent[1] += 1
+        if not seen:
+            seen.append(args)
+        return out
+
+    for _ in range(20):  # warm up: compile (the compiler traces the operator itself), allocate
+        step()
+    packet.default = timed
+    try:
+        in_step, in_loop = [], []
+        with torch.no_grad():
+            for _ in range(repeats):
+                spent[:] = [0, 0]
+                with torch.enable_grad():
+                    for _ in range(steps):
+                        step()
+                in_step.append(spent[0] / spent[1] / 1e3)
+                in_loop.append(_timed(lambda: real(*seen[0]), steps) * 1e6)
+    finally:
+        packet.default = real
+    print(
+        f"{rows}x{labels}: bceloss's operator {statistics.median(in_step):.1f} us a call "
+        f"inside a compiled step, {statistics.median(in_loop):.1f} us in a loop of calls"
+    )
 
 
 if __name__ == "__main__":
