@@ -21,11 +21,12 @@ the forward again with the compiler's per-call checks of the objects its graph r
 skipped (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`), which tells their cost
 from the graph's.
 
---operator: what a call of bceloss's operator costs where a compiled step calls it (the
-C kernel's `bceloss::reduced_loss_and_grad`, each call timed by a wrapper that the graph
-finds, as it looks the operator up at every call), against the same call repeated in a loop
-(under no_grad, as the graph calls it): the step's other work evicts what the call needs
-from the caches between two calls.
+--operator: what the compiled step's call of bceloss's loss costs where the step makes it
+(the lowered call inductor's graph makes, `bceloss._torch_inductor`, or the C kernel's
+operator `bceloss::reduced_loss_and_grad` where the graph calls that; each call timed by a
+wrapper that the graph finds, as it looks the function up at every call), against the same
+call repeated in a loop (under no_grad, as the graph calls it): the step's other work evicts
+what the call needs from the caches between two calls.
 """
 
 from __future__ import annotations
@@ -210,22 +211,33 @@ def _print_phases(rows, labels, compiled, losses, work, repeats) -> None:
 
 def _print_operator(rows, labels, loss_fn, probabilities, repeats, steps=500) -> None:
     step = _workloads(rows, labels, loss_fn, True, probabilities)["step"]
-    packet = torch.ops.bceloss.reduced_loss_and_grad
-    real = packet.default
+    for _ in range(20):  # warm up: compile (the compiler traces the operator itself), allocate
+        step()
+    # what the graph calls for the loss: the lowered call inductor makes (`_torch_inductor`),
+    # or the operator where it is not lowered; both looked up at every call of the graph
+    from torch._inductor.select_algorithm import extern_kernels
+
+    from bceloss import _torch_inductor
+
+    lowered = hasattr(extern_kernels, _torch_inductor._NAME)
+    owner, name = (
+        (extern_kernels, _torch_inductor._NAME)
+        if lowered
+        else (torch.ops.bceloss.reduced_loss_and_grad, "default")
+    )
+    real = getattr(owner, name)
     spent, seen = [0, 0], []
 
-    def timed(*args):
+    def timed(*args, **kwargs):
         start = time.perf_counter_ns()
-        out = real(*args)
+        out = real(*args, **kwargs)
         spent[0] += time.perf_counter_ns() - start
         spent[1] += 1
         if not seen:
-            seen.append(args)
+            seen.append((args, kwargs))
         return out
 
-    for _ in range(20):  # warm up: compile (the compiler traces the operator itself), allocate
-        step()
-    packet.default = timed
+    setattr(owner, name, timed)
     try:
         in_step, in_loop = [], []
         with torch.no_grad():
@@ -235,11 +247,12 @@ def _print_operator(rows, labels, loss_fn, probabilities, repeats, steps=500) ->
                     for _ in range(steps):
                         step()
                 in_step.append(spent[0] / spent[1] / 1e3)
-                in_loop.append(_timed(lambda: real(*seen[0]), steps) * 1e6)
+                in_loop.append(_timed(lambda: real(*seen[0][0], **seen[0][1]), steps) * 1e6)
     finally:
-        packet.default = real
+        setattr(owner, name, real)
+    what = "lowered call" if lowered else "operator"
     print(
-        f"{rows}x{labels}: bceloss's operator {statistics.median(in_step):.1f} us a call "
+        f"{rows}x{labels}: bceloss's {what} {statistics.median(in_step):.1f} us a call "
         f"inside a compiled step, {statistics.median(in_loop):.1f} us in a loop of calls"
     )
 

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import pytest
 import torch_graphs
+from torch_bits import same_bits
 
 import bceloss
 from bceloss import _memo
@@ -46,16 +47,6 @@ def _both(x, y, w=None, p=None, where=None, gradient=True, **options):
     if not gradient:
         return [(r,) for r in calls], (expected,)
     return calls, expected
-
-
-def _same_bits(a, b) -> bool:
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and torch.equal(
-            a.detach().reshape(-1).view(torch.uint8), b.detach().reshape(-1).view(torch.uint8)
-        )
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +104,7 @@ def test_the_c_kernel_gives_the_python_kernels_bits(case, gradient):
     for got in calls:
         assert len(got) == len(python)
         for a, b in zip(got, python, strict=True):
-            assert _same_bits(a, b), (a, b)
+            assert same_bits(a, b), (a, b)
     # the forms it runs are kept after their first call; the others are not
     assert _native.torch_kept() == int(kept and options.get("reduction") != "none")
 
@@ -130,8 +121,8 @@ def test_block_totals_are_rounded_once_as_math_fsum_rounds_them():
     w = torch.rand(n, generator=g, dtype=torch.float64) * scale.repeat_interleave(8192)
     for reduction in ("sum", "mean"):
         calls, python = _both(x, y, w, reduction=reduction)
-        assert _same_bits(calls[-1][0], python[0])
-        assert _same_bits(calls[-1][1], python[1])
+        assert same_bits(calls[-1][0], python[0])
+        assert same_bits(calls[-1][1], python[1])
     assert _native.torch_kept() == 2
 
 
@@ -148,8 +139,8 @@ def test_the_thread_count_changes_nothing_but_the_speed():
     finally:
         bceloss._kernels.set_num_threads(count)
     for got in results[1:]:
-        assert _same_bits(got[0], results[0][0])
-        assert _same_bits(got[1], results[0][1])
+        assert same_bits(got[0], results[0][0])
+        assert same_bits(got[1], results[0][1])
 
 
 # many small forms; a few large ones (several blocks: each thread's calls on a team of
@@ -171,7 +162,7 @@ def test_threads_calling_forms_at_once_each_get_their_own_results(shapes, repeat
         for _ in range(repeats):
             for i in order:
                 got = OPS.reduced_loss_and_grad(FN, *data[i], None, None, None, "()")
-                if not (_same_bits(got[0], expected[i][0]) and _same_bits(got[1], expected[i][1])):
+                if not (same_bits(got[0], expected[i][0]) and same_bits(got[1], expected[i][1])):
                     failures.append(i)
 
     with torch.no_grad():
@@ -210,16 +201,17 @@ def test_a_compiled_training_step_calls_the_c_kernel_and_matches_eager():
     for _ in range(3):
         value = compiled(x, y)
         (grad,) = torch.autograd.grad(value, x)
-        assert _same_bits(value.detach(), eager_value.detach())
-        assert _same_bits(grad, eager_grad)
+        assert same_bits(value.detach(), eager_value.detach())
+        assert same_bits(grad, eager_grad)
     assert _native.torch_kept() == 1
 
 
 @pytest.mark.parametrize("grad", [True, False])
 def test_a_compiled_call_of_a_kept_form_runs_no_python_of_bcelosss_or_torch_librarys(grad):
-    # the graph's operators go from the dispatcher to the C kernel: neither a Python kernel
-    # nor torch.library's Python autograd wrapper (which an operator with an autograd
-    # formula registered in Python pays at every run) is called
+    # inductor's graph hands its buffers to the C kernel through one Python function of
+    # bceloss's (`_torch_inductor.run`, the lowered operator): neither a Python kernel nor
+    # torch.library's Python autograd wrapper (which an operator with an autograd formula
+    # registered in Python pays at every run) is called
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(7)
     x = torch.randn(64, 10, generator=g, requires_grad=grad)
@@ -244,15 +236,19 @@ def test_a_compiled_call_of_a_kept_form_runs_no_python_of_bcelosss_or_torch_libr
         result = call()
     finally:
         sys.setprofile(None)
-    assert _same_bits(result, expected)
+    assert same_bits(result, expected)
     assert _native.torch_kept() == 1
     # (the module's forward is the frame the compiler replaced: its compiled code runs there)
     forward = type(loss).forward.__code__
     called.discard(f"{forward.co_filename}:{forward.co_name}")
     # (bceloss's frames by the package's folder: a checkout's path may name bceloss too)
     package = os.path.dirname(bceloss.__file__) + os.sep
+    lowered = f"{package}_torch_inductor.py:run"
+    assert lowered in called
     python = [
-        f for f in called if f.startswith(package) or "_library" in f or f.endswith("redispatch")
+        f
+        for f in called - {lowered}
+        if f.startswith(package) or "_library" in f or f.endswith("redispatch")
     ]
     assert not python, python
 
@@ -302,10 +298,10 @@ def test_eager_calls_of_a_form_the_c_kernel_keeps_run_there_with_the_usual_bits(
         x = x + torch.randn(x.shape, generator=g, dtype=x.dtype) if x.is_contiguous() else x
         got, usual = _eager_route(x, y, w, p, options), _usual_route(x, y, w, p, options)
         for a, b in zip(got, usual, strict=True):
-            assert _same_bits(a, b), (a, b)
+            assert same_bits(a, b), (a, b)
         with torch.no_grad():
             value = bceloss.binary_cross_entropy_with_logits(x, y, w, pos_weight=p, **options)
-        assert _same_bits(value, usual[0])
+        assert same_bits(value, usual[0])
     # the training step's form and the no_grad one's (the lane's forms include grad mode)
     assert _native.torch_kept() == (2 if kept else 0)
 
@@ -361,11 +357,11 @@ def test_eager_bce_on_probabilities_checks_every_call_and_keeps_the_usual_bits(l
                     continue
                 got = loss(x, y)
                 usual = _call.run(core._bceloss_bind(x, y, **options))
-            assert _same_bits(got.detach(), usual.detach())
+            assert same_bits(got.detach(), usual.detach())
             if grad_mode:
                 (ours,) = torch.autograd.grad(got, x)
                 (theirs,) = torch.autograd.grad(usual, x)
-                assert _same_bits(ours, theirs)
+                assert same_bits(ours, theirs)
     # training and no_grad forms run in C where the C kernel reads the tensors
     assert _native.torch_kept() == (0 if dtype is torch.bfloat16 else 2)
 
@@ -397,7 +393,7 @@ def test_a_probability_the_c_kernel_refuses_is_the_losss_own_error(bad_call, gra
                 continue
             got = bceloss.binary_cross_entropy(x, y)
             usual = _call.run(bceloss.binary_cross_entropy._bceloss_bind(x, y))
-        assert _same_bits(got.detach(), usual.detach())
+        assert same_bits(got.detach(), usual.detach())
 
 
 def test_threads_training_at_once_each_get_their_own_results():
@@ -423,7 +419,7 @@ def test_threads_training_at_once_each_get_their_own_results():
                     value = loss(x, data[i][1])
                     (grad,) = torch.autograd.grad(value, x)
                     want = expected[i, k]
-                    if not (_same_bits(value, want[0]) and _same_bits(grad, want[1])):
+                    if not (same_bits(value, want[0]) and same_bits(grad, want[1])):
                         failures.append((i, k))
 
     _in_threads(work, 4)
@@ -605,8 +601,8 @@ def test_the_c_kernel_checks_probabilities_of_a_kept_form_at_every_call():
     with torch.no_grad():
         kept = OPS.reduced_loss_and_grad(fn, p, y, None, None, None, options)
         usual = OPS.loss_and_grad(fn, p, y, None, None, None, options)
-        assert _same_bits(kept[0], usual[0])
-        assert _same_bits(kept[1], usual[1])
+        assert same_bits(kept[0], usual[0])
+        assert same_bits(kept[1], usual[1])
         with pytest.raises(RuntimeError, match=r"input must hold probabilities in \[0, 1\]"):
             OPS.reduced_loss_and_grad(fn, bad, y, None, None, None, options)
 
@@ -655,8 +651,8 @@ def test_a_compiled_call_takes_the_c_operators_only_for_forms_the_c_kernel_runs(
     compiled_loss = torch.compile(loss, fullgraph=True)
     for _ in range(2):  # the first call keeps the form, the second runs it in C
         got, want = compiled_loss(x, y), loss(x, y)
-        assert _same_bits(got, want)
-        assert _same_bits(*(torch.autograd.grad(v * 0.75, x)[0] for v in (got, want)))
+        assert same_bits(got, want)
+        assert same_bits(*(torch.autograd.grad(v * 0.75, x)[0] for v in (got, want)))
 
 
 def test_the_unit_range_check_at_a_tensors_data_pointer_agrees_with_numpy():
@@ -744,7 +740,7 @@ def test_a_tensor_whose_memory_does_not_hold_its_values_gives_their_loss(
         got, want, usual = step(ours, given), step(theirs, plain), step(ours, plain)
         for a, b, c in zip(got, want, usual, strict=True):
             if a is not None:
-                assert _same_bits(a, c)  # the loss of a plain tensor of the same values
+                assert same_bits(a, c)  # the loss of a plain tensor of the same values
                 torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)  # PyTorch's
     if operand == "input" and loss == "probabilities" and kind is _negative_view:
         # stored in [0, 1], values outside: refused

@@ -26,6 +26,8 @@ import importlib.metadata
 import inspect
 import math
 import operator
+import os
+import sys
 import threading
 
 import numpy as np
@@ -1361,6 +1363,9 @@ def _routed_loss(fn, input, target, weight, pos_weight, where, options):
     input's gradient is fused where `_eager` would compute it in the forward (on NumPy
     views, after autocast: `_eager_fuses`).
     """
+    # (inductor compiles this graph, or may; its lowering hands the calls to the C kernels)
+    if "torch._inductor" in sys.modules and _torch_kernel.installed():
+        _lower_for_inductor()
     tensors = (input, target, weight, pos_weight, where)
     arguments = (fn, *tensors, options)
     reduction = _options_of(options).get("reduction", _default_reduction(fn))
@@ -1379,6 +1384,19 @@ def _routed_loss(fn, input, target, weight, pos_weight, where, options):
     if in_c and not tracked:
         return torch.ops.bceloss.reduced_loss(*arguments)
     return torch.ops.bceloss.loss(*arguments)
+
+
+@functools.cache
+def _lower_for_inductor() -> None:
+    """The reduced loss's operators lowered for inductor (`_torch_inductor`), once: where
+    PyTorch's inductor has not the internals it uses (a PyTorch of other names), the graph
+    calls the operators as before."""
+    try:
+        from bceloss import _torch_inductor
+
+        _torch_inductor.register()
+    except (ImportError, AttributeError, TypeError):
+        pass
 
 
 @functools.cache
@@ -1464,12 +1482,20 @@ def _options_of(options: str) -> dict:
     return written
 
 
+# the modules whose source a compiled graph's code depends on: the operators and what they
+# decompose into, and the function inductor's graph calls for them (`_torch_inductor`)
+_GRAPH_SOURCES = ("_torch.py", "_torch_inductor.py")
+
+
 def _build() -> str:
-    """This module's build: a digest of its source (the operators and what they decompose
-    into), or the package's version where the source cannot be read."""
+    """This build of the graph's modules: a digest of their sources (`_GRAPH_SOURCES`), or
+    the package's version where a source cannot be read."""
     try:
-        with open(__file__, "rb") as source:
-            return hashlib.sha256(source.read()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        for name in _GRAPH_SOURCES:
+            with open(os.path.join(os.path.dirname(__file__), name), "rb") as source:
+                digest.update(source.read())
+        return digest.hexdigest()[:16]
     except OSError:
         pass
     try:

@@ -125,6 +125,11 @@ def install() -> bool:
     return True
 
 
+def installed() -> bool:
+    """Whether the C kernels serve the CPU calls of `_OPERATORS` (`install`)."""
+    return bool(_REGISTRATION)
+
+
 def _team(lib):
     """The addresses of `_TEAM` in the OpenMP runtime libtorch was loaded with (a library's
     symbols are looked up in its dependencies too), or None where PyTorch's parallel

@@ -465,6 +465,13 @@ PyMethodDef methods[] = {
     {"combine", guarded<bceloss::combine_entry>, METH_VARARGS,
      "combine(values)\n--\n\nThe exactly rounded sum of float64 values (bytes), as math.fsum;\n"
      "None for a value that is not finite or a partial sum that overflows (for the tests)."},
+    {"torch_last_form", guarded<bceloss::torch_last_form>, METH_NOARGS,
+     "torch_last_form()\n--\n\nA handle of the form of this thread's last kernel call."},
+    {"torch_run_into",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bceloss::torch_run_into)),
+     METH_FASTCALL,
+     "torch_run_into(handle, gradient, x, y, w, p, gx, loss)\n--\n\nA kept form's loops into given "
+     "addresses."},
     {"torch_kept", guarded<bceloss::torch_kept>, METH_NOARGS,
      "torch_kept()\n--\n\nHow many forms the C kernel keeps (for the tests)."},
     {"torch_in_unit_range", guarded<bceloss::torch_in_unit_range>, METH_VARARGS,

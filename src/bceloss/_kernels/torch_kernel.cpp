@@ -228,6 +228,12 @@ std::unordered_map<std::string, std::shared_ptr<const Form>> forms;
 thread_local std::string pending_key;
 thread_local Layout pending_layout;
 thread_local bool pending = false;
+// The form of the calling thread's last call, run or remembered (null: neither), which
+// torch_last_form hands to Python as a handle (`handles`: its index and the generation, which
+// torch_forget and torch_install advance).
+thread_local std::shared_ptr<const Form> last_form;
+std::vector<std::shared_ptr<const Form>> handles;
+uint32_t generation = 1;
 
 }  // namespace
 
@@ -331,10 +337,14 @@ void team_of(const Form& f, int* team, long long* chunks) {
 // without `gradient`. False where the call is for the Python kernel to decide (the tensors
 // then deleted): a total that is not finite, or BCE on probabilities with an input value
 // outside [0, 1], which the loops count in their pass (the Python kernel refuses the call).
-bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handle* grad) {
+// The loops of a call of form `f` on the tensors' data at `x`, `y`, `w`, `p` (null: absent),
+// the gradient written at `gx` (with `gradient`) and the loss at `loss`: Prepared.loss_and_grad,
+// or Prepared.loss without `gradient`. False where the call is for the Python kernel to decide:
+// a total that is not finite, or BCE on probabilities with an input value outside [0, 1],
+// which the loops count in their pass (the Python kernel refuses the call).
+bool run_into(const Form& f, void* x, void* y, void* w, void* p, void* gx, void* loss,
+              bool gradient) {
     const Layout& l = f.layout;
-    *grad = gradient ? empty(l.x_sizes, l.x_dtype) : nullptr;
-    *loss = empty({}, f.out_dtype);
     std::vector<double> sums(f.starts.size() - 1);
     const bool checked = f.constants.kind == static_cast<int>(Kind::probabilities);
     std::vector<int64_t> outside(checked ? sums.size() : 0);
@@ -342,11 +352,11 @@ bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handl
     a.grad = gradient ? 1 : 0;
     team_of(f, &a.team, &a.chunks);
     a.divisor = gradient ? f.divisor : 1.0;
-    a.x = Operand{data_of(t[0].handle), l.x, l.n};
-    a.y = Operand{data_of(t[1].handle), l.y, l.n};
-    a.w = l.w_period ? Operand{data_of(t[2].handle), l.w, l.w_period} : Operand{nullptr, l.x, 1};
-    a.p = l.p_period ? Operand{data_of(t[3].handle), l.p, l.p_period} : Operand{nullptr, l.x, 1};
-    a.gx = Output{gradient ? data_of(*grad) : nullptr, l.x};
+    a.x = Operand{x, l.x, l.n};
+    a.y = Operand{y, l.y, l.n};
+    a.w = l.w_period ? Operand{w, l.w, l.w_period} : Operand{nullptr, l.x, 1};
+    a.p = l.p_period ? Operand{p, l.p, l.p_period} : Operand{nullptr, l.x, 1};
+    a.gx = Output{gradient ? gx : nullptr, l.x};
     a.sums = sums.data();
     a.starts = f.starts.data();
     a.blocks = static_cast<int64_t>(sums.size());
@@ -356,18 +366,29 @@ bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handl
     double total;
     bool inside = true;
     for (const int64_t count : outside) inside = inside && count == 0;
-    if (!inside || !combine(sums.data(), a.blocks, &total)) {
+    if (!inside || !combine(sums.data(), a.blocks, &total)) return false;
+    // _reduce.finish: divided in float64, rounded once to the loss's dtype
+    const double value = f.sum ? total : total / f.denominator;
+    if (f.out_dtype == dtype_codes[static_cast<int>(Storage::f64)]) {
+        *static_cast<double*>(loss) = value;
+    } else {
+        *static_cast<float*>(loss) = static_cast<float>(value);
+    }
+    return true;
+}
+
+// run_into on the call's tensors, into new tensors.
+bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handle* grad) {
+    const Layout& l = f.layout;
+    *grad = gradient ? empty(l.x_sizes, l.x_dtype) : nullptr;
+    *loss = empty({}, f.out_dtype);
+    void* w = l.w_period ? data_of(t[2].handle) : nullptr;
+    void* p = l.p_period ? data_of(t[3].handle) : nullptr;
+    if (!run_into(f, data_of(t[0].handle), data_of(t[1].handle), w, p,
+                  gradient ? data_of(*grad) : nullptr, data_of(*loss), gradient)) {
         if (gradient) api.delete_tensor(*grad);
         api.delete_tensor(*loss);
         return false;
-    }
-    // _reduce.finish: divided in float64, rounded once to the loss's dtype
-    const double value = f.sum ? total : total / f.denominator;
-    void* out = data_of(*loss);
-    if (f.out_dtype == dtype_codes[static_cast<int>(Storage::f64)]) {
-        *static_cast<double*>(out) = value;
-    } else {
-        *static_cast<float*>(out) = static_cast<float>(value);
     }
     return true;
 }
@@ -411,6 +432,7 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
     for (uint64_t i = 0; i < TENSORS; ++i) tensors[i] = read(tensor_at(stack, i + 1));
     std::string key = form_key(stack, tensors, gradient);
     std::shared_ptr<const Form> form;
+    last_form = nullptr;
     // a tensor whose storage was freed (resized to no bytes, as FSDP frees a parameter) has
     // no memory to read: the Python kernel's to refuse, never a form's
     bool allocated = true;
@@ -424,6 +446,7 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
     // (BCE on probabilities checks its input's values at every call, in the loops' pass: one
     // outside [0, 1] is the Python kernel's to refuse, the express lane's check of its calls)
     if (form != nullptr && run_form(*form, tensors, gradient, &loss, &grad)) {
+        last_form = form;
         release_arguments(stack);
         stack[0] = reinterpret_cast<StableIValue>(loss);
         if (gradient) stack[1] = reinterpret_cast<StableIValue>(grad);
@@ -491,6 +514,8 @@ PyObject* torch_install(PyObject*, PyObject* args) {
     fallbacks[1] = loss;
     cpu = cpu_code;
     forms.clear();
+    handles.clear();
+    ++generation;
     use_host_team(reinterpret_cast<HostParallel>(host[0]), reinterpret_cast<HostThreads>(host[1]));
     return Py_BuildValue("(NN)", PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_and_grad_kernel)),
                          PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_kernel)));
@@ -545,6 +570,7 @@ PyObject* torch_remember(PyObject*, PyObject* args) {
     pending = false;
     std::lock_guard<std::mutex> hold(forms_lock);
     if (forms.size() >= MAX_FORMS) forms.clear();
+    last_form = form;
     forms[pending_key] = std::move(form);
     Py_RETURN_TRUE;
 }
@@ -552,7 +578,48 @@ PyObject* torch_remember(PyObject*, PyObject* args) {
 PyObject* torch_forget(PyObject*, PyObject*) {
     std::lock_guard<std::mutex> hold(forms_lock);
     forms.clear();
+    handles.clear();
+    ++generation;
     Py_RETURN_NONE;
+}
+
+PyObject* torch_last_form(PyObject*, PyObject*) {
+    if (last_form == nullptr) Py_RETURN_NONE;
+    std::lock_guard<std::mutex> hold(forms_lock);
+    if (handles.size() >= MAX_FORMS) {  // (a graph of many shapes: the handles start again)
+        handles.clear();
+        ++generation;
+    }
+    handles.push_back(last_form);
+    const uint64_t handle = (static_cast<uint64_t>(generation) << 32) | (handles.size() - 1);
+    return PyLong_FromUnsignedLongLong(handle);
+}
+
+PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count) {
+    if (count != 8) {
+        PyErr_SetString(PyExc_TypeError, "bceloss: torch_run_into takes 8 arguments");
+        return nullptr;
+    }
+    uint64_t values[8];
+    for (int i = 0; i < 8; ++i) {
+        values[i] = PyLong_AsUnsignedLongLong(args[i]);
+        if (PyErr_Occurred()) return nullptr;
+    }
+    std::shared_ptr<const Form> form;
+    {
+        std::lock_guard<std::mutex> hold(forms_lock);
+        const uint64_t index = values[0] & 0xffffffffu;
+        if ((values[0] >> 32) == generation && index < handles.size()) form = handles[index];
+    }
+    if (form == nullptr) Py_RETURN_FALSE;
+    auto at = [&](int i) { return reinterpret_cast<void*>(values[i]); };
+    try {
+        return PyBool_FromLong(
+            run_into(*form, at(2), at(3), at(4), at(5), at(6), at(7), values[1] != 0));
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+        return nullptr;
+    }
 }
 
 PyObject* combine_entry(PyObject*, PyObject* args) {

@@ -28,6 +28,13 @@ PyObject* torch_forget(PyObject*, PyObject* args);
 bool combine(const double* values, int64_t count, double* total);
 // combine(float64 bytes): combine's total, None where it returns false (for the tests).
 PyObject* combine_entry(PyObject*, PyObject* args);
+// torch_last_form(): a handle of the form of the calling thread's last call of the kernels
+// (run, or remembered by its fallback), None if neither.
+PyObject* torch_last_form(PyObject*, PyObject* args);
+// torch_run_into(handle, gradient, x, y, w, p, gx, loss): the form's loops on the data at those
+// addresses (0: absent), the gradient written at gx and the loss at loss; False where the
+// handle is stale or the call is the Python kernel's to decide (run_into).
+PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count);
 // torch_kept(): how many forms the kernel keeps (for the tests).
 PyObject* torch_kept(PyObject*, PyObject* args);
 // torch_in_unit_range(address, count, float64): whether the `count` float32 (or float64)
