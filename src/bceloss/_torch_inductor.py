@@ -30,23 +30,20 @@ _handles: dict = {}
 
 def run(*args, out):
     """The compiled graph's call: `args` the input, target, weight and pos_weight present,
-    then (has_weight, has_pos_weight, fn, options, gradient, site)."""
-    *tensors, has_w, has_p, fn, options, gradient, site = args
+    then (has_weight, has_pos_weight, fn, options, gradient, site, the loss's byte offset in
+    `out`)."""
+    *tensors, has_w, has_p, fn, options, gradient, site, offset = args
     x, y = tensors[0], tensors[1]
     w = tensors[2] if has_w else None
     p = tensors[2 + has_w] if has_p else None
     handle = _handles.get(site)
-    if handle is not None and _native.torch_run_into(
-        handle,
-        gradient,
-        x.data_ptr(),
-        y.data_ptr(),
-        0 if w is None else w.data_ptr(),
-        0 if p is None else p.data_ptr(),
-        out.data_ptr(),
-        out.data_ptr() + (out.numel() - 1) * out.element_size(),
-    ):
-        return out
+    if handle is not None:
+        at = out.data_ptr()
+        w_at = 0 if w is None else w.data_ptr()
+        p_at = 0 if p is None else p.data_ptr()
+        call = (handle, gradient, x.data_ptr(), y.data_ptr(), w_at, p_at, at, at + offset)
+        if _native.torch_run_into(*call):
+            return out
     ops = torch.ops.bceloss
     if gradient:
         loss, gx = ops.reduced_loss_and_grad(fn, x, y, w, p, None, options)
@@ -90,7 +87,16 @@ def _lowered(op, gradient: bool):
         layouts = [(_static(t), [int(s) for s in t.get_stride()]) for t in inputs]
         site = f"{fn}|{options}|{gradient}|{layouts}|{x.get_dtype()}"
         layout = ir.FixedLayout(device, x.get_dtype(), [n + 1 if gradient else 1], [1])
-        constants = (weight is not None, pos_weight is not None, fn, options, gradient, site)
+        offset = n * x.get_dtype().itemsize if gradient else 0  # (the loss, after the gradient)
+        constants = (
+            weight is not None,
+            pos_weight is not None,
+            fn,
+            options,
+            gradient,
+            site,
+            offset,
+        )
         node = ir.ExternKernelOut(
             layout=layout,
             inputs=inputs,
@@ -109,9 +115,7 @@ def _lowered(op, gradient: bool):
 
 
 def register() -> None:
-    """The lowerings, once a process."""
-    if getattr(extern_kernels, _NAME, None) is run:
-        return
+    """The lowerings (`_torch._lower_for_inductor` calls this once a process)."""
     setattr(extern_kernels, _NAME, run)
     for op, gradient in (
         (torch.ops.bceloss.reduced_loss_and_grad.default, True),

@@ -333,10 +333,6 @@ void team_of(const Form& f, int* team, long long* chunks) {
     *chunks = *team == 1 ? 1 : (8LL * *team < blocks ? 8LL * *team : blocks);
 }
 
-// The call run by the loops into new tensors: Prepared.loss_and_grad, or Prepared.loss
-// without `gradient`. False where the call is for the Python kernel to decide (the tensors
-// then deleted): a total that is not finite, or BCE on probabilities with an input value
-// outside [0, 1], which the loops count in their pass (the Python kernel refuses the call).
 // The loops of a call of form `f` on the tensors' data at `x`, `y`, `w`, `p` (null: absent),
 // the gradient written at `gx` (with `gradient`) and the loss at `loss`: Prepared.loss_and_grad,
 // or Prepared.loss without `gradient`. False where the call is for the Python kernel to decide:
@@ -377,7 +373,7 @@ bool run_into(const Form& f, void* x, void* y, void* w, void* p, void* gx, void*
     return true;
 }
 
-// run_into on the call's tensors, into new tensors.
+// run_into on the call's tensors, into new tensors (deleted where it returns false).
 bool run_form(const Form& f, const Tensor* t, bool gradient, Handle* loss, Handle* grad) {
     const Layout& l = f.layout;
     *grad = gradient ? empty(l.x_sizes, l.x_dtype) : nullptr;
