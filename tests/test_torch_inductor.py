@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 import bceloss
 from bceloss import _torch_inductor
+from bceloss._kernels import _native
 
 
 def _losses(dtype):
@@ -31,11 +32,18 @@ def _losses(dtype):
     ]
 
 
+@pytest.mark.parametrize("entry", ["C", "Python"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("grad", [True, False])
-def test_lowered_calls_give_eagers_bits(dtype, grad):
+def test_lowered_calls_give_eagers_bits(dtype, grad, entry, monkeypatch):
+    # the graph's call is `_native.torch_lowered_run`, or `run` (its twin, where PyTorch gives
+    # no address of its tensor-data function); the graph looks it up at every call
     torch._dynamo.reset()
     _torch_inductor._handles.clear()
+    if entry == "Python":
+        from torch._inductor.select_algorithm import extern_kernels
+
+        monkeypatch.setattr(extern_kernels, _torch_inductor._NAME, _torch_inductor.run)
     for name, loss, _ in _losses(dtype):
         g = torch.Generator().manual_seed(11)
         draw = torch.rand if name.startswith("BCELoss") else torch.randn
@@ -54,6 +62,12 @@ def test_lowered_calls_give_eagers_bits(dtype, grad):
             assert all(same_bits(a, b) for a, b in zip(got, expected, strict=True)), name
     # each site's later calls ran through a kept form's handle
     assert len(_torch_inductor._handles) == 5
+
+
+def test_the_graphs_call_is_the_c_entry_where_pytorch_gives_its_data_function(monkeypatch):
+    assert _torch_inductor._entry() is _native.torch_lowered_run
+    monkeypatch.delattr(torch._C._dynamo.guards, "_torchinductor_pyobject_tensor_data_ptr")
+    assert _torch_inductor._entry() is _torch_inductor.run
 
 
 def test_a_probability_outside_the_unit_interval_in_a_lowered_call_is_the_librarys_error():

@@ -2,14 +2,14 @@
 kernel's loops on buffers it allocates itself, without the dispatcher between them.
 
 `bceloss::reduced_loss_and_grad` and `bceloss::reduced_loss` of static shapes on the CPU,
-their tensors of the input's dtype, become an extern call of `run` with one buffer (the
-gradient's elements, then the loss), which the graph reads through views. `run` hands the
-data's addresses to the C kernel's form (`_native.torch_run_into`) by a handle that the
-first call of each call site in a process takes from a call of the operator itself (which
-keeps the form: the same loops, the same bits); a call the kernel leaves to the Python
-kernel (a total that is not finite, a probability outside [0, 1]) runs the operator too,
-which computes or refuses it as it always does. Anything else is the operator, as before
-(`lowering.fallback_handler`).
+their tensors of the input's dtype, become an extern call with one buffer (the
+gradient's elements, then the loss), which the graph reads through views. That call
+(`_native.torch_lowered_run`, or its Python twin `run`) hands the data's addresses to the C
+kernel's form by a handle that the first call of each call site in a process takes from a
+call of the operator itself (which keeps the form: the same loops, the same bits); a call
+the kernel leaves to the Python kernel (a total that is not finite, a probability outside
+[0, 1]) runs the operator too, which computes or refuses it as it always does. Anything
+else is the operator, as before (`lowering.fallback_handler`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ _handles: dict = {}
 
 
 def run(*args, out):
-    """The compiled graph's call: `args` the input, target, weight and pos_weight present,
-    then (has_weight, has_pos_weight, fn, options, gradient, site, the loss's byte offset in
+    """The compiled graph's call in Python (`_native.torch_lowered_run`'s twin, and where it
+    leaves a call): `args` the input, target, weight and pos_weight present, then
+    (has_weight, has_pos_weight, fn, options, gradient, site, the loss's byte offset in
     `out`)."""
     *tensors, has_w, has_p, fn, options, gradient, site, offset = args
     x, y = tensors[0], tensors[1]
@@ -114,9 +115,21 @@ def _lowered(op, gradient: bool):
     return lower
 
 
+def _entry():
+    """What the graph calls: `_native.torch_lowered_run` (run's twin in C: the site's handle,
+    the tensors' data addresses and the loops, without a Python frame; anything else it hands
+    to `run`), where PyTorch gives the address of its function that reads a tensor's data
+    address (the one inductor's own C kernels' Python bindings use); `run` elsewhere."""
+    address = getattr(torch._C._dynamo.guards, "_torchinductor_pyobject_tensor_data_ptr", None)
+    if not isinstance(address, int) or address == 0:
+        return run
+    _native.torch_lowered_install(_handles, run, torch.Tensor, torch.nn.Parameter, address)
+    return _native.torch_lowered_run
+
+
 def register() -> None:
     """The lowerings (`_torch._lower_for_inductor` calls this once a process)."""
-    setattr(extern_kernels, _NAME, run)
+    setattr(extern_kernels, _NAME, _entry())
     for op, gradient in (
         (torch.ops.bceloss.reduced_loss_and_grad.default, True),
         (torch.ops.bceloss.reduced_loss.default, False),

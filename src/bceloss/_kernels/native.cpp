@@ -472,6 +472,14 @@ PyMethodDef methods[] = {
      METH_FASTCALL,
      "torch_run_into(handle, gradient, x, y, w, p, gx, loss)\n--\n\nA kept form's loops into given "
      "addresses."},
+    {"torch_lowered_install", guarded<bceloss::torch_lowered_install>, METH_VARARGS,
+     "torch_lowered_install(handles, fallback, Tensor, Parameter, data_address)\n--\n\nWhat "
+     "torch_lowered_run reads (see torch_kernel.hpp)."},
+    {"torch_lowered_run",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bceloss::torch_lowered_run)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "torch_lowered_run(x, y, [w], [p], has_w, has_p, fn, options, gradient, site, offset, "
+     "out)\n--\n\nThe call inductor's graph makes: a kept form's loops into out."},
     {"torch_kept", guarded<bceloss::torch_kept>, METH_NOARGS,
      "torch_kept()\n--\n\nHow many forms the C kernel keeps (for the tests)."},
     {"torch_in_unit_range", guarded<bceloss::torch_in_unit_range>, METH_VARARGS,

@@ -579,6 +579,18 @@ PyObject* torch_forget(PyObject*, PyObject*) {
     Py_RETURN_NONE;
 }
 
+namespace {
+
+// The form of a handle torch_last_form gave, null where it is stale.
+std::shared_ptr<const Form> form_of_handle(uint64_t handle) {
+    std::lock_guard<std::mutex> hold(forms_lock);
+    const uint64_t index = handle & 0xffffffffu;
+    if ((handle >> 32) != generation || index >= handles.size()) return nullptr;
+    return handles[index];
+}
+
+}  // namespace
+
 PyObject* torch_last_form(PyObject*, PyObject*) {
     if (last_form == nullptr) Py_RETURN_NONE;
     std::lock_guard<std::mutex> hold(forms_lock);
@@ -601,12 +613,7 @@ PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count) {
         values[i] = PyLong_AsUnsignedLongLong(args[i]);
         if (PyErr_Occurred()) return nullptr;
     }
-    std::shared_ptr<const Form> form;
-    {
-        std::lock_guard<std::mutex> hold(forms_lock);
-        const uint64_t index = values[0] & 0xffffffffu;
-        if ((values[0] >> 32) == generation && index < handles.size()) form = handles[index];
-    }
+    const std::shared_ptr<const Form> form = form_of_handle(values[0]);
     if (form == nullptr) Py_RETURN_FALSE;
     auto at = [&](int i) { return reinterpret_cast<void*>(values[i]); };
     try {
@@ -616,6 +623,110 @@ PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count) {
         PyErr_SetString(PyExc_RuntimeError, e.what());
         return nullptr;
     }
+}
+
+namespace {
+
+// The lowered call's state (torch_lowered_install): the handles of the call sites (a dict,
+// _torch_inductor's), the Python function a call without one goes to, the tensor types whose
+// data the call reads in place, and PyTorch's function that reads a tensor's data address.
+PyObject* site_handles = nullptr;
+PyObject* lowered_fallback = nullptr;
+PyTypeObject* tensor_types[2] = {nullptr, nullptr};
+void* (*tensor_data)(PyObject*) = nullptr;
+
+bool is_plain_tensor(PyObject* o) {
+    return Py_TYPE(o) == tensor_types[0] || Py_TYPE(o) == tensor_types[1];
+}
+
+// The lowered call on a site's kept form, without Python in between: false where it is for
+// the Python function (no handle yet, a stale one, another type of tensor, or a call the
+// kernel leaves to the Python kernel).
+bool lowered_in_place(PyObject* const* args, Py_ssize_t count, PyObject* out) {
+    if (site_handles == nullptr || tensor_data == nullptr || count < 9) return false;
+    const Py_ssize_t tensors = count - 7;  // (x, y, present weight and pos_weight), 7 constants
+    PyObject* const* constants = args + tensors;
+    const bool has_w = constants[0] == Py_True, has_p = constants[1] == Py_True;
+    if (tensors != 2 + has_w + has_p || !PyBool_Check(constants[4])) return false;
+    PyObject* handle = PyDict_GetItemWithError(site_handles, constants[5]);
+    if (handle == nullptr || !PyLong_CheckExact(handle) || !PyLong_CheckExact(constants[6])) {
+        PyErr_Clear();
+        return false;
+    }
+    const uint64_t key = PyLong_AsUnsignedLongLong(handle);
+    const Py_ssize_t offset = PyLong_AsSsize_t(constants[6]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+    }
+    if (!is_plain_tensor(out)) return false;
+    for (Py_ssize_t i = 0; i < tensors; ++i) {
+        if (!is_plain_tensor(args[i])) return false;
+    }
+    const std::shared_ptr<const Form> form = form_of_handle(key);
+    if (form == nullptr) return false;
+    void* data[4] = {nullptr, nullptr, nullptr, nullptr};
+    char* at = nullptr;
+    try {
+        for (Py_ssize_t i = 0; i < tensors; ++i) data[i] = tensor_data(args[i]);
+        at = static_cast<char*>(tensor_data(out));
+    } catch (...) {  // (a tensor without data: the Python function says what it is)
+        return false;
+    }
+    const bool gradient = constants[4] == Py_True;
+    void* w = has_w ? data[2] : nullptr;
+    void* p = has_p ? data[2 + has_w] : nullptr;
+    return run_into(*form, data[0], data[1], w, p, gradient ? at : nullptr, at + offset, gradient);
+}
+
+}  // namespace
+
+PyObject* torch_lowered_install(PyObject*, PyObject* args) {
+    PyObject *handles_dict, *fallback, *tensor, *parameter;
+    unsigned long long address;
+    if (!PyArg_ParseTuple(args, "O!OO!O!K", &PyDict_Type, &handles_dict, &fallback, &PyType_Type,
+                          &tensor, &PyType_Type, &parameter, &address)) {
+        return nullptr;
+    }
+    if (!PyCallable_Check(fallback) || address == 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "bceloss: torch_lowered_install takes a function and "
+                        "an address");
+        return nullptr;
+    }
+    for (PyObject* o : {handles_dict, fallback, tensor, parameter}) Py_INCREF(o);
+    Py_XDECREF(site_handles);
+    Py_XDECREF(lowered_fallback);
+    Py_XDECREF(reinterpret_cast<PyObject*>(tensor_types[0]));
+    Py_XDECREF(reinterpret_cast<PyObject*>(tensor_types[1]));
+    site_handles = handles_dict;
+    lowered_fallback = fallback;
+    tensor_types[0] = reinterpret_cast<PyTypeObject*>(tensor);
+    tensor_types[1] = reinterpret_cast<PyTypeObject*>(parameter);
+    tensor_data = reinterpret_cast<void* (*)(PyObject*)>(static_cast<uintptr_t>(address));
+    Py_RETURN_NONE;
+}
+
+PyObject* torch_lowered_run(PyObject*, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+    const Py_ssize_t count = PyVectorcall_NARGS(nargsf);
+    if (lowered_fallback == nullptr) {
+        PyErr_SetString(PyExc_RuntimeError, "bceloss: torch_lowered_install was not called");
+        return nullptr;
+    }
+    if (kwnames != nullptr && PyTuple_GET_SIZE(kwnames) == 1 &&
+        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "out") == 0) {
+        PyObject* out = args[count];
+        try {
+            if (lowered_in_place(args, count, out)) {
+                Py_INCREF(out);
+                return out;
+            }
+        } catch (const std::exception& e) {
+            PyErr_SetString(PyExc_RuntimeError, e.what());
+            return nullptr;
+        }
+    }
+    return PyObject_Vectorcall(lowered_fallback, args, nargsf, kwnames);
 }
 
 PyObject* combine_entry(PyObject*, PyObject* args) {

@@ -35,6 +35,15 @@ PyObject* torch_last_form(PyObject*, PyObject* args);
 // addresses (0: absent), the gradient written at gx and the loss at loss; False where the
 // handle is stale or the call is the Python kernel's to decide (run_into).
 PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count);
+// torch_lowered_install(handles, fallback, Tensor, Parameter, data_address): what
+// torch_lowered_run reads: the call sites' handles (a dict of site -> torch_last_form handle),
+// the Python function it leaves other calls to (the same arguments), the tensor types it reads
+// in place and the address of PyTorch's `void* (PyObject*)` that gives a tensor's data.
+PyObject* torch_lowered_install(PyObject*, PyObject* args);
+// torch_lowered_run(x, y, [w], [p], has_w, has_p, fn, options, gradient, site, offset, out=):
+// the call inductor's graph makes (_torch_inductor.run's twin): the site's kept form's loops
+// into `out` (the gradient, then the loss at byte `offset`), or the fallback's result.
+PyObject* torch_lowered_run(PyObject*, PyObject* const* args, size_t nargsf, PyObject* kwnames);
 // torch_kept(): how many forms the kernel keeps (for the tests).
 PyObject* torch_kept(PyObject*, PyObject* args);
 // torch_in_unit_range(address, count, float64): whether the `count` float32 (or float64)
