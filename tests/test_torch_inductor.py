@@ -14,7 +14,7 @@ from torch_bits import same_bits
 torch = pytest.importorskip("torch")
 
 import bceloss
-from bceloss import _torch_inductor
+from bceloss import _torch_inductor, _torch_kernel
 from bceloss._kernels import _native
 
 
@@ -64,9 +64,10 @@ def test_lowered_calls_give_eagers_bits(dtype, grad, entry, monkeypatch):
     assert len(_torch_inductor._handles) == 5
 
 
-def test_the_graphs_call_is_the_c_entry_where_pytorch_gives_its_data_function(monkeypatch):
+def test_the_graphs_call_is_the_c_entry_where_the_c_kernel_reads_tensors(monkeypatch):
+    assert _torch_kernel.reads_tensors()  # (PyTorch 2.13 and 2.14 give their data function)
     assert _torch_inductor._entry() is _native.torch_lowered_run
-    monkeypatch.delattr(torch._C._dynamo.guards, "_torchinductor_pyobject_tensor_data_ptr")
+    monkeypatch.setattr(_torch_kernel, "_READS_TENSORS", [])
     assert _torch_inductor._entry() is _torch_inductor.run
 
 

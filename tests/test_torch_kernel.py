@@ -305,25 +305,38 @@ def test_eager_calls_of_a_form_the_c_kernel_keeps_run_there_with_the_usual_bits(
     assert _native.torch_kept() == (2 if kept else 0)
 
 
-def test_an_eager_call_of_a_kept_form_runs_the_c_kernel():
-    # after the first calls of a form, the lane's node no longer runs the NumPy kernel:
-    # what it returns comes from the C operator
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_an_eager_call_of_a_kept_form_runs_the_c_kernel(grad_mode):
+    # after the first calls of a form, the lane's node no longer runs the NumPy kernel, nor
+    # the C operator through the dispatcher: the C kernel's loops of the form the operator
+    # ran run on the tensors straight away (`_native.torch_run_tensors`)
     g = torch.Generator().manual_seed(9)
-    x = torch.randn(64, 10, generator=g, requires_grad=True)
+    x = torch.randn(64, 10, generator=g, requires_grad=grad_mode)
     y = (torch.rand(64, 10, generator=g) > 0.5).float()
-    for _ in range(4):
-        bceloss.binary_cross_entropy_with_logits(x, y).backward()
-    from bceloss._kernels import launch
+    loss = bceloss.BCEWithLogitsLoss()
+    with torch.set_grad_enabled(grad_mode):
+        for _ in range(4):
+            value = loss(x, y)
+        from bceloss._kernels import launch
 
-    ran = []
-    original = launch.Prepared.loss_and_grad
-    try:
-        launch.Prepared.loss_and_grad = lambda *a: ran.append(1) or original(*a)
-        loss = bceloss.binary_cross_entropy_with_logits(x, y)
-        loss.backward()
-    finally:
-        launch.Prepared.loss_and_grad = original
+        ran, builtins = [], []
+
+        def record(frame, event, arg):
+            if event == "c_call":
+                builtins.append(arg)
+
+        original = launch.Prepared.loss_and_grad
+        try:
+            launch.Prepared.loss_and_grad = lambda *a: ran.append(1) or original(*a)
+            sys.setprofile(record)
+            got = loss(x, y)
+        finally:
+            sys.setprofile(None)
+            launch.Prepared.loss_and_grad = original
+    assert same_bits(got, value)
     assert not ran
+    assert any(f is _native.torch_run_tensors for f in builtins)
+    assert not [f for f in builtins if "redispatch" in getattr(f, "__name__", "")]
     assert _native.torch_kept() == 1
 
 

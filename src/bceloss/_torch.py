@@ -933,6 +933,7 @@ class _Recipe:
     __slots__ = (
         "arrays",
         "c_call",
+        "c_forms",
         "call",
         "checked",
         "eager",
@@ -971,6 +972,9 @@ class _Recipe:
         self.checked = memo.checked is not None  # (the input's: BCE on probabilities)
         self.c_call = _c_call(call, bind) if self.prepared is not None else None
         self.guarded = None  # a module's call's `_Guarded` of the form (`_ModuleLane.first`)
+        # by gradient: (the handle of the C kernel's form of the calls, the gradient's sizes,
+        # strides and dtype, the loss's dtype), once the operator ran one (`on_c_kernel`)
+        self.c_forms = (None, None)
 
     def loss(self, given):
         """The loss of an eager call of the form, `given` its (*args, *kwargs.values(),
@@ -1039,18 +1043,37 @@ class _Recipe:
         none); where the C kernel falls back (a form it does not keep yet, or a value it
         refuses), the Python kernel computes them from this recipe (`_falling_back`), not
         from a call validated again, or raises `_ValuesRefused` for a probability outside
-        [0, 1]."""
+        [0, 1]. From the second call of the form on, the C kernel's loops of the form run on
+        the tensors straight away (`_torch_kernel.run_tensors`, through the handle of the
+        form the operator's first call ran), without the dispatcher: the operator's results,
+        into tensors allocated as its C kernel allocates them."""
+        gradient = operator is _C_LOSS_AND_GRAD
+        kept = self.c_forms[gradient]
+        if kept is not None:
+            handle, sizes, strides, dtype, loss_dtype = kept
+            grad = _torch_kernel.empty_strided(sizes, strides, dtype) if gradient else None
+            loss = _torch_kernel.empty_strided((), (), loss_dtype)
+            if _torch_kernel.run_tensors(
+                handle, gradient, input, target, weight, pos_weight, grad, loss
+            ):
+                return (loss, grad) if gradient else loss
         _LANE.recipe = self
         _LANE.refused = False
         try:
             fn, options = self.c_call
-            return operator(_CPU_KEYS, fn, input, target, weight, pos_weight, None, options)
+            done = operator(_CPU_KEYS, fn, input, target, weight, pos_weight, None, options)
         except RuntimeError:
             if _LANE.refused:  # (PyTorch's C ABI made the fallback's error a RuntimeError)
                 raise _ValuesRefused from None
             raise
         finally:
             _LANE.recipe = None
+        handle = _torch_kernel.last_form()  # (the form the C kernel ran or kept for it)
+        if handle is not None:
+            loss, grad = done if gradient else (done, None)
+            layout = (None,) * 3 if grad is None else (tuple(grad.shape), grad.stride(), grad.dtype)
+            self.c_forms = _with(self.c_forms, gradient, (handle, *layout, loss.dtype))
+        return done
 
     def _on_kernel(self, arrays, gradient):
         """(the loss, the input's gradient or None) by the kernel's constants kept."""

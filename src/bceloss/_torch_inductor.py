@@ -21,6 +21,7 @@ from torch._inductor import ir, lowering
 from torch._inductor.select_algorithm import extern_kernels
 from torch._inductor.virtualized import V
 
+from bceloss import _torch_kernel
 from bceloss._kernels import _native
 
 _NAME = "bceloss_reduced_loss"
@@ -118,12 +119,11 @@ def _lowered(op, gradient: bool):
 def _entry():
     """What the graph calls: `_native.torch_lowered_run` (run's twin in C: the site's handle,
     the tensors' data addresses and the loops, without a Python frame; anything else it hands
-    to `run`), where PyTorch gives the address of its function that reads a tensor's data
-    address (the one inductor's own C kernels' Python bindings use); `run` elsewhere."""
-    address = getattr(torch._C._dynamo.guards, "_torchinductor_pyobject_tensor_data_ptr", None)
-    if not isinstance(address, int) or address == 0:
+    to `run`) where the C kernel reads tensors' data itself (`_torch_kernel.reads_tensors`),
+    `run` elsewhere."""
+    if not _torch_kernel.reads_tensors():
         return run
-    _native.torch_lowered_install(_handles, run, torch.Tensor, torch.nn.Parameter, address)
+    _native.torch_lowered_install(_handles, run)
     return _native.torch_lowered_run
 
 

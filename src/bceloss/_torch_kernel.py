@@ -68,6 +68,8 @@ _LIBRARIES = ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll")
 _CODES: dict = {}
 # the registration, kept as long as the process: deleting it would unregister the kernel
 _REGISTRATION: list = []
+# True once the C kernel reads tensors' data itself (`reads_tensors`)
+_READS_TENSORS: list = []
 
 
 def _libtorch():
@@ -122,7 +124,47 @@ def install() -> bool:
             return False
     _REGISTRATION.append(handle)
     _CODES.update({np.dtype(name): code for name, code in zip(_DTYPES[:2], codes, strict=False)})
+    address = _guards_function("_torchinductor_pyobject_tensor_data_ptr")
+    if isinstance(address, int) and address != 0:
+        _native.torch_tensors_install(torch.Tensor, torch.nn.Parameter, address)
+        _READS_TENSORS.append(True)
     return True
+
+
+def _guards_function(name: str):
+    """A function of `torch._C._dynamo.guards` (what inductor's generated code calls), or
+    None where PyTorch has none of that name."""
+    return getattr(getattr(getattr(torch._C, "_dynamo", None), "guards", None), name, None)
+
+
+def reads_tensors() -> bool:
+    """Whether the C kernel's entries that take tensors (`_native.torch_run_tensors`,
+    `torch_lowered_run`) read their data: PyTorch gave the address of its function that gives
+    a tensor's data address (inductor's C kernels' Python bindings read tensors with it)."""
+    return bool(_READS_TENSORS)
+
+
+def last_form():
+    """A handle of the form of the calling thread's last call of the C kernels (the one it ran
+    or kept), for `run_tensors`; None where there is none or the C kernel reads no tensors."""
+    return _native.torch_last_form() if _READS_TENSORS else None
+
+
+def run_tensors(handle, gradient, input, target, weight, pos_weight, grad, loss) -> bool:
+    """The loops of the form of `handle` (`last_form`) on the tensors (weight, pos_weight
+    and, without `gradient`, grad None where absent), the loss written into `loss` (a 0-d
+    tensor) and the gradient into `grad`; False where the handle is stale, a tensor is of
+    another type or the call is the Python kernel's to decide (the operator's then)."""
+    return _native.torch_run_tensors(
+        handle, gradient, input, target, weight, pos_weight, grad, loss
+    )
+
+
+# a tensor of `shape`, `strides` and dtype on the CPU, its values not set: inductor's own
+# allocation (one C call), or PyTorch's usual one
+empty_strided = _guards_function("_empty_strided_cpu") or (
+    lambda shape, strides, dtype: torch.empty_strided(shape, strides, dtype=dtype)
+)
 
 
 def installed() -> bool:

@@ -472,9 +472,17 @@ PyMethodDef methods[] = {
      METH_FASTCALL,
      "torch_run_into(handle, gradient, x, y, w, p, gx, loss)\n--\n\nA kept form's loops into given "
      "addresses."},
+    {"torch_tensors_install", guarded<bceloss::torch_tensors_install>, METH_VARARGS,
+     "torch_tensors_install(Tensor, Parameter, data_address)\n--\n\nHow the entries that take "
+     "tensors read their data (see torch_kernel.hpp)."},
+    {"torch_run_tensors",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bceloss::torch_run_tensors)),
+     METH_FASTCALL,
+     "torch_run_tensors(handle, gradient, x, y, w, p, gx, loss)\n--\n\nA kept form's loops "
+     "into given tensors."},
     {"torch_lowered_install", guarded<bceloss::torch_lowered_install>, METH_VARARGS,
-     "torch_lowered_install(handles, fallback, Tensor, Parameter, data_address)\n--\n\nWhat "
-     "torch_lowered_run reads (see torch_kernel.hpp)."},
+     "torch_lowered_install(handles, fallback)\n--\n\nWhat torch_lowered_run reads (see "
+     "torch_kernel.hpp)."},
     {"torch_lowered_run",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bceloss::torch_lowered_run)),
      METH_FASTCALL | METH_KEYWORDS,

@@ -627,23 +627,55 @@ PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count) {
 
 namespace {
 
-// The lowered call's state (torch_lowered_install): the handles of the call sites (a dict,
-// _torch_inductor's), the Python function a call without one goes to, the tensor types whose
-// data the call reads in place, and PyTorch's function that reads a tensor's data address.
-PyObject* site_handles = nullptr;
-PyObject* lowered_fallback = nullptr;
+// How the entries below read a tensor's data (torch_tensors_install): the tensor types they
+// read in place and PyTorch's function that gives a tensor's data address (null: none given).
 PyTypeObject* tensor_types[2] = {nullptr, nullptr};
 void* (*tensor_data)(PyObject*) = nullptr;
+// The lowered call's (torch_lowered_install): the handles of the call sites (a dict,
+// _torch_inductor's) and the Python function a call without one goes to.
+PyObject* site_handles = nullptr;
+PyObject* lowered_fallback = nullptr;
 
-bool is_plain_tensor(PyObject* o) {
-    return Py_TYPE(o) == tensor_types[0] || Py_TYPE(o) == tensor_types[1];
+// The data address of a tensor of tensor_types, or null (another object, no function to read
+// it with, a tensor without data).
+char* data_of_object(PyObject* o) {
+    if (tensor_data == nullptr || (Py_TYPE(o) != tensor_types[0] && Py_TYPE(o) != tensor_types[1]))
+        return nullptr;
+    try {
+        return static_cast<char*>(tensor_data(o));
+    } catch (...) {  // (PyTorch's error for a tensor without storage)
+        return nullptr;
+    }
+}
+
+// run_into on the form of `handle` and the tensors' data, `w` and `p` None where absent, the
+// loss written at `loss` plus `offset` bytes and, with `gradient`, the gradient at `gx`'s data:
+// false where the handle is stale, a tensor is not read in place, or the call is the Python
+// kernel's to decide.
+bool run_objects(uint64_t handle, bool gradient, PyObject* x, PyObject* y, PyObject* w, PyObject* p,
+                 PyObject* gx, PyObject* loss, Py_ssize_t offset) {
+    const std::shared_ptr<const Form> form = form_of_handle(handle);
+    if (form == nullptr) return false;
+    char* data[6] = {};
+    PyObject* objects[6] = {x, y, w, p, gradient ? gx : Py_None, loss};
+    for (int i = 0; i < 6; ++i) {
+        if (objects[i] != Py_None && (data[i] = data_of_object(objects[i])) == nullptr)
+            return false;
+    }
+    const Layout& l = form->layout;
+    if ((l.w_period != 0) != (w != Py_None) || (l.p_period != 0) != (p != Py_None) ||
+        (gradient && gx == Py_None) || data[0] == nullptr || data[1] == nullptr ||
+        data[5] == nullptr) {
+        return false;
+    }
+    return run_into(*form, data[0], data[1], data[2], data[3], data[4], data[5] + offset, gradient);
 }
 
 // The lowered call on a site's kept form, without Python in between: false where it is for
 // the Python function (no handle yet, a stale one, another type of tensor, or a call the
 // kernel leaves to the Python kernel).
 bool lowered_in_place(PyObject* const* args, Py_ssize_t count, PyObject* out) {
-    if (site_handles == nullptr || tensor_data == nullptr || count < 9) return false;
+    if (site_handles == nullptr || count < 9) return false;
     const Py_ssize_t tensors = count - 7;  // (x, y, present weight and pos_weight), 7 constants
     PyObject* const* constants = args + tensors;
     const bool has_w = constants[0] == Py_True, has_p = constants[1] == Py_True;
@@ -659,51 +691,63 @@ bool lowered_in_place(PyObject* const* args, Py_ssize_t count, PyObject* out) {
         PyErr_Clear();
         return false;
     }
-    if (!is_plain_tensor(out)) return false;
-    for (Py_ssize_t i = 0; i < tensors; ++i) {
-        if (!is_plain_tensor(args[i])) return false;
-    }
-    const std::shared_ptr<const Form> form = form_of_handle(key);
-    if (form == nullptr) return false;
-    void* data[4] = {nullptr, nullptr, nullptr, nullptr};
-    char* at = nullptr;
-    try {
-        for (Py_ssize_t i = 0; i < tensors; ++i) data[i] = tensor_data(args[i]);
-        at = static_cast<char*>(tensor_data(out));
-    } catch (...) {  // (a tensor without data: the Python function says what it is)
-        return false;
-    }
-    const bool gradient = constants[4] == Py_True;
-    void* w = has_w ? data[2] : nullptr;
-    void* p = has_p ? data[2 + has_w] : nullptr;
-    return run_into(*form, data[0], data[1], w, p, gradient ? at : nullptr, at + offset, gradient);
+    PyObject* w = has_w ? args[2] : Py_None;
+    PyObject* p = has_p ? args[2 + has_w] : Py_None;
+    return run_objects(key, constants[4] == Py_True, args[0], args[1], w, p, out, out, offset);
 }
 
 }  // namespace
 
-PyObject* torch_lowered_install(PyObject*, PyObject* args) {
-    PyObject *handles_dict, *fallback, *tensor, *parameter;
+PyObject* torch_tensors_install(PyObject*, PyObject* args) {
+    PyObject *tensor, *parameter;
     unsigned long long address;
-    if (!PyArg_ParseTuple(args, "O!OO!O!K", &PyDict_Type, &handles_dict, &fallback, &PyType_Type,
-                          &tensor, &PyType_Type, &parameter, &address)) {
+    if (!PyArg_ParseTuple(args, "O!O!K", &PyType_Type, &tensor, &PyType_Type, &parameter,
+                          &address)) {
         return nullptr;
     }
-    if (!PyCallable_Check(fallback) || address == 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "bceloss: torch_lowered_install takes a function and "
-                        "an address");
+    if (address == 0) {
+        PyErr_SetString(PyExc_ValueError, "bceloss: torch_tensors_install takes an address");
         return nullptr;
     }
-    for (PyObject* o : {handles_dict, fallback, tensor, parameter}) Py_INCREF(o);
-    Py_XDECREF(site_handles);
-    Py_XDECREF(lowered_fallback);
+    Py_INCREF(tensor);
+    Py_INCREF(parameter);
     Py_XDECREF(reinterpret_cast<PyObject*>(tensor_types[0]));
     Py_XDECREF(reinterpret_cast<PyObject*>(tensor_types[1]));
-    site_handles = handles_dict;
-    lowered_fallback = fallback;
     tensor_types[0] = reinterpret_cast<PyTypeObject*>(tensor);
     tensor_types[1] = reinterpret_cast<PyTypeObject*>(parameter);
     tensor_data = reinterpret_cast<void* (*)(PyObject*)>(static_cast<uintptr_t>(address));
+    Py_RETURN_NONE;
+}
+
+PyObject* torch_run_tensors(PyObject*, PyObject* const* args, Py_ssize_t count) {
+    if (count != 8) {
+        PyErr_SetString(PyExc_TypeError, "bceloss: torch_run_tensors takes 8 arguments");
+        return nullptr;
+    }
+    const uint64_t handle = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) return nullptr;
+    try {
+        return PyBool_FromLong(run_objects(handle, args[1] == Py_True, args[2], args[3], args[4],
+                                           args[5], args[6], args[7], 0));
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+        return nullptr;
+    }
+}
+
+PyObject* torch_lowered_install(PyObject*, PyObject* args) {
+    PyObject *handles_dict, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &handles_dict, &fallback)) return nullptr;
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "bceloss: torch_lowered_install takes a function");
+        return nullptr;
+    }
+    Py_INCREF(handles_dict);
+    Py_INCREF(fallback);
+    Py_XDECREF(site_handles);
+    Py_XDECREF(lowered_fallback);
+    site_handles = handles_dict;
+    lowered_fallback = fallback;
     Py_RETURN_NONE;
 }
 

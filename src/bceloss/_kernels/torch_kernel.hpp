@@ -35,10 +35,15 @@ PyObject* torch_last_form(PyObject*, PyObject* args);
 // addresses (0: absent), the gradient written at gx and the loss at loss; False where the
 // handle is stale or the call is the Python kernel's to decide (run_into).
 PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count);
-// torch_lowered_install(handles, fallback, Tensor, Parameter, data_address): what
-// torch_lowered_run reads: the call sites' handles (a dict of site -> torch_last_form handle),
-// the Python function it leaves other calls to (the same arguments), the tensor types it reads
-// in place and the address of PyTorch's `void* (PyObject*)` that gives a tensor's data.
+// torch_tensors_install(Tensor, Parameter, data_address): the tensor types the entries below
+// read in place, and the address of PyTorch's `void* (PyObject*)` that gives a tensor's data.
+PyObject* torch_tensors_install(PyObject*, PyObject* args);
+// torch_run_tensors(handle, gradient, x, y, w, p, gx, loss): torch_run_into on tensors (w, p
+// and, without `gradient`, gx None where absent), the loss written into `loss`'s data.
+PyObject* torch_run_tensors(PyObject*, PyObject* const* args, Py_ssize_t count);
+// torch_lowered_install(handles, fallback): what torch_lowered_run reads: the call sites'
+// handles (a dict of site -> torch_last_form handle) and the Python function it leaves other
+// calls to (the same arguments).
 PyObject* torch_lowered_install(PyObject*, PyObject* args);
 // torch_lowered_run(x, y, [w], [p], has_w, has_p, fn, options, gradient, site, offset, out=):
 // the call inductor's graph makes (_torch_inductor.run's twin): the site's kept form's loops
