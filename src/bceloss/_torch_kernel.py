@@ -150,14 +150,13 @@ def last_form():
     return _native.torch_last_form() if _READS_TENSORS else None
 
 
-def run_tensors(handle, gradient, input, target, weight, pos_weight, grad, loss) -> bool:
-    """The loops of the form of `handle` (`last_form`) on the tensors (weight, pos_weight
-    and, without `gradient`, grad None where absent), the loss written into `loss` (a 0-d
-    tensor) and the gradient into `grad`; False where the handle is stale, a tensor is of
-    another type or the call is the Python kernel's to decide (the operator's then)."""
-    return _native.torch_run_tensors(
-        handle, gradient, input, target, weight, pos_weight, grad, loss
-    )
+# run_tensors(handle, gradient, input, target, weight, pos_weight, grad, loss): the loops of
+# the form of `handle` (`last_form`) on the tensors (weight, pos_weight and, without
+# `gradient`, grad None where absent), the loss written into `loss` (a 0-d tensor) and the
+# gradient into `grad`; False where the handle is stale, a tensor is of another type or the
+# call is the Python kernel's to decide (the operator's then). The C entry itself: a training
+# step's loss pays for each Python frame.
+run_tensors = _native.torch_run_tensors
 
 
 # a tensor of `shape`, `strides` and dtype on the CPU, its values not set: inductor's own
