@@ -64,6 +64,29 @@ def test_lowered_calls_give_eagers_bits(dtype, grad, entry, monkeypatch):
     assert len(_torch_inductor._handles) == 5
 
 
+def test_a_weight_and_a_pos_weight_of_one_shape_are_sites_of_their_own():
+    # a compiled loss with only a weight and one with only a pos_weight of the same shape:
+    # two call sites (before, they shared one, and the second ran the first's form: the
+    # loss without its weight)
+    torch._dynamo.reset()
+    _torch_inductor._handles.clear()
+    g = torch.Generator().manual_seed(23)
+    x, y = torch.randn(64, 10, generator=g), (torch.rand(64, 10, generator=g) > 0.5).float()
+    v = torch.rand(10, generator=g) + 0.5
+    for loss in (bceloss.BCEWithLogitsLoss(pos_weight=v), bceloss.BCEWithLogitsLoss(weight=v)):
+        compiled = torch.compile(loss, fullgraph=True, dynamic=False)
+
+        def run(f):
+            xi = x.clone().requires_grad_()
+            value = f(xi, y)
+            return value, torch.autograd.grad(value, xi)[0]
+
+        expected = run(loss)
+        for _ in range(3):
+            assert all(same_bits(a, b) for a, b in zip(run(compiled), expected, strict=True))
+    assert len(_torch_inductor._handles) == 2
+
+
 def test_the_graphs_call_is_the_c_entry_where_the_c_kernel_reads_tensors(monkeypatch):
     assert _torch_kernel.reads_tensors()  # (PyTorch 2.13 and 2.14 give their data function)
     assert _torch_inductor._entry() is _native.torch_lowered_run

@@ -340,6 +340,44 @@ def test_an_eager_call_of_a_kept_form_runs_the_c_kernel(grad_mode):
     assert _native.torch_kept() == 1
 
 
+def test_a_loss_computed_inside_a_calls_fallback_leaves_each_form_its_own(monkeypatch):
+    # Python code run while a call of the C operator falls back to the Python kernel (a
+    # garbage collector's callback, a signal handler: here the kernel's own Python) computing
+    # a loss of another form: the outer call keeps its own form and the handle of it, the
+    # inner one its own; each later call gives its own form's bits (before, the outer form's
+    # calls ran the inner form's loops on its tensors: another loss, a write past its
+    # gradient)
+    g = torch.Generator().manual_seed(21)
+    xa, ya = torch.randn(4, 3, generator=g), (torch.rand(4, 3, generator=g) > 0.5).float()
+    xb, yb = torch.randn(256, 100, generator=g), (torch.rand(256, 100, generator=g) > 0.5).float()
+    fn = bceloss.binary_cross_entropy_with_logits
+    for _ in range(2):  # (validated, remembered: the next call falls back)
+        _eager_route(xa, ya, None, None, {})
+    inner_done = []
+    on_kernel = _torch._Recipe._on_kernel
+
+    def with_inner_loss(recipe, arrays, gradient):
+        if not inner_done:
+            inner_done.append(True)
+            with torch.no_grad():
+                for _ in range(3):
+                    fn(xb, yb)
+        return on_kernel(recipe, arrays, gradient)
+
+    monkeypatch.setattr(_torch._Recipe, "_on_kernel", with_inner_loss)
+    _eager_route(xa, ya, None, None, {})
+    monkeypatch.undo()
+    assert inner_done
+    for _ in range(3):
+        for a, b in zip(
+            _eager_route(xa, ya, None, None, {}), _usual_route(xa, ya, None, None, {}), strict=True
+        ):
+            assert same_bits(a, b)
+        with torch.no_grad():
+            inner = fn(xb, yb)
+        assert same_bits(inner, _usual_route(xb, yb, None, None, {})[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize(
     "loss", [bceloss.binary_cross_entropy, bceloss.BCELoss(reduction="sum")], ids=["fn", "module"]

@@ -1068,9 +1068,9 @@ class _Recipe:
             raise
         finally:
             _LANE.recipe = None
-        handle = _torch_kernel.last_form()  # (the form the C kernel ran or kept for it)
+        loss, grad = done if gradient else (done, None)
+        handle = _torch_kernel.last_form(loss)  # (the form the C kernel ran or kept for it)
         if handle is not None:
-            loss, grad = done if gradient else (done, None)
             layout = (None,) * 3 if grad is None else (tuple(grad.shape), grad.stride(), grad.dtype)
             self.c_forms = _with(self.c_forms, gradient, (handle, *layout, loss.dtype))
         return done
@@ -1134,7 +1134,7 @@ def _falling_back(tensors, gradient):
         _LANE.refused = True
         raise _ValuesRefused
     done = recipe._on_kernel(tensors, gradient)
-    _torch_kernel.remember(recipe.prepared)
+    _torch_kernel.remember(recipe.prepared, done[0])
     return done if gradient else done[0]
 
 
@@ -1633,7 +1633,7 @@ def _loss_kernel(fn, input, target, weight, pos_weight, where, options):
         recipe, given = remembered
         loss = recipe.on_views(recipe.arrays(given), None).contiguous()
         # the form's constants, for the C kernel if it is falling back for this call
-        _torch_kernel.remember(recipe.prepared)
+        _torch_kernel.remember(recipe.prepared, loss)
         return loss
     return forward(call).contiguous()
 
@@ -1657,7 +1657,7 @@ def _loss_and_grad_kernel(fn, input, target, weight, pos_weight, where, options)
     done = None if remembered is None else remembered[0].loss_and_grad(remembered[1])
     if done is not None:
         # the form's constants, for the C kernel if it is falling back for this call
-        _torch_kernel.remember(remembered[0].prepared)
+        _torch_kernel.remember(remembered[0].prepared, done[0])
         return done
     if call is None:  # a remembered form without the kernel's constants (a mask)
         call = _operator_call(fn, tensors, options)

@@ -53,7 +53,7 @@ def run(*args, out):
     else:
         loss = ops.reduced_loss(fn, x, y, w, p, None, options)
     out[-1] = loss
-    handle = _native.torch_last_form()
+    handle = _native.torch_last_form(loss)
     if handle is not None:
         _handles[site] = handle
     return out
@@ -85,9 +85,10 @@ def _lowered(op, gradient: bool):
             return fallback(fn, x, y, weight, pos_weight, where, options)
         inputs = [ir.ExternKernel.realize_input(t) for t in (x, y, *present)]
         n = math.prod(sizes)
-        # (a handle is a form of these sizes and strides: the site names them)
+        # (a handle is a form of these operands, sizes and strides: the site names them)
         layouts = [(_static(t), [int(s) for s in t.get_stride()]) for t in inputs]
-        site = f"{fn}|{options}|{gradient}|{layouts}|{x.get_dtype()}"
+        given = (weight is not None, pos_weight is not None)
+        site = f"{fn}|{options}|{gradient}|{given}|{layouts}|{x.get_dtype()}"
         layout = ir.FixedLayout(device, x.get_dtype(), [n + 1 if gradient else 1], [1])
         offset = n * x.get_dtype().itemsize if gradient else 0  # (the loss, after the gradient)
         constants = (

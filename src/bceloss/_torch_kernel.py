@@ -125,8 +125,14 @@ def install() -> bool:
     _REGISTRATION.append(handle)
     _CODES.update({np.dtype(name): code for name, code in zip(_DTYPES[:2], codes, strict=False)})
     address = _guards_function("_torchinductor_pyobject_tensor_data_ptr")
-    if isinstance(address, int) and address != 0:
-        _native.torch_tensors_install(torch.Tensor, torch.nn.Parameter, address)
+    probe = torch.zeros(2)[1:]  # (a tensor whose data starts after its storage's)
+    if (
+        isinstance(address, int)
+        and address != 0
+        and _native.torch_tensors_install(
+            torch.Tensor, torch.nn.Parameter, address, probe, probe.data_ptr()
+        )
+    ):
         _READS_TENSORS.append(True)
     return True
 
@@ -144,10 +150,12 @@ def reads_tensors() -> bool:
     return bool(_READS_TENSORS)
 
 
-def last_form():
+def last_form(loss):
     """A handle of the form of the calling thread's last call of the C kernels (the one it ran
-    or kept), for `run_tensors`; None where there is none or the C kernel reads no tensors."""
-    return _native.torch_last_form() if _READS_TENSORS else None
+    or kept), for `run_tensors`, where `loss` is that call's loss; None where it is not (a
+    call made in between, by Python code the call or its caller ran), there is none or the C
+    kernel reads no tensors."""
+    return _native.torch_last_form(loss) if _READS_TENSORS else None
 
 
 # run_tensors(handle, gradient, input, target, weight, pos_weight, grad, loss): the loops of
@@ -159,11 +167,24 @@ def last_form():
 run_tensors = _native.torch_run_tensors
 
 
-# a tensor of `shape`, `strides` and dtype on the CPU, its values not set: inductor's own
-# allocation (one C call), or PyTorch's usual one
-empty_strided = _guards_function("_empty_strided_cpu") or (
-    lambda shape, strides, dtype: torch.empty_strided(shape, strides, dtype=dtype)
-)
+def _empty_strided_usual(shape, strides, dtype):
+    return torch.empty_strided(shape, strides, dtype=dtype)
+
+
+def _allocation():
+    """`empty_strided`: inductor's own allocation (one C call) where it allocates as PyTorch's
+    does, else PyTorch's usual one."""
+    fast = _guards_function("_empty_strided_cpu")
+    try:
+        made = fast((3, 1), (1, 1), torch.float64)
+    except Exception:  # noqa: BLE001 (an internal function: a PyTorch that changed it)
+        return _empty_strided_usual
+    fits = made.shape == (3, 1) and made.stride() == (1, 1) and made.dtype == torch.float64
+    return fast if fits else _empty_strided_usual
+
+
+# a tensor of `shape`, `strides` and dtype on the CPU, its values not set
+empty_strided = _allocation()
 
 
 def installed() -> bool:
@@ -225,10 +246,11 @@ def _periodic(a, shape) -> bool:
     )
 
 
-def remember(prepared) -> bool:
+def remember(prepared, loss) -> bool:
     """Hand the constants of a form the Python kernel ran (`Prepared`) to the C kernel,
-    where the calling thread's C kernel is falling back for that form; whether it keeps
-    them (a reduced loss only: the C kernels compute no elementwise one)."""
+    where the calling thread's C kernel is falling back for that form, with the loss it
+    computed (`last_form`'s); whether it keeps them (a reduced loss only: the C kernels
+    compute no elementwise one)."""
     if not _CODES or prepared is None or prepared.reduction == "none":
         return False
     kind, compute64 = prepared.options
@@ -247,6 +269,7 @@ def remember(prepared) -> bool:
         prepared.reduction == "sum",
         float(prepared.denominator),
         _CODES[np.dtype(prepared.dtype)],
+        loss,
     )
 
 

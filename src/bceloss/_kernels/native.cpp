@@ -458,23 +458,25 @@ PyMethodDef methods[] = {
      "operators' C kernels (see torch_kernel.hpp); returns their addresses."},
     {"torch_remember", guarded<bceloss::torch_remember>, METH_VARARGS,
      "torch_remember(kind, compute64, starts, ignore, smooth_keep, smooth_add, has_alpha, alpha,\n"
-     "    gamma, divisor, sum, denominator, out_dtype)\n--\n\nThe constants of the form the C "
-     "kernel falls back for; whether it keeps them."},
+     "    gamma, divisor, sum, denominator, out_dtype, loss)\n--\n\nThe constants of the form "
+     "the C kernel falls back for, and its loss; whether it keeps them."},
     {"torch_forget", guarded<bceloss::torch_forget>, METH_NOARGS,
      "torch_forget()\n--\n\nEvery form the C kernel keeps, forgotten."},
     {"combine", guarded<bceloss::combine_entry>, METH_VARARGS,
      "combine(values)\n--\n\nThe exactly rounded sum of float64 values (bytes), as math.fsum;\n"
      "None for a value that is not finite or a partial sum that overflows (for the tests)."},
-    {"torch_last_form", guarded<bceloss::torch_last_form>, METH_NOARGS,
-     "torch_last_form()\n--\n\nA handle of the form of this thread's last kernel call."},
+    {"torch_last_form", guarded<bceloss::torch_last_form>, METH_O,
+     "torch_last_form(loss)\n--\n\nA handle of the form of this thread's last kernel call, if "
+     "`loss` is its loss."},
     {"torch_run_into",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bceloss::torch_run_into)),
      METH_FASTCALL,
      "torch_run_into(handle, gradient, x, y, w, p, gx, loss)\n--\n\nA kept form's loops into given "
      "addresses."},
     {"torch_tensors_install", guarded<bceloss::torch_tensors_install>, METH_VARARGS,
-     "torch_tensors_install(Tensor, Parameter, data_address)\n--\n\nHow the entries that take "
-     "tensors read their data (see torch_kernel.hpp)."},
+     "torch_tensors_install(Tensor, Parameter, data_address, probe, probe_data)\n--\n\nHow "
+     "the entries that take tensors read their data (see torch_kernel.hpp); whether it is "
+     "installed."},
     {"torch_run_tensors",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(bceloss::torch_run_tensors)),
      METH_FASTCALL,

@@ -228,10 +228,13 @@ std::unordered_map<std::string, std::shared_ptr<const Form>> forms;
 thread_local std::string pending_key;
 thread_local Layout pending_layout;
 thread_local bool pending = false;
-// The form of the calling thread's last call, run or remembered (null: neither), which
-// torch_last_form hands to Python as a handle (`handles`: its index and the generation, which
-// torch_forget and torch_install advance).
+// The form of the calling thread's last call, run or remembered (null: neither), and the data
+// address of that call's loss, which torch_last_form hands to Python as a handle (`handles`:
+// its index and the generation, which torch_forget and torch_install advance) for that loss
+// alone: Python code run in between (a garbage collector's callback, a signal handler) may
+// make calls of its own.
 thread_local std::shared_ptr<const Form> last_form;
+thread_local const void* last_loss = nullptr;
 std::vector<std::shared_ptr<const Form>> handles;
 uint32_t generation = 1;
 
@@ -400,12 +403,34 @@ void release_arguments(StableIValue* stack) {
     }
 }
 
+// The calling thread's pending form for the length of a fallback, the one before it restored
+// after: a call that Python code of the fallback makes (a garbage collector's callback) falls
+// back with a pending form of its own and leaves this one's as it was.
+struct PendingForm {
+    std::string key;
+    Layout layout;
+    bool runnable;
+    PendingForm(std::string k, Layout l, bool r)
+        : key(std::move(pending_key)), layout(std::move(pending_layout)), runnable(pending) {
+        pending_key = std::move(k);
+        pending_layout = std::move(l);
+        pending = r;
+    }
+    ~PendingForm() {
+        pending_key = std::move(key);
+        pending_layout = std::move(layout);
+        pending = runnable;
+    }
+    PendingForm(const PendingForm&) = delete;
+    PendingForm& operator=(const PendingForm&) = delete;
+};
+
 void fall_back(StableIValue* stack, bool gradient, std::string key, Layout layout, bool runnable) {
-    pending_key = std::move(key);
-    pending_layout = std::move(layout);
-    pending = runnable;
-    const Error e = api.call_dispatcher(fallbacks[gradient ? 0 : 1].c_str(), "", stack);
-    pending = false;
+    Error e;
+    {
+        PendingForm hold(std::move(key), std::move(layout), runnable);
+        e = api.call_dispatcher(fallbacks[gradient ? 0 : 1].c_str(), "", stack);
+    }
     if (e != 0) {  // the Python kernel's exception, its message without the traceback
         const char* what = api.last_error != nullptr ? api.last_error() : nullptr;
         std::string message = what != nullptr ? what : "bceloss: the Python kernel failed";
@@ -429,6 +454,7 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
     std::string key = form_key(stack, tensors, gradient);
     std::shared_ptr<const Form> form;
     last_form = nullptr;
+    last_loss = nullptr;
     // a tensor whose storage was freed (resized to no bytes, as FSDP frees a parameter) has
     // no memory to read: the Python kernel's to refuse, never a form's
     bool allocated = true;
@@ -443,6 +469,7 @@ void run(StableIValue* stack, uint64_t arguments, uint64_t returns, bool gradien
     // outside [0, 1] is the Python kernel's to refuse, the express lane's check of its calls)
     if (form != nullptr && run_form(*form, tensors, gradient, &loss, &grad)) {
         last_form = form;
+        last_loss = data_of(loss);
         release_arguments(stack);
         stack[0] = reinterpret_cast<StableIValue>(loss);
         if (gradient) stack[1] = reinterpret_cast<StableIValue>(grad);
@@ -517,13 +544,17 @@ PyObject* torch_install(PyObject*, PyObject* args) {
                          PyLong_FromVoidPtr(reinterpret_cast<void*>(&loss_kernel)));
 }
 
+namespace {
+char* data_of_object(PyObject* o);
+}  // namespace
+
 PyObject* torch_remember(PyObject*, PyObject* args) {
     int kind, compute64, has_alpha, sum, out_dtype;
-    PyObject* starts;
+    PyObject *starts, *loss;
     double ignore, smooth_keep, smooth_add, alpha, gamma, divisor, denominator;
-    if (!PyArg_ParseTuple(args, "ipOdddpdddpdi", &kind, &compute64, &starts, &ignore, &smooth_keep,
+    if (!PyArg_ParseTuple(args, "ipOdddpdddpdiO", &kind, &compute64, &starts, &ignore, &smooth_keep,
                           &smooth_add, &has_alpha, &alpha, &gamma, &divisor, &sum, &denominator,
-                          &out_dtype)) {
+                          &out_dtype, &loss)) {
         return nullptr;
     }
     if (!pending) Py_RETURN_FALSE;
@@ -567,6 +598,7 @@ PyObject* torch_remember(PyObject*, PyObject* args) {
     std::lock_guard<std::mutex> hold(forms_lock);
     if (forms.size() >= MAX_FORMS) forms.clear();
     last_form = form;
+    last_loss = data_of_object(loss);
     forms[pending_key] = std::move(form);
     Py_RETURN_TRUE;
 }
@@ -591,8 +623,11 @@ std::shared_ptr<const Form> form_of_handle(uint64_t handle) {
 
 }  // namespace
 
-PyObject* torch_last_form(PyObject*, PyObject*) {
-    if (last_form == nullptr) Py_RETURN_NONE;
+PyObject* torch_last_form(PyObject*, PyObject* loss) {
+    // (the form of the call whose loss this is, or none)
+    if (last_form == nullptr || last_loss == nullptr || data_of_object(loss) != last_loss) {
+        Py_RETURN_NONE;
+    }
     std::lock_guard<std::mutex> hold(forms_lock);
     if (handles.size() >= MAX_FORMS) {  // (a graph of many shapes: the handles start again)
         handles.clear();
@@ -614,7 +649,11 @@ PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count) {
         if (PyErr_Occurred()) return nullptr;
     }
     const std::shared_ptr<const Form> form = form_of_handle(values[0]);
-    if (form == nullptr) Py_RETURN_FALSE;
+    // (a form reads weight and pos_weight where they are given, and only there)
+    if (form == nullptr || (form->layout.w_period != 0) != (values[4] != 0) ||
+        (form->layout.p_period != 0) != (values[5] != 0)) {
+        Py_RETURN_FALSE;
+    }
     auto at = [&](int i) { return reinterpret_cast<void*>(values[i]); };
     try {
         return PyBool_FromLong(
@@ -653,7 +692,7 @@ char* data_of_object(PyObject* o) {
 // false where the handle is stale, a tensor is not read in place, or the call is the Python
 // kernel's to decide.
 bool run_objects(uint64_t handle, bool gradient, PyObject* x, PyObject* y, PyObject* w, PyObject* p,
-                 PyObject* gx, PyObject* loss, Py_ssize_t offset) {
+                 PyObject* gx, PyObject* loss, Py_ssize_t offset, bool release) {
     const std::shared_ptr<const Form> form = form_of_handle(handle);
     if (form == nullptr) return false;
     char* data[6] = {};
@@ -668,7 +707,23 @@ bool run_objects(uint64_t handle, bool gradient, PyObject* x, PyObject* y, PyObj
         data[5] == nullptr) {
         return false;
     }
-    return run_into(*form, data[0], data[1], data[2], data[3], data[4], data[5] + offset, gradient);
+    if (!release || l.n <= BLOCK) {
+        return run_into(*form, data[0], data[1], data[2], data[3], data[4], data[5] + offset,
+                        gradient);
+    }
+    // a large call lets other Python threads run meanwhile, as the operator's does (the
+    // caller's references keep the tensors)
+    bool done = false;
+    Py_BEGIN_ALLOW_THREADS
+        ;
+        try {
+            done = run_into(*form, data[0], data[1], data[2], data[3], data[4], data[5] + offset,
+                            gradient);
+        } catch (...) {  // (no memory for the blocks' sums: the operator's to compute)
+            done = false;
+        }
+    Py_END_ALLOW_THREADS;
+    return done;
 }
 
 // The lowered call on a site's kept form, without Python in between: false where it is for
@@ -693,30 +748,43 @@ bool lowered_in_place(PyObject* const* args, Py_ssize_t count, PyObject* out) {
     }
     PyObject* w = has_w ? args[2] : Py_None;
     PyObject* p = has_p ? args[2 + has_w] : Py_None;
-    return run_objects(key, constants[4] == Py_True, args[0], args[1], w, p, out, out, offset);
+    // (inductor's own kernels keep the GIL: so does the graph's call)
+    return run_objects(key, constants[4] == Py_True, args[0], args[1], w, p, out, out, offset,
+                       false);
 }
 
 }  // namespace
 
 PyObject* torch_tensors_install(PyObject*, PyObject* args) {
-    PyObject *tensor, *parameter;
-    unsigned long long address;
-    if (!PyArg_ParseTuple(args, "O!O!K", &PyType_Type, &tensor, &PyType_Type, &parameter,
-                          &address)) {
+    PyObject *tensor, *parameter, *probe;
+    unsigned long long address, probe_data;
+    if (!PyArg_ParseTuple(args, "O!O!KOK", &PyType_Type, &tensor, &PyType_Type, &parameter,
+                          &address, &probe, &probe_data)) {
         return nullptr;
     }
-    if (address == 0) {
-        PyErr_SetString(PyExc_ValueError, "bceloss: torch_tensors_install takes an address");
+    if (address == 0 || Py_TYPE(probe) != reinterpret_cast<PyTypeObject*>(tensor)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "bceloss: torch_tensors_install takes an address and a tensor");
         return nullptr;
     }
+    // the function read on a tensor whose data address is known: one of another signature
+    // or behaviour (a PyTorch that changed it) is not installed
+    auto read = reinterpret_cast<void* (*)(PyObject*)>(static_cast<uintptr_t>(address));
+    void* got = nullptr;
+    try {
+        got = read(probe);
+    } catch (...) {
+        got = nullptr;
+    }
+    if (got == nullptr || reinterpret_cast<uintptr_t>(got) != probe_data) Py_RETURN_FALSE;
     Py_INCREF(tensor);
     Py_INCREF(parameter);
     Py_XDECREF(reinterpret_cast<PyObject*>(tensor_types[0]));
     Py_XDECREF(reinterpret_cast<PyObject*>(tensor_types[1]));
     tensor_types[0] = reinterpret_cast<PyTypeObject*>(tensor);
     tensor_types[1] = reinterpret_cast<PyTypeObject*>(parameter);
-    tensor_data = reinterpret_cast<void* (*)(PyObject*)>(static_cast<uintptr_t>(address));
-    Py_RETURN_NONE;
+    tensor_data = read;
+    Py_RETURN_TRUE;
 }
 
 PyObject* torch_run_tensors(PyObject*, PyObject* const* args, Py_ssize_t count) {
@@ -728,7 +796,7 @@ PyObject* torch_run_tensors(PyObject*, PyObject* const* args, Py_ssize_t count) 
     if (PyErr_Occurred()) return nullptr;
     try {
         return PyBool_FromLong(run_objects(handle, args[1] == Py_True, args[2], args[3], args[4],
-                                           args[5], args[6], args[7], 0));
+                                           args[5], args[6], args[7], 0, true));
     } catch (const std::exception& e) {
         PyErr_SetString(PyExc_RuntimeError, e.what());
         return nullptr;

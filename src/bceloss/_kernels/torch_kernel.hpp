@@ -18,8 +18,9 @@ namespace bceloss {
 // runs on, threads.hpp; None: the kernels' helpers); returns the kernels' addresses (loss and
 // gradient, loss), for Python to register.
 PyObject* torch_install(PyObject*, PyObject* args);
-// torch_remember(...): the constants of the form the calling thread's kernel is falling back
-// for (launch.py's Prepared); returns whether the kernel keeps them.
+// torch_remember(..., loss): the constants of the form the calling thread's kernel is falling
+// back for (launch.py's Prepared), and the loss the fallback computed; returns whether the
+// kernel keeps them.
 PyObject* torch_remember(PyObject*, PyObject* args);
 // torch_forget(): every form the kernel keeps, forgotten.
 PyObject* torch_forget(PyObject*, PyObject* args);
@@ -28,15 +29,16 @@ PyObject* torch_forget(PyObject*, PyObject* args);
 bool combine(const double* values, int64_t count, double* total);
 // combine(float64 bytes): combine's total, None where it returns false (for the tests).
 PyObject* combine_entry(PyObject*, PyObject* args);
-// torch_last_form(): a handle of the form of the calling thread's last call of the kernels
-// (run, or remembered by its fallback), None if neither.
+// torch_last_form(loss): a handle of the form of the calling thread's last call of the kernels
+// (run, or remembered by its fallback), None if neither or if `loss` is not that call's loss.
 PyObject* torch_last_form(PyObject*, PyObject* args);
 // torch_run_into(handle, gradient, x, y, w, p, gx, loss): the form's loops on the data at those
 // addresses (0: absent), the gradient written at gx and the loss at loss; False where the
 // handle is stale or the call is the Python kernel's to decide (run_into).
 PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count);
-// torch_tensors_install(Tensor, Parameter, data_address): the tensor types the entries below
-// read in place, and the address of PyTorch's `void* (PyObject*)` that gives a tensor's data.
+// torch_tensors_install(Tensor, Parameter, data_address, probe, probe_data): the tensor types
+// the entries below read in place, and the address of PyTorch's `void* (PyObject*)` that gives
+// a tensor's data, installed where it gives `probe`'s (a Tensor) as `probe_data`; whether so.
 PyObject* torch_tensors_install(PyObject*, PyObject* args);
 // torch_run_tensors(handle, gradient, x, y, w, p, gx, loss): torch_run_into on tensors (w, p
 // and, without `gradient`, gx None where absent), the loss written into `loss`'s data.
