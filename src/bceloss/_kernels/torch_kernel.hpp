@@ -34,7 +34,8 @@ PyObject* combine_entry(PyObject*, PyObject* args);
 PyObject* torch_last_form(PyObject*, PyObject* args);
 // torch_run_into(handle, gradient, x, y, w, p, gx, loss): the form's loops on the data at those
 // addresses (0: absent), the gradient written at gx and the loss at loss; False where the
-// handle is stale or the call is the Python kernel's to decide (run_into).
+// handle is stale, the form's weights are not the call's, or the call is the Python kernel's to
+// decide (run_into).
 PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count);
 // torch_tensors_install(Tensor, Parameter, data_address, probe, probe_data): the tensor types
 // the entries below read in place, and the address of PyTorch's `void* (PyObject*)` that gives
