@@ -613,12 +613,18 @@ PyObject* torch_forget(PyObject*, PyObject*) {
 
 namespace {
 
-// The form of a handle torch_last_form gave, null where it is stale.
-std::shared_ptr<const Form> form_of_handle(uint64_t handle) {
-    std::lock_guard<std::mutex> hold(forms_lock);
-    const uint64_t index = handle & 0xffffffffu;
-    if ((handle >> 32) != generation || index >= handles.size()) return nullptr;
-    return handles[index];
+// The form of a handle torch_last_form gave, null where it is stale or where its weight and
+// pos_weight are not the call's (a form reads them where they are given, and only there).
+std::shared_ptr<const Form> form_of_handle(uint64_t handle, bool has_w, bool has_p) {
+    std::shared_ptr<const Form> form;
+    {
+        std::lock_guard<std::mutex> hold(forms_lock);
+        const uint64_t index = handle & 0xffffffffu;
+        if ((handle >> 32) != generation || index >= handles.size()) return nullptr;
+        form = handles[index];
+    }
+    const Layout& l = form->layout;
+    return (l.w_period != 0) == has_w && (l.p_period != 0) == has_p ? form : nullptr;
 }
 
 }  // namespace
@@ -648,12 +654,9 @@ PyObject* torch_run_into(PyObject*, PyObject* const* args, Py_ssize_t count) {
         values[i] = PyLong_AsUnsignedLongLong(args[i]);
         if (PyErr_Occurred()) return nullptr;
     }
-    const std::shared_ptr<const Form> form = form_of_handle(values[0]);
-    // (a form reads weight and pos_weight where they are given, and only there)
-    if (form == nullptr || (form->layout.w_period != 0) != (values[4] != 0) ||
-        (form->layout.p_period != 0) != (values[5] != 0)) {
-        Py_RETURN_FALSE;
-    }
+    const std::shared_ptr<const Form> form =
+        form_of_handle(values[0], values[4] != 0, values[5] != 0);
+    if (form == nullptr) Py_RETURN_FALSE;
     auto at = [&](int i) { return reinterpret_cast<void*>(values[i]); };
     try {
         return PyBool_FromLong(
@@ -693,37 +696,28 @@ char* data_of_object(PyObject* o) {
 // kernel's to decide.
 bool run_objects(uint64_t handle, bool gradient, PyObject* x, PyObject* y, PyObject* w, PyObject* p,
                  PyObject* gx, PyObject* loss, Py_ssize_t offset, bool release) {
-    const std::shared_ptr<const Form> form = form_of_handle(handle);
-    if (form == nullptr) return false;
+    const std::shared_ptr<const Form> form = form_of_handle(handle, w != Py_None, p != Py_None);
+    if (form == nullptr || (gradient && gx == Py_None)) return false;
     char* data[6] = {};
     PyObject* objects[6] = {x, y, w, p, gradient ? gx : Py_None, loss};
     for (int i = 0; i < 6; ++i) {
         if (objects[i] != Py_None && (data[i] = data_of_object(objects[i])) == nullptr)
             return false;
     }
-    const Layout& l = form->layout;
-    if ((l.w_period != 0) != (w != Py_None) || (l.p_period != 0) != (p != Py_None) ||
-        (gradient && gx == Py_None) || data[0] == nullptr || data[1] == nullptr ||
-        data[5] == nullptr) {
-        return false;
-    }
-    if (!release || l.n <= BLOCK) {
-        return run_into(*form, data[0], data[1], data[2], data[3], data[4], data[5] + offset,
-                        gradient);
-    }
+    if (data[0] == nullptr || data[1] == nullptr || data[5] == nullptr) return false;
     // a large call lets other Python threads run meanwhile, as the operator's does (the
     // caller's references keep the tensors)
-    bool done = false;
-    Py_BEGIN_ALLOW_THREADS
-        ;
-        try {
-            done = run_into(*form, data[0], data[1], data[2], data[3], data[4], data[5] + offset,
-                            gradient);
-        } catch (...) {  // (no memory for the blocks' sums: the operator's to compute)
-            done = false;
-        }
-    Py_END_ALLOW_THREADS;
-    return done;
+    PyThreadState* released = release && form->layout.n > BLOCK ? PyEval_SaveThread() : nullptr;
+    try {
+        const bool done = run_into(*form, data[0], data[1], data[2], data[3], data[4],
+                                   data[5] + offset, gradient);
+        if (released != nullptr) PyEval_RestoreThread(released);
+        return done;
+    } catch (...) {
+        if (released == nullptr) throw;
+        PyEval_RestoreThread(released);  // (no memory for the blocks' sums: the operator's)
+        return false;
+    }
 }
 
 // The lowered call on a site's kept form, without Python in between: false where it is for
